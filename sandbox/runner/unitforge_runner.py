@@ -1,0 +1,722 @@
+"""unitforge fork-server runner: runs untrusted pytest suites, one forked child per run.
+
+The Rust side starts one of these per worker (a local process, or inside a container) and talks
+to it over stdin/stdout with newline-delimited JSON (protocol described in docs/protocol.md).
+
+Why a fork server: importing and configuring pytest costs ~150 ms on a slow core, a forked child
+that reuses that configuration costs ~15 ms. The server imports pytest and builds one pytest
+`Config` (plugins, options, rootdir pinned) at start; each run forks a child that loads the code
+under test from memory, collects the test file and runs pytest's own session hooks, so fixtures,
+parametrize, `pytest.raises`, `approx` and assertion rewriting behave exactly as in pytest.
+
+Trust model: this server process is trusted and never executes job code. Each child is untrusted
+the moment it loads job code: it may patch pytest, our plugin, `time`, or exit early. The server
+therefore measures CPU time and memory from outside (`wait4`), enforces the wall timeout by killing
+the child's process group, caps output, and accepts a report only if the child finished its
+session. The Rust side then checks the report against the exit status and the static test count.
+"""
+
+import json
+import marshal
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+import types
+
+PROTOCOL_VERSION = 1
+
+# Exit statuses of a child; the Rust side checks them against the report.
+CHILD_ALL_PASSED = 0
+CHILD_SOME_FAILED = 1
+CHILD_INTERNAL_ERROR = 3
+
+# Audit events a test may never raise: process creation, network, native code, introspection of
+# the interpreter's object graph, and lifting resource limits.
+FORBIDDEN_EVENTS = frozenset(
+    {
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.kill",
+        "os.killpg",
+        "subprocess.Popen",
+        "pty.spawn",
+        "socket.__new__",
+        "socket.connect",
+        "socket.bind",
+        "socket.getaddrinfo",
+        "socket.gethostbyname",
+        "ctypes.dlopen",
+        "ctypes.dlsym",
+        "ctypes.addressof",
+        "ctypes.call_function",
+        "ctypes.cdata",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.remote_exec",
+        "os.setuid",
+        "os.setgid",
+    }
+)
+# Events whose first argument is a path that must stay inside the job's work directory.
+PATH_WRITE_EVENTS = frozenset(
+    {
+        "os.remove",
+        "os.rmdir",
+        "os.rename",
+        "os.mkdir",
+        "os.chmod",
+        "os.chown",
+        "os.symlink",
+        "os.link",
+        "os.truncate",
+        "os.utime",
+        "shutil.rmtree",
+        "shutil.copyfile",
+        "shutil.move",
+    }
+)
+# Modules whose functions and classes tests must not replace.
+PROTECTED_MODULE_PREFIXES = ("_pytest", "pytest", "pluggy", "unitforge_runner", "__main__")
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+class SandboxViolation(PermissionError):
+    """Raised inside a child when job code does something the sandbox policy forbids."""
+
+
+class ResultsPlugin:
+    """Collects per-test outcomes inside the child. Registered once, in the server."""
+
+    def __init__(self):
+        self.seed = 0
+        self.shuffle = False
+        self.policy = None
+        self.tests = {}
+        self.order = []
+        self.collect_errors = []
+
+    def reset(self, seed, shuffle, policy):
+        self.seed = seed
+        self.shuffle = shuffle
+        self.policy = policy
+        self.tests = {}
+        self.order = []
+        self.collect_errors = []
+
+    def pytest_collection_modifyitems(self, session, config, items):
+        if self.shuffle:
+            import random
+
+            random.Random(self.seed).shuffle(items)
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.collect_errors.append(
+                {"nodeid": report.nodeid, "message": _short(report.longreprtext)}
+            )
+
+    def pytest_runtest_logreport(self, report):
+        if self.policy is not None:
+            self.policy.check_snapshot(hot_only=True)
+        entry = self.tests.get(report.nodeid)
+        if entry is None:
+            entry = {"nodeid": report.nodeid, "outcome": "passed", "duration_s": 0.0, "message": ""}
+            self.tests[report.nodeid] = entry
+            self.order.append(report.nodeid)
+        entry["duration_s"] += float(report.duration)
+        outcome = _phase_outcome(report)
+        if outcome != "passed" and entry["outcome"] == "passed":
+            entry["outcome"] = outcome
+            entry["message"] = _short(report.longreprtext)
+
+
+def _phase_outcome(report):
+    """Reduce one phase's report to a test outcome; anything but a clean pass is not a pass."""
+    if hasattr(report, "wasxfail"):
+        return "xpassed" if report.passed else "xfailed"
+    if report.passed:
+        return "passed"
+    if report.skipped:
+        return "skipped"
+    return "failed" if report.when == "call" else "error"
+
+
+def _short(text, limit=2000):
+    text = str(text or "")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Server:
+    def __init__(self, root):
+        self.root = os.path.abspath(root)
+        self.workdir = os.path.join(self.root, "work")
+        self.output_path = os.path.join(self.root, "output.log")
+        self.ini_path = os.path.join(self.root, "unitforge-pytest.ini")
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(self.ini_path, "w") as ini:
+            ini.write("[pytest]\n")
+        self.plugin = ResultsPlugin()
+        self.rewrite_cache = {}
+        self.config = self._configure_pytest()
+        self.protected = _Snapshot()
+        self.allowed_read_roots = _allowed_read_roots(self.root)
+
+    def _configure_pytest(self):
+        import _pytest.assertion.rewrite as rewrite
+        import _pytest.config
+
+        args = [
+            "-p", "no:cacheprovider",
+            "-p", "no:terminal",
+            "-p", "no:stepwise",
+            "-p", "no:pastebin",
+            "-p", "no:junitxml",
+            "-p", "no:debugging",
+            "--noconftest",
+            "--capture=sys",
+            "--rootdir", self.workdir,
+            "-c", self.ini_path,
+            "-o", "addopts=",
+            "-o", "python_files=test_*.py",
+            "-o", "tmp_path_retention_count=0",
+            "-W", "ignore::pytest.PytestUnraisableExceptionWarning",
+            self.workdir,
+        ]  # fmt: skip
+        config = _pytest.config._prepareconfig(args, plugins=[self.plugin])
+        config._do_configure()
+        # Assertion rewriting of a test file is identical for every run of a suite: do it once
+        # here (it only parses and compiles, never executes) and let the children reuse it.
+        original = rewrite._rewrite_test
+        cache = self.rewrite_cache
+
+        def cached_rewrite_test(fn, config):
+            key = (str(fn), _file_bytes(fn))
+            hit = cache.get(key)
+            if hit is None:
+                hit = original(fn, config)
+                cache[key] = hit
+            return hit
+
+        rewrite._rewrite_test = cached_rewrite_test
+        return config
+
+    # ---- protocol -------------------------------------------------------------------------
+
+    def hello(self):
+        import pytest
+
+        return {
+            "op": "hello",
+            "v": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "pytest": pytest.__version__,
+        }
+
+    def equivalent(self, req):
+        """Compile the original and each mutant; a mutant with identical bytecode is equivalent."""
+        try:
+            reference = _normalised_code(req["original"])
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+            return {"op": "equivalent", "error": "original does not compile: %s" % err}
+        results = []
+        for source in req["mutants"]:
+            try:
+                results.append({"compiles": True, "equivalent": _normalised_code(source) == reference})
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
+                results.append({"compiles": False, "equivalent": False, "error": str(err)})
+        return {"op": "equivalent", "results": results}
+
+    def run(self, req):
+        test_name = req["test_file"]
+        module = req["module"]
+        if os.sep in test_name or not test_name.endswith(".py") or not module.isidentifier():
+            return {"op": "run", "status": "bad_request", "error": "bad module or test file name"}
+        _reset_dir(self.workdir)
+        test_path = os.path.join(self.workdir, test_name)
+        with open(test_path, "w", encoding="utf-8") as handle:
+            handle.write(req["tests"])
+        # Pre-rewrite the test file in the trusted server so children inherit the compiled code.
+        try:
+            import _pytest.assertion.rewrite as rewrite
+
+            rewrite._rewrite_test(_as_path(test_path), self.config)
+        except Exception:
+            pass  # a syntax error is reported by collection in the child, like plain pytest
+        if len(self.rewrite_cache) > 64:
+            self.rewrite_cache.clear()
+        timeout = float(req.get("timeout_s", 10.0))
+        read_fd, write_fd = os.pipe()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            os.close(read_fd)
+            self._child(req, test_path, write_fd)
+        os.close(write_fd)
+        req.clear()  # drop the sources from the server as well; the child has its own copy
+        report_bytes, timed_out, status, rusage = _collect_child(pid, read_fd, timeout)
+        wall = time.monotonic() - started
+        output, truncated = _read_capped(self.output_path, int(timeout and 65536))
+        _reset_dir(self.workdir)
+        report = None
+        state = "completed"
+        if timed_out:
+            state = "timeout"
+        elif report_bytes:
+            try:
+                report = json.loads(report_bytes.decode("utf-8", "replace"))
+            except ValueError:
+                state = "no_report"
+        else:
+            state = "no_report"
+        exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
+        return {
+            "op": "run",
+            "status": state,
+            "exit_code": exit_code,
+            "cpu_s": rusage.ru_utime + rusage.ru_stime if rusage else None,
+            "wall_s": wall,
+            "max_rss_kb": rusage.ru_maxrss if rusage else None,
+            "report": report,
+            "output": output,
+            "output_truncated": truncated,
+        }
+
+    # ---- child ----------------------------------------------------------------------------
+
+    def _child(self, req, test_path, report_fd):
+        code = CHILD_INTERNAL_ERROR
+        try:
+            code = self._child_body(req, test_path, report_fd)
+        except BaseException:  # noqa: BLE001 - the child must always end with _exit
+            pass
+        os._exit(code)
+
+    def _child_body(self, req, test_path, report_fd):
+        os.setpgid(0, 0)
+        _redirect_stdio(self.output_path)
+        _close_fds_except(report_fd)
+        limits = req.get("limits") or {}
+        _apply_rlimits(limits, float(req.get("timeout_s", 10.0)))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversize writes fail, not kill
+        tmp = os.path.join(self.workdir, ".tmp")
+        os.makedirs(tmp, exist_ok=True)
+        os.environ.clear()
+        os.environ.update({"TMPDIR": tmp, "HOME": self.workdir, "PYTHONHASHSEED": "0", "LANG": "C.UTF-8"})
+        import tempfile
+
+        tempfile.tempdir = None
+        os.chdir(self.workdir)
+        seed = int(req.get("seed", 0))
+        shuffle = bool(req.get("shuffle", False))
+        # pytest's default traceback style costs ~130 ms per failing run; "native" ~5 ms, "line" less.
+        self.config.option.tbstyle = "native" if req.get("tracebacks", True) else "line"
+        module_name = req["module"]
+        source = req["source"]
+        req.clear()  # the CUT's source text must not stay reachable from test code
+
+        policy = _Policy(self.workdir, self.allowed_read_roots, self.protected)
+        sys.addaudithook(policy.hook)
+
+        import random
+
+        random.seed(seed)
+        self.plugin.reset(seed, shuffle, policy)
+        cut_error = _load_module_from_source(module_name, source, self.workdir)
+        del source
+        session_error = None
+        finished = False
+        if cut_error is None:
+            session_error, finished = _run_session(self.config, test_path)
+        policy.check_snapshot()
+        report = {
+            "tests": [self.plugin.tests[n] for n in self.plugin.order],
+            "collect_errors": self.plugin.collect_errors,
+            "cut_error": cut_error,
+            "session_error": session_error,
+            "finished": finished,
+            "violations": policy.violations[:50],
+            "tampered": policy.tampered[:50],
+        }
+        all_passed = (
+            finished
+            and cut_error is None
+            and not self.plugin.collect_errors
+            and report["tests"]
+            and all(t["outcome"] == "passed" for t in report["tests"])
+        )
+        payload = json.dumps(report).encode("utf-8")
+        view = memoryview(payload)
+        while view:
+            written = os.write(report_fd, view)
+            view = view[written:]
+        os.close(report_fd)
+        return CHILD_ALL_PASSED if all_passed else CHILD_SOME_FAILED
+
+
+def _run_session(config, test_path):
+    """Run one pytest session in this (child) process with the server's configuration."""
+    from _pytest.main import Session
+    from _pytest.outcomes import Exit
+
+    config.args = [test_path]
+    session = Session.from_config(config)
+    error = None
+    try:
+        config.hook.pytest_sessionstart(session=session)
+        config.hook.pytest_collection(session=session)
+        config.hook.pytest_runtestloop(session=session)
+    except Exit as exc:
+        return "pytest.exit called: %s" % _short(exc.msg, 200), False
+    except session.Failed:
+        pass  # maxfail reached; outcomes already recorded
+    except session.Interrupted as exc:
+        return "session interrupted: %s" % _short(str(exc), 200), False
+    except BaseException as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt, internal errors
+        return "%s: %s" % (type(exc).__name__, _short(str(exc), 200)), False
+    try:
+        config.hook.pytest_sessionfinish(session=session, exitstatus=0)
+    except BaseException as exc:  # noqa: BLE001
+        error = "sessionfinish: %s: %s" % (type(exc).__name__, _short(str(exc), 200))
+    return error, error is None
+
+
+def _load_module_from_source(name, source, workdir):
+    """Install the code under test as module `name` without a file a test could read."""
+    module = types.ModuleType(name)
+    module.__file__ = os.path.join(workdir, name + ".py")  # does not exist, on purpose
+    module.__loader__ = None
+    sys.modules[name] = module
+    try:
+        code = compile(source, module.__file__, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+    except BaseException as exc:  # noqa: BLE001 - a broken CUT or mutant is an outcome
+        sys.modules.pop(name, None)
+        return "%s: %s" % (type(exc).__name__, _short(str(exc), 500))
+    return None
+
+
+class _Policy:
+    """The audit-hook policy of a child: deny what tests must not do, record what they tried."""
+
+    def __init__(self, workdir, read_roots, protected):
+        # `protected` is a _Snapshot.
+        self.workdir = workdir
+        self.read_roots = read_roots
+        self.protected = protected
+        self.violations = []
+        self.tampered = []
+
+    def _deny(self, what):
+        if len(self.violations) < 1000:
+            self.violations.append(what)
+        raise SandboxViolation("unitforge sandbox: %s is not allowed" % what)
+
+    def hook(self, event, args):
+        if event in FORBIDDEN_EVENTS:
+            self._deny(event)
+        elif event == "open":
+            self._check_open(args)
+        elif event in PATH_WRITE_EVENTS:
+            for path in args[:2]:
+                if isinstance(path, (str, bytes, os.PathLike)) and not self._inside_workdir(path):
+                    self._deny("%s %s" % (event, _as_text(path)))
+
+    def _check_open(self, args):
+        path, mode = args[0], args[1]
+        flags = args[2] if len(args) > 2 else 0
+        if path is None or isinstance(path, int):
+            return
+        writing = bool(flags & WRITE_FLAGS) or (isinstance(mode, str) and any(c in mode for c in "wax+"))
+        if self._inside_workdir(path):
+            return
+        text = _as_text(path)
+        if text in ("/dev/null", "/dev/urandom", "/dev/random"):
+            return
+        if writing:
+            self._deny("writing %s" % text)
+        full = os.path.realpath(text)
+        if not any(full == root or full.startswith(root + os.sep) for root in self.read_roots):
+            self._deny("reading %s" % text)
+
+    def _inside_workdir(self, path):
+        full = os.path.realpath(_as_text(path))
+        return full == self.workdir or full.startswith(self.workdir + os.sep)
+
+    def check_snapshot(self, hot_only=False):
+        """Report any protected function or class member that is no longer what the server loaded.
+
+        Python 3.11 raises no audit event for assigning to a class or module attribute, so the
+        check compares identities against the server's snapshot: cheaply for the objects that
+        produce reports after every test phase, fully at the end of the run.
+        """
+        namespaces = self.protected.hot if hot_only else self.protected.all
+        for name, owner, attributes in namespaces:
+            current = owner.__dict__
+            changed = [attr for attr, obj in attributes.items() if current.get(attr) is not obj]
+            if isinstance(owner, type) and len(current) != len(attributes):
+                # pytest itself memoises flags such as `_pytest_diamond_inheritance_warning_shown`
+                # on node classes; any other new class member was added by job code.
+                changed += [a for a in current if a not in attributes and not a.startswith("_pytest_")]
+            for attr in changed:
+                entry = "%s.%s" % (name, attr)
+                if entry not in self.tampered and len(self.tampered) < 100:
+                    self.tampered.append(entry)
+
+
+class _Snapshot:
+    """Identities of the functions and classes of pytest, pluggy and this runner, and of their
+    classes' members, as the server loaded them. `hot` is the part checked after every report."""
+
+    HOT_MODULES = ("_pytest.runner", "_pytest.reports", "_pytest.main", "_pytest.python", "__main__")
+
+    def __init__(self):
+        self.all = []
+        seen_classes = set()
+        for name, module in list(sys.modules.items()):
+            if module is None or not name.startswith(PROTECTED_MODULE_PREFIXES):
+                continue
+            members = {
+                attr: obj
+                for attr, obj in vars(module).items()
+                if isinstance(obj, (type, types.FunctionType)) and not attr.startswith("__")
+            }
+            self.all.append((name, module, members))
+            for obj in members.values():
+                if isinstance(obj, type) and id(obj) not in seen_classes:
+                    if getattr(obj, "__module__", "").startswith(PROTECTED_MODULE_PREFIXES):
+                        seen_classes.add(id(obj))
+                        self.all.append((obj.__module__ + "." + obj.__qualname__, obj, dict(vars(obj))))
+        self.hot = [entry for entry in self.all if entry[0].startswith(self.HOT_MODULES)]
+
+
+def _allowed_read_roots(root):
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and not os.path.realpath(entry).startswith(os.path.realpath(root)):
+            roots.add(os.path.realpath(entry))
+    roots.discard("/")
+    return sorted(roots)
+
+
+def _normalised_code(source):
+    """Bytecode of a module with line numbers and positions removed, for equivalence checks."""
+
+    def strip(code):
+        consts = tuple(strip(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        fields = {"co_consts": consts, "co_firstlineno": 1, "co_linetable": b""}
+        return code.replace(**fields)
+
+    return marshal.dumps(strip(compile(source, "<unitforge>", "exec", dont_inherit=True)))
+
+
+def _collect_child(pid, read_fd, timeout):
+    """Read the child's report until it exits or the wall timeout passes; then reap its group."""
+    chunks = []
+    size = 0
+    deadline = time.monotonic() + timeout
+    pidfd = os.pidfd_open(pid)
+    timed_out = False
+    watching = [read_fd, pidfd]
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select(watching, [], [], remaining)
+            if read_fd in ready:
+                data = os.read(read_fd, 1 << 16)
+                if data and size < (8 << 20):
+                    chunks.append(data)
+                    size += len(data)
+                elif not data:
+                    watching = [pidfd]
+            if pidfd in ready:
+                break
+    finally:
+        _kill_group(pid)
+        _, status, rusage = os.wait4(pid, 0)
+        # Late bytes written just before exit are still in the pipe.
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], 0)
+            if not ready:
+                break
+            data = os.read(read_fd, 1 << 16)
+            if not data or size >= (8 << 20):
+                break
+            chunks.append(data)
+            size += len(data)
+        os.close(read_fd)
+        os.close(pidfd)
+    return b"".join(chunks), timed_out, status, rusage
+
+
+def _kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _apply_rlimits(limits, timeout):
+    cpu = int(limits.get("cpu_s") or max(1, int(timeout) + 1))
+    settings = [
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_AS, int(limits.get("memory_mb", 1024)) << 20),
+        (resource.RLIMIT_FSIZE, int(limits.get("file_size_mb", 16)) << 20),
+        (resource.RLIMIT_NOFILE, int(limits.get("open_files", 256))),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    if limits.get("processes"):
+        settings.append((resource.RLIMIT_NPROC, int(limits["processes"])))
+    for which, value in settings:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (ValueError, OSError):
+            pass
+
+
+def _redirect_stdio(output_path):
+    devnull = os.open("/dev/null", os.O_RDONLY)
+    out = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(devnull)
+    os.close(out)
+
+
+def _close_fds_except(keep):
+    """Close the protocol pipes and every other inherited descriptor but stdio and `keep`."""
+    for fd in _open_fds():
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _open_fds():
+    try:
+        return [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))
+
+
+def _reset_dir(path):
+    def make_writable(func, target, _exc):
+        try:
+            os.chmod(os.path.dirname(target), 0o700)
+            os.chmod(target, 0o700)
+            func(target)
+        except OSError:
+            pass
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=make_writable)
+    os.makedirs(path, exist_ok=True)
+
+
+def _read_capped(path, cap):
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(cap + 1)
+    except OSError:
+        return "", False
+    return data[:cap].decode("utf-8", "replace"), len(data) > cap
+
+
+def _file_bytes(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
+def _as_path(text):
+    from pathlib import Path
+
+    return Path(text)
+
+
+def _as_text(path):
+    path = os.fspath(path)
+    return path.decode("utf-8", "replace") if isinstance(path, bytes) else path
+
+
+def serve(root):
+    """Serve requests from fd 0, answering on the original fd 1, until EOF or shutdown."""
+    proto_out = os.dup(1)
+    os.set_inheritable(proto_out, False)
+    devnull = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(devnull, 1)  # stray prints (pytest's, ours) must never corrupt the protocol
+    os.close(devnull)
+    server = Server(root)
+    _send(proto_out, server.hello())
+    buffer = bytearray()
+    while True:
+        newline = buffer.find(b"\n")
+        if newline < 0:
+            data = os.read(0, 1 << 20)
+            if not data:
+                return
+            buffer += data
+            continue
+        line = bytes(buffer[:newline])
+        del buffer[: newline + 1]
+        try:
+            req = json.loads(line)
+        except ValueError as err:
+            _send(proto_out, {"op": "error", "error": "bad json: %s" % err})
+            continue
+        del line
+        op = req.get("op")
+        req_id = req.get("id")
+        try:
+            if op == "run":
+                reply = server.run(req)
+            elif op == "equivalent":
+                reply = server.equivalent(req)
+            elif op == "hello":
+                reply = server.hello()
+            elif op == "shutdown":
+                _send(proto_out, {"op": "shutdown", "id": req_id})
+                return
+            else:
+                reply = {"op": "error", "error": "unknown op %r" % (op,)}
+        except Exception as err:  # noqa: BLE001 - a server bug is an infrastructure error
+            reply = {"op": "error", "error": "%s: %s" % (type(err).__name__, err)}
+        reply["id"] = req_id
+        _send(proto_out, reply)
+
+
+def _send(fd, message):
+    data = json.dumps(message).encode("utf-8") + b"\n"
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+if __name__ == "__main__":
+    os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    sys.dont_write_bytecode = True
+    if len(sys.argv) != 2:
+        sys.stderr.write("usage: unitforge_runner.py ROOT_DIR\n")
+        sys.exit(2)
+    serve(sys.argv[1])

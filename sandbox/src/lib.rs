@@ -1,0 +1,13 @@
+//! unitforge's reward sandbox: runs untrusted pytest suites against Python code and turns what
+//! happens into rewards.
+//!
+//! The pieces, in the order a score flows through them: [`source`] parses Python;
+//! [`mutant`] (with [`operator`]) and [`variant`] rewrite the code under test; [`suite`] reads
+//! the test file statically; [`worker`] drives the Python fork-server runner over the
+//! [`protocol`]; [`outcome`] classifies each run; [`timeouts`] derives mutant time limits;
+//! [`rewards`] holds the formulas; [`score`] orchestrates one score.
+
+pub mod mutant;
+pub mod operator;
+pub mod rng;
+pub mod source;
