@@ -11,3 +11,5 @@ pub mod mutant;
 pub mod operator;
 pub mod rng;
 pub mod source;
+pub mod suite;
+pub mod variant;

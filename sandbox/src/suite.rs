@@ -1,0 +1,324 @@
+//! Suite facts: what a test file contains and what it reaches for, read statically.
+//!
+//! The runner's report is checked against these facts (every statically found test function
+//! must have run), and the reach report flags test code that goes for the sandbox, pytest's
+//! internals or the CUT's source instead of its behaviour. `Deny` reaches make a suite invalid
+//! under the default reward config; `Warn` reaches are only reported.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use tree_sitter::Node;
+
+use crate::source::{visit, PythonSource};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TestFunction {
+    /// `test_x` or `TestClass::test_x`.
+    pub name: String,
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Warn,
+    Deny,
+}
+
+/// One thing the test file reaches for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reach {
+    pub what: String,
+    pub line: usize,
+    pub severity: Severity,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SuiteFacts {
+    pub tests: Vec<TestFunction>,
+    pub imports: Vec<String>,
+    pub reaches: Vec<Reach>,
+}
+
+impl SuiteFacts {
+    pub fn denied(&self) -> impl Iterator<Item = &Reach> {
+        self.reaches.iter().filter(|r| r.severity == Severity::Deny)
+    }
+}
+
+const WHY_PROCESS: &str = "tests may not start processes or open sockets";
+const WHY_SOURCE: &str =
+    "tests must check behaviour, not read the code under test's source or bytecode";
+const WHY_INTERNALS: &str = "tests may not reach into pytest's or the interpreter's internals";
+const WHY_EXIT: &str = "exiting the interpreter hides test outcomes";
+
+/// Modules a test may not import, and why.
+fn module_rule(module: &str) -> Option<(Severity, &'static str)> {
+    let root = module.split('.').next().unwrap_or(module);
+    Some(match root {
+        "_pytest" | "pluggy" | "gc" | "ctypes" | "_ctypes" | "cffi" => {
+            (Severity::Deny, WHY_INTERNALS)
+        }
+        "subprocess" | "socket" | "multiprocessing" | "pty" | "asyncio.subprocess" | "resource" => {
+            (Severity::Deny, WHY_PROCESS)
+        }
+        "dis" | "linecache" | "tokenize" | "marshal" => (Severity::Deny, WHY_SOURCE),
+        "inspect" | "importlib" | "threading" | "signal" => (Severity::Warn, WHY_INTERNALS),
+        _ => return None,
+    })
+}
+
+/// Dotted names and attributes a test may not use, and why.
+fn name_rule(dotted: &str) -> Option<(Severity, &'static str)> {
+    let last = dotted.rsplit('.').next().unwrap_or(dotted);
+    Some(match (dotted, last) {
+        (_, "getsource" | "getsourcelines" | "getsourcefile" | "findsource" | "getfile") => {
+            (Severity::Deny, WHY_SOURCE)
+        }
+        (_, "__code__" | "co_code" | "__file__" | "__loader__" | "__spec__" | "__cached__") => {
+            (Severity::Deny, WHY_SOURCE)
+        }
+        (
+            _,
+            "_getframe" | "f_back" | "f_locals" | "f_globals" | "__subclasses__" | "settrace"
+            | "setprofile",
+        ) => (Severity::Deny, WHY_INTERNALS),
+        ("os._exit" | "os.abort" | "os.kill" | "os.killpg", _) => (Severity::Deny, WHY_EXIT),
+        ("os.system" | "os.popen" | "os.fork" | "os.forkpty" | "os.posix_spawn", _) => {
+            (Severity::Deny, WHY_PROCESS)
+        }
+        (_, "execv" | "execve" | "execvp" | "spawnv" | "spawnl") => (Severity::Deny, WHY_PROCESS),
+        ("sys.exit" | "exit" | "quit", _) => (Severity::Warn, WHY_EXIT),
+        ("sys.modules", _) => (Severity::Warn, WHY_INTERNALS),
+        _ => return None,
+    })
+}
+
+/// Read `source` (a parsed test file).
+pub fn suite_facts(source: &PythonSource) -> SuiteFacts {
+    let mut facts = SuiteFacts::default();
+    let mut imports = BTreeSet::new();
+    let root = source.root();
+    collect_tests(source, root, None, &mut facts.tests);
+    visit(root, &mut |node| {
+        let line = node.start_position().row + 1;
+        let mut flag = |what: String, (severity, why): (Severity, &'static str)| {
+            facts.reaches.push(Reach {
+                what,
+                line,
+                severity,
+                why: why.to_string(),
+            });
+        };
+        match node.kind() {
+            "import_statement" | "import_from_statement" => {
+                for (module, is_member) in imported_modules(source, node) {
+                    let rule = if is_member {
+                        name_rule(&module)
+                    } else {
+                        module_rule(&module)
+                    };
+                    if let Some(rule) = rule {
+                        flag(format!("import {module}"), rule);
+                    }
+                    if !is_member {
+                        imports.insert(module);
+                    }
+                }
+                return false;
+            }
+            "attribute" => {
+                let dotted = compact(source.node_text(node));
+                if let Some(rule) = name_rule(&dotted) {
+                    flag(dotted, rule);
+                }
+            }
+            "call" => {
+                if let Some(function) = node.child_by_field_name("function") {
+                    let callee = compact(source.node_text(function));
+                    if function.kind() == "identifier" {
+                        if let Some(rule) = name_rule(&callee) {
+                            flag(format!("{callee}()"), rule);
+                        }
+                    }
+                    if callee == "__import__" || callee.ends_with("import_module") {
+                        flag(format!("{callee}()"), (Severity::Warn, WHY_INTERNALS));
+                    }
+                    if matches!(
+                        callee.as_str(),
+                        "open" | "io.open" | "pathlib.Path" | "Path"
+                    ) && reads_python_file(source, node)
+                    {
+                        flag(
+                            format!("{callee}() of a .py file"),
+                            (Severity::Deny, WHY_SOURCE),
+                        );
+                    }
+                }
+            }
+            "function_definition" => {
+                if let Some(name) = node.child_by_field_name("name") {
+                    let name = source.node_text(name);
+                    if name.starts_with("pytest_") {
+                        flag(
+                            format!("def {name}"),
+                            (Severity::Deny, "test files may not implement pytest hooks"),
+                        );
+                    }
+                }
+            }
+            "assignment" => {
+                if let Some(left) = node.child_by_field_name("left") {
+                    if source.node_text(left) == "pytest_plugins" {
+                        flag(
+                            "pytest_plugins".into(),
+                            (Severity::Deny, "test files may not load pytest plugins"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        true
+    });
+    facts.imports = imports.into_iter().collect();
+    facts
+}
+
+fn compact(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
+}
+
+/// Modules an import names, and for `from m import x` also `m.x` marked as a member.
+fn imported_modules(source: &PythonSource, node: Node<'_>) -> Vec<(String, bool)> {
+    if node.kind() == "import_from_statement" {
+        let module = node
+            .child_by_field_name("module_name")
+            .map(|m| source.node_text(m).to_string())
+            .unwrap_or_default();
+        // `from inspect import getsource` is as much a reach as `inspect.getsource`.
+        let mut names = vec![(module.clone(), false)];
+        let mut cursor = node.walk();
+        for name in node.children_by_field_name("name", &mut cursor) {
+            let imported = source
+                .node_text(name)
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            names.push((format!("{module}.{imported}"), true));
+        }
+        return names;
+    }
+    let mut modules = Vec::new();
+    let mut cursor = node.walk();
+    for name in node.children_by_field_name("name", &mut cursor) {
+        let dotted = match name.kind() {
+            "aliased_import" => name
+                .child_by_field_name("name")
+                .map(|n| source.node_text(n)),
+            _ => Some(source.node_text(name)),
+        };
+        modules.extend(dotted.map(|d| (d.to_string(), false)));
+    }
+    modules
+}
+
+fn reads_python_file(source: &PythonSource, call: Node<'_>) -> bool {
+    call.child_by_field_name("arguments")
+        .and_then(|args| args.named_child(0))
+        .is_some_and(|first| {
+            let text = source.node_text(first);
+            (first.kind() == "string" && text.trim_end_matches(['"', '\'']).ends_with(".py"))
+                || text.contains("__file__")
+        })
+}
+
+fn collect_tests(
+    source: &PythonSource,
+    scope: Node<'_>,
+    class: Option<&str>,
+    out: &mut Vec<TestFunction>,
+) {
+    let mut cursor = scope.walk();
+    for child in scope.named_children(&mut cursor) {
+        let definition = if child.kind() == "decorated_definition" {
+            child.child_by_field_name("definition").unwrap_or(child)
+        } else {
+            child
+        };
+        let name = definition
+            .child_by_field_name("name")
+            .map(|n| source.node_text(n))
+            .unwrap_or_default();
+        match definition.kind() {
+            "function_definition" if name.starts_with("test") => {
+                let is_async = source.node_text(definition).starts_with("async");
+                if !is_async {
+                    out.push(TestFunction {
+                        name: class.map_or(name.to_string(), |c| format!("{c}::{name}")),
+                        line: definition.start_position().row + 1,
+                    });
+                }
+            }
+            "class_definition" if class.is_none() && name.starts_with("Test") => {
+                if let Some(body) = definition.child_by_field_name("body") {
+                    collect_tests(source, body, Some(name), out);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(code: &str) -> SuiteFacts {
+        suite_facts(&PythonSource::parse("tests", code).unwrap())
+    }
+
+    #[test]
+    fn finds_test_functions_and_methods() {
+        let f = facts(
+            "import pytest\nfrom m import f\n\n@pytest.mark.parametrize('x', [1])\ndef test_a(x):\n    pass\n\ndef helper():\n    pass\n\nclass TestB:\n    def test_c(self):\n        pass\n    def other(self):\n        pass\n\nclass Helper:\n    def test_d(self):\n        pass\n",
+        );
+        let names: Vec<&str> = f.tests.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["test_a", "TestB::test_c"]);
+        assert_eq!(f.imports, vec!["m", "pytest"]);
+        assert!(f.reaches.is_empty());
+    }
+
+    #[test]
+    fn flags_source_reading_and_internals() {
+        let f = facts(
+            "import inspect, m\nfrom _pytest.reports import TestReport\nimport os\n\ndef test_x():\n    assert 'a+b' in inspect.getsource(m)\n    assert m.f.__code__.co_code\n    open('m.py').read()\n    os._exit(0)\n",
+        );
+        let denied: Vec<&str> = f.denied().map(|r| r.what.as_str()).collect();
+        assert!(denied.contains(&"inspect.getsource"), "{denied:?}");
+        assert!(denied.contains(&"import _pytest.reports"), "{denied:?}");
+        assert!(denied.iter().any(|d| d.contains("__code__")), "{denied:?}");
+        assert!(denied.contains(&"open() of a .py file"), "{denied:?}");
+        assert!(denied.contains(&"os._exit"), "{denied:?}");
+        assert!(f
+            .reaches
+            .iter()
+            .any(|r| r.what == "import inspect" && r.severity == Severity::Warn));
+    }
+
+    #[test]
+    fn flags_from_imports_hooks_and_plugins() {
+        let f = facts("from inspect import getsource\npytest_plugins = ['x']\ndef pytest_runtest_makereport(item, call):\n    pass\n");
+        let denied: Vec<&str> = f.denied().map(|r| r.what.as_str()).collect();
+        assert_eq!(
+            denied,
+            vec![
+                "import inspect.getsource",
+                "pytest_plugins",
+                "def pytest_runtest_makereport"
+            ]
+        );
+    }
+}
