@@ -1,1 +1,358 @@
-fn main() {}
+//! `unitforge`: the command-line front end. Parses arguments, calls the libraries, prints.
+//!
+//! Everything of substance lives in the `unitforge-sandbox` and `unitforge-trainer` crates;
+//! this binary only wires them to files, flags, progress bars and exit codes.
+
+mod bench;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use futures::stream::{self, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use unitforge_sandbox::local::{discover_python, LocalLauncher};
+use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::{ScoreInput, Scorer};
+use unitforge_sandbox::source::PythonSource;
+use unitforge_sandbox::variant::{generate_variants, VariantConfig};
+use unitforge_sandbox::worker::WorkerPool;
+
+#[derive(Parser)]
+#[command(
+    name = "unitforge",
+    version,
+    about = "Train models to write pytest unit tests, and judge tests by running them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score a pytest suite against a code under test: validity, mutant kill rate, speed,
+    /// stability, robustness and the composite reward.
+    ///
+    /// Exit status 0 whenever scoring ran, whatever the score; non-zero for unusable input
+    /// (missing file, syntax error in the code under test, bad config).
+    Score(ScoreArgs),
+    /// List the mutants of a Python module.
+    Mutants(MutantsArgs),
+    /// Show semantics-preserving variants of a Python module (used for the robustness reward).
+    Variants(VariantsArgs),
+    /// Benchmarks that print figures side by side with a reference.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Options that choose and size the executor.
+#[derive(Args, Clone)]
+struct ExecutorArgs {
+    /// Python interpreter with pytest installed (default: $UNITFORGE_PYTHON, else the nearest
+    /// .venv/bin/python, else python3).
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    /// Runner processes working in parallel (default: number of CPUs).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Replace a worker after this many runs.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    recycle_after: u64,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// The code under test (a Python module; its file stem is the module name the tests import).
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    code: Option<PathBuf>,
+    /// The pytest file to score.
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    tests: Option<PathBuf>,
+    /// Module name of the code under test, if not the file stem of --code.
+    #[arg(long, value_name = "NAME")]
+    module: Option<String>,
+    /// Reward config (YAML); defaults are documented in docs/rewards.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Score many pairs from a JSONL file: one object per line with `code`, `tests`, and
+    /// optional `id` and `module`. Writes one JSON result per line.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["code", "tests"])]
+    batch: Option<PathBuf>,
+    /// Pairs scored at the same time in --batch mode.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    jobs: usize,
+    /// Where --batch writes its JSONL results (default: standard output).
+    #[arg(long, value_name = "FILE", requires = "batch")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+struct MutantsArgs {
+    /// The Python module to mutate.
+    file: PathBuf,
+    /// At most this many mutants (sampled deterministically by --seed).
+    #[arg(long, default_value_t = usize::MAX)]
+    max: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON (with each mutant's full source under `source`).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VariantsArgs {
+    /// The Python module to rewrite.
+    file: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNITFORGE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
+        Command::Mutants(args) => mutants(args),
+        Command::Variants(args) => variants(args),
+        Command::Bench(command) => runtime().and_then(|rt| rt.block_on(bench::run(command))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn read_source(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn module_name(path: &Path, explicit: Option<&str>) -> Result<String> {
+    if let Some(name) = explicit {
+        return Ok(name.to_string());
+    }
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("cannot take a module name from {}", path.display()))
+}
+
+fn load_config(path: Option<&Path>) -> Result<RewardConfig> {
+    Ok(match path {
+        Some(path) => RewardConfig::from_yaml_file(path)?,
+        None => RewardConfig::default(),
+    })
+}
+
+/// A scorer on local runner processes.
+async fn local_scorer(args: &ExecutorArgs) -> Result<Scorer> {
+    let python = discover_python(args.python.as_deref());
+    let launcher = LocalLauncher::new(python.clone())?;
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let pool = Arc::new(WorkerPool::new(
+        Arc::new(launcher),
+        workers,
+        args.recycle_after,
+    ));
+    Scorer::new(pool).await.with_context(|| {
+        format!(
+            "cannot start the pytest runner with {} (is pytest installed there? see README.md)",
+            python.display()
+        )
+    })
+}
+
+async fn score(args: ScoreArgs) -> Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    if let Some(batch) = &args.batch {
+        return score_batch(&args, batch, &config).await;
+    }
+    let (code_path, tests_path) = (
+        args.code.as_ref().expect("clap requires --code"),
+        args.tests.as_ref().expect("clap requires --tests"),
+    );
+    let input = ScoreInput {
+        module: module_name(code_path, args.module.as_deref())?,
+        code: read_source(code_path)?,
+        tests: read_source(tests_path)?,
+    };
+    let scorer = local_scorer(&args.executor).await?;
+    let report = scorer.score(&input, &config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render::score_table(&report, code_path, tests_path));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct BatchRow {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    module: Option<String>,
+    code: String,
+    tests: String,
+}
+
+#[derive(Serialize)]
+struct BatchResult {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<unitforge_sandbox::score::ScoreReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> Result<()> {
+    let text = read_source(batch)?;
+    let mut rows = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: BatchRow = serde_json::from_str(line).with_context(|| {
+            format!("{}:{}: not a candidate object", batch.display(), index + 1)
+        })?;
+        rows.push((
+            row.id.clone().unwrap_or_else(|| format!("{}", index + 1)),
+            row,
+        ));
+    }
+    if rows.is_empty() {
+        bail!("{} holds no candidates", batch.display());
+    }
+    let scorer = local_scorer(&args.executor).await?;
+    let progress = ProgressBar::new(rows.len() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} pairs  {elapsed} elapsed, ~{eta} left")
+            .expect("valid template"),
+    );
+    let mut out: Box<dyn std::io::Write> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let scorer = &scorer;
+    let mut results = stream::iter(rows)
+        .map(|(id, row)| async move {
+            let input = ScoreInput {
+                module: row.module.unwrap_or_else(|| "solution".into()),
+                code: row.code,
+                tests: row.tests,
+            };
+            match scorer.score(&input, config).await {
+                Ok(report) => BatchResult {
+                    id,
+                    report: Some(report),
+                    error: None,
+                },
+                Err(err) => BatchResult {
+                    id,
+                    report: None,
+                    error: Some(err.to_string()),
+                },
+            }
+        })
+        .buffer_unordered(args.jobs.max(1));
+    while let Some(result) = results.next().await {
+        serde_json::to_writer(&mut out, &result)?;
+        writeln!(out)?;
+        progress.inc(1);
+    }
+    out.flush()?;
+    progress.finish_and_clear();
+    Ok(())
+}
+
+use std::io::Write;
+
+fn mutants(args: MutantsArgs) -> Result<()> {
+    let text = read_source(&args.file)?;
+    let source = PythonSource::parse(&args.file.display().to_string(), &text)?;
+    let config = MutantConfig {
+        max_mutants: args.max,
+        seed: args.seed,
+        operators: vec![],
+    };
+    let (mutants, census) = generate_mutants(&source, &config);
+    if args.json {
+        let rows: Vec<serde_json::Value> = mutants
+            .iter()
+            .map(|m| {
+                let mut value = serde_json::to_value(m).expect("mutants serialise");
+                value["source"] = serde_json::Value::String(m.apply(&text));
+                value
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "census": census, "mutants": rows })
+            )?
+        );
+    } else {
+        print!("{}", render::mutant_list(&mutants, &census));
+    }
+    Ok(())
+}
+
+fn variants(args: VariantsArgs) -> Result<()> {
+    let text = read_source(&args.file)?;
+    let source = PythonSource::parse(&args.file.display().to_string(), &text)?;
+    let variants = generate_variants(
+        &source,
+        &VariantConfig {
+            count: args.count,
+            seed: args.seed,
+        },
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&variants)?);
+    } else {
+        for variant in &variants {
+            let rewrites: Vec<String> = variant.rewrites.iter().map(|r| format!("{r:?}")).collect();
+            println!("=== variant {} ({})", variant.id, rewrites.join(", "));
+            for rename in &variant.renamed {
+                println!("    renamed {rename}");
+            }
+            println!("{}", variant.source);
+        }
+    }
+    Ok(())
+}

@@ -170,6 +170,8 @@ class Server:
         with open(self.ini_path, "w") as ini:
             ini.write("[pytest]\n")
         self.plugin = ResultsPlugin()
+        self.pid = os.getpid()
+        self.libc = _load_libc()
         self.rewrite_cache = {}
         self.config = self._configure_pytest()
         self.protected = _Snapshot()
@@ -308,6 +310,7 @@ class Server:
 
     def _child_body(self, req, test_path, report_fd):
         os.setpgid(0, 0)
+        _die_with_parent(self.libc, self.pid)
         _redirect_stdio(self.output_path)
         _close_fds_except(report_fd)
         limits = req.get("limits") or {}
@@ -571,6 +574,26 @@ def _kill_group(pid):
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _load_libc():
+    """libc, loaded once by the server (a per-run `import ctypes` would cost milliseconds)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True)
+    except (ImportError, OSError):
+        return None
+
+
+def _die_with_parent(libc, server_pid):
+    """Ask the kernel to SIGKILL this child if the server dies (a replaced, hung worker), so no
+    run outlives its worker. Called before any job code runs; job code cannot call into libc
+    (`ctypes.call_function` is a forbidden audit event)."""
+    if libc is not None:
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != server_pid:  # the server died between fork and prctl
+        os._exit(CHILD_INTERNAL_ERROR)
 
 
 def _apply_rlimits(limits, timeout):

@@ -7,9 +7,16 @@
 //! [`protocol`]; [`outcome`] classifies each run; [`timeouts`] derives mutant time limits;
 //! [`rewards`] holds the formulas; [`score`] orchestrates one score.
 
+pub mod local;
 pub mod mutant;
 pub mod operator;
+pub mod outcome;
+pub mod protocol;
+pub mod rewards;
 pub mod rng;
+pub mod score;
 pub mod source;
 pub mod suite;
+pub mod timeouts;
 pub mod variant;
+pub mod worker;

@@ -1,0 +1,578 @@
+//! Scoring one (code under test, test file) pair: every reward, with the evidence behind it.
+//!
+//! The steps, in order: parse both files and read the suite's facts; run the suite once on the
+//! original (the baseline, which decides validity); then, concurrently over the worker pool,
+//! the stability runs (shuffled, reseeded), the runs on each variant, and — after the runner
+//! has compiled the mutants to drop equivalent and unviable ones — one run per mutant with a
+//! time limit derived from the baseline. Nothing a run does can make this function fail: bad
+//! tests give an invalid score, and only unusable input or a broken machine give an error.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::join_all;
+use serde::{Deserialize, Serialize};
+
+use crate::mutant::{generate_mutants, Mutant, MutantCensus};
+use crate::outcome::{judge_run, mutant_status, JudgedRun, MutantStatus, Verdict};
+use crate::protocol::{RunReply, RunRequest, TestReport, PROTOCOL_VERSION};
+use crate::rewards::{composite_reward, median, speed_reward, RewardConfig};
+use crate::source::{PythonSource, SourceError};
+use crate::suite::{suite_facts, SuiteFacts};
+use crate::variant::{generate_variants, Rewrite};
+use crate::worker::{InfraError, WorkerPool};
+
+/// Input that cannot be scored at all (as opposed to tests that score badly).
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("`{0}` cannot be used as the module name of the code under test: {1}")]
+    ModuleName(String, &'static str),
+    #[error("the code under test raised while being imported: {0}")]
+    CutImport(String),
+    #[error("the sandbox failed: {0}")]
+    Infra(#[from] InfraError),
+}
+
+/// One pair to score.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoreInput {
+    /// Module name the tests import the code under test by (`from <module> import …`).
+    pub module: String,
+    pub code: String,
+    pub tests: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MutantResult {
+    #[serde(flatten)]
+    pub mutant: Mutant,
+    pub status: MutantStatus,
+    pub detail: String,
+    pub wall_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct MutantSummary {
+    pub generated: usize,
+    pub scored: usize,
+    pub killed: usize,
+    pub timeout: usize,
+    pub survived: usize,
+    pub equivalent: usize,
+    pub unviable: usize,
+    pub excluded: usize,
+    /// Time limit of each mutant run, derived from the baseline.
+    pub timeout_s: f64,
+    pub census: MutantCensus,
+    pub results: Vec<MutantResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BaselineRun {
+    pub verdict: Verdict,
+    pub detail: String,
+    pub tests: Vec<TestReport>,
+    pub violations: Vec<String>,
+    pub cpu_ms: f64,
+    pub wall_ms: f64,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StabilityRun {
+    pub seed: u64,
+    pub shuffled: bool,
+    pub verdict: Verdict,
+    pub matches_first: bool,
+    pub cpu_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VariantResult {
+    pub id: String,
+    pub rewrites: Vec<Rewrite>,
+    pub renamed: Vec<String>,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Timing {
+    /// Median CPU time of the runs on the original, less the runner's per-run overhead.
+    pub suite_cpu_ms: f64,
+    pub overhead_ms: f64,
+    /// Wall time of the whole score.
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Environment {
+    pub executor: String,
+    pub protocol: u32,
+    pub python: String,
+    pub pytest: String,
+}
+
+/// A score and everything that went into it. The six rewards are the top-level numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScoreReport {
+    pub validity: f64,
+    pub mutant_kill: f64,
+    pub speed: f64,
+    pub stability: f64,
+    pub robustness: f64,
+    pub composite: f64,
+    pub valid: bool,
+    pub invalid_reason: Option<String>,
+    pub module: String,
+    pub suite: SuiteFacts,
+    pub baseline: Option<BaselineRun>,
+    pub mutants: MutantSummary,
+    pub stability_runs: Vec<StabilityRun>,
+    pub variants: Vec<VariantResult>,
+    /// What was left out of a reward, and why.
+    pub exclusions: Vec<String>,
+    pub timing: Timing,
+    pub environment: Environment,
+}
+
+/// Module names the runner itself needs.
+const RESERVED_MODULES: [&str; 6] = [
+    "pytest",
+    "_pytest",
+    "pluggy",
+    "unitforge_runner",
+    "conftest",
+    "py",
+];
+
+fn check_module_name(name: &str) -> Result<(), ScoreError> {
+    let valid_identifier = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid_identifier {
+        return Err(ScoreError::ModuleName(
+            name.into(),
+            "not a Python identifier",
+        ));
+    }
+    if RESERVED_MODULES.contains(&name) || name.starts_with("test_") {
+        return Err(ScoreError::ModuleName(
+            name.into(),
+            "reserved by pytest or the runner",
+        ));
+    }
+    Ok(())
+}
+
+/// Scores pairs on a worker pool. Cheap to share: clone the `Arc`.
+pub struct Scorer {
+    pool: Arc<WorkerPool>,
+    overhead_ms: f64,
+    environment: Environment,
+}
+
+const CALIBRATION_RUNS: usize = 5;
+
+impl Scorer {
+    /// Start the pool's workers and measure the runner's per-run CPU overhead (a one-test suite
+    /// that does nothing), which the speed reward subtracts.
+    pub async fn new(pool: Arc<WorkerPool>) -> Result<Self, InfraError> {
+        let hello = pool.warm_up().await?;
+        let mut scorer = Self {
+            environment: Environment {
+                executor: pool.executor_name().to_string(),
+                protocol: PROTOCOL_VERSION,
+                python: hello.python,
+                pytest: hello.pytest,
+            },
+            pool,
+            overhead_ms: 0.0,
+        };
+        let request = |seed| {
+            RunRequest {
+            op: "run",
+            id: format!("calibrate-{seed}"),
+            module: "unitforge_calibration".into(),
+            source: "VALUE = 1\n".into(),
+            tests: "from unitforge_calibration import VALUE\n\ndef test_value():\n    assert VALUE == 1\n".into(),
+            test_file: "test_unitforge_calibration.py".into(),
+            seed,
+            shuffle: false,
+            timeout_s: 30.0,
+            tracebacks: false,
+            limits: Default::default(),
+        }
+        };
+        let mut cpu = Vec::new();
+        for seed in 0..CALIBRATION_RUNS as u64 {
+            let reply = scorer.pool.run(&request(seed)).await?;
+            cpu.push(reply.cpu_s.unwrap_or(0.0) * 1000.0);
+        }
+        scorer.overhead_ms = median(&cpu);
+        tracing::debug!(
+            overhead_ms = scorer.overhead_ms,
+            "runner overhead calibrated"
+        );
+        Ok(scorer)
+    }
+
+    pub fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+
+    pub fn overhead_ms(&self) -> f64 {
+        self.overhead_ms
+    }
+
+    pub fn environment(&self) -> &Environment {
+        &self.environment
+    }
+
+    fn request(
+        &self,
+        input: &ScoreInput,
+        config: &RewardConfig,
+        source: String,
+        seed: u64,
+        timeout_s: f64,
+    ) -> RunRequest {
+        RunRequest {
+            op: "run",
+            id: String::new(),
+            module: input.module.clone(),
+            source,
+            tests: input.tests.clone(),
+            test_file: format!("test_{}.py", input.module),
+            seed,
+            shuffle: seed != 0,
+            timeout_s,
+            tracebacks: false,
+            limits: config.limits.clone(),
+        }
+    }
+
+    /// Score one pair under `config`.
+    pub async fn score(
+        &self,
+        input: &ScoreInput,
+        config: &RewardConfig,
+    ) -> Result<ScoreReport, ScoreError> {
+        let started = Instant::now();
+        check_module_name(&input.module)?;
+        let cut = PythonSource::parse("code under test", &input.code)?;
+        let (mutants, census) = generate_mutants(&cut, &config.mutants);
+        let mut report = ScoreReport {
+            validity: 0.0,
+            mutant_kill: 0.0,
+            speed: 0.0,
+            stability: 0.0,
+            robustness: 0.0,
+            composite: config.invalid_composite,
+            valid: false,
+            invalid_reason: None,
+            module: input.module.clone(),
+            suite: SuiteFacts::default(),
+            baseline: None,
+            mutants: MutantSummary {
+                generated: mutants.len(),
+                census,
+                ..MutantSummary::default()
+            },
+            stability_runs: Vec::new(),
+            variants: Vec::new(),
+            exclusions: Vec::new(),
+            timing: Timing {
+                overhead_ms: self.overhead_ms,
+                ..Timing::default()
+            },
+            environment: self.environment.clone(),
+        };
+        let finish = |mut report: ScoreReport| {
+            report.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+            Ok(report)
+        };
+
+        // The test file: model output, so its problems make the suite invalid, not an error.
+        let tests = match PythonSource::parse("test file", &input.tests) {
+            Ok(tests) => tests,
+            Err(err) => {
+                report.invalid_reason = Some(err.to_string());
+                return finish(report);
+            }
+        };
+        report.suite = suite_facts(&tests);
+        let denied: Vec<String> = report
+            .suite
+            .denied()
+            .map(|r| format!("{} (line {})", r.what, r.line))
+            .collect();
+        if config.deny_reaches_invalidate && !denied.is_empty() {
+            report.invalid_reason = Some(format!(
+                "the test file reaches for what tests may not use: {}",
+                denied.join(", ")
+            ));
+            return finish(report);
+        }
+        if report.suite.tests.is_empty() {
+            report.invalid_reason = Some("the test file defines no test functions".into());
+            return finish(report);
+        }
+        let static_tests: BTreeSet<String> =
+            report.suite.tests.iter().map(|t| t.name.clone()).collect();
+
+        // Baseline: decides validity, and is the first stability run.
+        let mut request = self.request(
+            input,
+            config,
+            input.code.clone(),
+            0,
+            config.timeouts.baseline_s,
+        );
+        request.tracebacks = true;
+        let reply = self.pool.run(&request).await?;
+        let baseline = judge_run(&reply, &static_tests)?;
+        report.baseline = Some(baseline_summary(&reply, &baseline));
+        if baseline.verdict == Verdict::CutError {
+            return Err(ScoreError::CutImport(baseline.detail));
+        }
+        if !baseline.passed() {
+            report.invalid_reason = Some(format!(
+                "the tests do not pass on the code under test: {}",
+                baseline.detail
+            ));
+            return finish(report);
+        }
+        if !baseline.violations.is_empty() {
+            report.invalid_reason = Some(format!(
+                "the tests attempted what the sandbox forbids: {}",
+                baseline.violations.join(", ")
+            ));
+            return finish(report);
+        }
+
+        // Stability runs, variant runs and the equivalence check, all at once.
+        let variants = generate_variants(&cut, &config.variants);
+        let stability_seeds: Vec<u64> = (1..config.runs as u64).collect();
+        let stability_futures = stability_seeds.iter().map(|&seed| {
+            let request = self.request(
+                input,
+                config,
+                input.code.clone(),
+                seed,
+                config.timeouts.baseline_s,
+            );
+            async move { (seed, self.pool.run(&request).await) }
+        });
+        let variant_futures = variants.iter().map(|variant| {
+            let request = self.request(
+                input,
+                config,
+                variant.source.clone(),
+                0,
+                config.timeouts.baseline_s,
+            );
+            async move { self.pool.run(&request).await }
+        });
+        let mutant_sources: Vec<String> = mutants.iter().map(|m| m.apply(&input.code)).collect();
+        let (stability_replies, variant_replies, equivalence) = tokio::join!(
+            join_all(stability_futures),
+            join_all(variant_futures),
+            self.pool.equivalence(&input.code, mutant_sources.clone())
+        );
+
+        let mut cpu = vec![baseline.cpu_ms];
+        let mut matching = 1usize;
+        let mut counted = 1usize;
+        for (seed, reply) in stability_replies {
+            match reply
+                .map_err(ScoreError::from)
+                .and_then(|r| Ok(judge_run(&r, &static_tests)?))
+            {
+                Ok(run) => {
+                    let matches_first =
+                        run.verdict == baseline.verdict && run.tests == baseline.tests;
+                    matching += usize::from(matches_first);
+                    counted += 1;
+                    cpu.push(run.cpu_ms);
+                    report.stability_runs.push(StabilityRun {
+                        seed,
+                        shuffled: true,
+                        verdict: run.verdict,
+                        matches_first,
+                        cpu_ms: run.cpu_ms,
+                    });
+                }
+                Err(err) => report
+                    .exclusions
+                    .push(format!("stability run {seed} excluded: {err}")),
+            }
+        }
+        report.stability = matching as f64 / counted as f64;
+        report.timing.suite_cpu_ms = (median(&cpu) - self.overhead_ms).max(0.0);
+        report.speed = speed_reward(report.timing.suite_cpu_ms, config.speed.reference_ms);
+
+        let mut variants_passed = 0usize;
+        for (variant, reply) in variants.iter().zip(variant_replies) {
+            match reply
+                .map_err(ScoreError::from)
+                .and_then(|r| Ok(judge_run(&r, &static_tests)?))
+            {
+                Ok(run) => {
+                    variants_passed += usize::from(run.passed());
+                    report.variants.push(VariantResult {
+                        id: variant.id.clone(),
+                        rewrites: variant.rewrites.clone(),
+                        renamed: variant.renamed.clone(),
+                        passed: run.passed(),
+                        detail: run.detail,
+                    });
+                }
+                Err(err) => report
+                    .exclusions
+                    .push(format!("variant {} excluded: {err}", variant.id)),
+            }
+        }
+        report.robustness = if report.variants.is_empty() {
+            report
+                .exclusions
+                .push("no variant could be run; robustness counts as 1".into());
+            1.0
+        } else {
+            variants_passed as f64 / report.variants.len() as f64
+        };
+
+        // Mutants: drop equivalent and unviable ones, run the rest with the derived limit.
+        let verdicts = match equivalence {
+            Ok(reply) if reply.error.is_none() && reply.results.len() == mutants.len() => {
+                Some(reply.results)
+            }
+            Ok(reply) => {
+                report.exclusions.push(format!(
+                    "equivalence check failed ({}); all mutants run",
+                    reply.error.unwrap_or_default()
+                ));
+                None
+            }
+            Err(err) => {
+                report
+                    .exclusions
+                    .push(format!("equivalence check failed ({err}); all mutants run"));
+                None
+            }
+        };
+        let timeout_s = config.timeouts.mutant_timeout_s(baseline.wall_ms / 1000.0);
+        report.mutants.timeout_s = timeout_s;
+        let static_tests = &static_tests;
+        let mutant_futures = mutant_sources
+            .into_iter()
+            .enumerate()
+            .map(|(index, source)| {
+                let precheck = verdicts.as_ref().map(|v| &v[index]);
+                let request = self.request(input, config, source, 0, timeout_s);
+                async move {
+                    match precheck {
+                        Some(check) if !check.compiles => (
+                            MutantStatus::Unviable,
+                            check.error.clone().unwrap_or_default(),
+                            0.0,
+                        ),
+                        Some(check) if check.equivalent => (
+                            MutantStatus::Equivalent,
+                            "same bytecode as the original".into(),
+                            0.0,
+                        ),
+                        _ => match self
+                            .pool
+                            .run(&request)
+                            .await
+                            .and_then(|r| judge_run(&r, static_tests))
+                        {
+                            Ok(run) => (mutant_status(&run), run.detail, run.wall_ms),
+                            Err(err) => (MutantStatus::Excluded, err.to_string(), 0.0),
+                        },
+                    }
+                }
+            });
+        let outcomes = join_all(mutant_futures).await;
+        let summary = &mut report.mutants;
+        for (mutant, (status, detail, wall_ms)) in mutants.into_iter().zip(outcomes) {
+            match status {
+                MutantStatus::Killed => summary.killed += 1,
+                MutantStatus::Timeout => summary.timeout += 1,
+                MutantStatus::Survived => summary.survived += 1,
+                MutantStatus::Equivalent => summary.equivalent += 1,
+                MutantStatus::Unviable => summary.unviable += 1,
+                MutantStatus::Excluded => {
+                    summary.excluded += 1;
+                    report.exclusions.push(format!(
+                        "mutant {} excluded after a retry: {detail}",
+                        mutant.id
+                    ));
+                }
+            }
+            summary.results.push(MutantResult {
+                mutant,
+                status,
+                detail,
+                wall_ms,
+            });
+        }
+        summary.scored = summary.killed + summary.timeout + summary.survived;
+        report.mutant_kill = if summary.scored == 0 {
+            report
+                .exclusions
+                .push("no mutant could be scored; mutant_kill counts as 0".into());
+            0.0
+        } else {
+            (summary.killed + summary.timeout) as f64 / summary.scored as f64
+        };
+
+        report.valid = true;
+        report.validity = 1.0;
+        report.composite = composite_reward(
+            config,
+            true,
+            report.mutant_kill,
+            report.speed,
+            report.stability,
+            report.robustness,
+        );
+        finish(report)
+    }
+}
+
+fn baseline_summary(reply: &RunReply, judged: &JudgedRun) -> BaselineRun {
+    BaselineRun {
+        verdict: judged.verdict,
+        detail: judged.detail.clone(),
+        tests: reply
+            .report
+            .as_ref()
+            .map(|r| r.tests.clone())
+            .unwrap_or_default(),
+        violations: judged.violations.clone(),
+        cpu_ms: judged.cpu_ms,
+        wall_ms: judged.wall_ms,
+        output: reply.output.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names() {
+        assert!(check_module_name("calc").is_ok());
+        assert!(check_module_name("_private2").is_ok());
+        for bad in ["2x", "a-b", "", "pytest", "test_calc", "a.b"] {
+            assert!(check_module_name(bad).is_err(), "{bad}");
+        }
+    }
+}

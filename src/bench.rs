@@ -1,0 +1,330 @@
+//! `unitforge bench …`: figures printed side by side with a reference, never asserted.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use unitforge_sandbox::local::discover_python;
+use unitforge_sandbox::rewards::{median, RewardConfig};
+use unitforge_sandbox::score::ScoreInput;
+
+use crate::{load_config, local_scorer, read_source, ExecutorArgs};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Score every shipped pair and print mutants, kill rate, per-run overhead, wall time per
+    /// pair and mutants per second; with mutmut 3 in the venv, mutmut's figures beside them.
+    Score(BenchScoreArgs),
+}
+
+#[derive(Args)]
+pub struct BenchScoreArgs {
+    /// Directory of pairs: one folder per pair holding `<name>.py` and `test_<name>.py`.
+    #[arg(long, default_value = "data/pairs")]
+    pairs: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Score each pair this many times and report the median wall time.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Also run mutmut on each pair (needs mutmut 3 next to the Python used).
+    #[arg(long)]
+    mutmut: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    executor: ExecutorArgs,
+}
+
+pub async fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Score(args) => bench_score(args).await,
+    }
+}
+
+struct Pair {
+    name: String,
+    dir: PathBuf,
+    input: ScoreInput,
+}
+
+fn load_pairs(dir: &Path) -> Result<Vec<Pair>> {
+    let mut pairs = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    for pair_dir in dirs {
+        let name = pair_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let code = pair_dir.join(format!("{name}.py"));
+        let tests = pair_dir.join(format!("test_{name}.py"));
+        if !code.is_file() || !tests.is_file() {
+            continue;
+        }
+        pairs.push(Pair {
+            input: ScoreInput {
+                module: name.clone(),
+                code: read_source(&code)?,
+                tests: read_source(&tests)?,
+            },
+            name,
+            dir: pair_dir,
+        });
+    }
+    if pairs.is_empty() {
+        bail!(
+            "no pairs (<name>/<name>.py + <name>/test_<name>.py) under {}",
+            dir.display()
+        );
+    }
+    Ok(pairs)
+}
+
+#[derive(serde::Serialize)]
+struct PairFigures {
+    name: String,
+    mutants: usize,
+    scored: usize,
+    kill_rate: f64,
+    composite: f64,
+    runs: usize,
+    wall_ms: f64,
+    mutmut: Option<MutmutFigures>,
+}
+
+#[derive(serde::Serialize, Clone)]
+struct MutmutFigures {
+    mutants: usize,
+    killed: usize,
+    wall_ms: f64,
+}
+
+async fn bench_score(args: BenchScoreArgs) -> Result<()> {
+    let config: RewardConfig = load_config(args.config.as_deref())?;
+    let pairs = load_pairs(&args.pairs)?;
+    let scorer = local_scorer(&args.executor).await?;
+    let python = discover_python(args.executor.python.as_deref());
+    let cold_pytest_ms = cold_pytest_ms(&python, &pairs[0])?;
+    let mut rows = Vec::new();
+    for pair in &pairs {
+        let mut walls = Vec::new();
+        let mut last = None;
+        for _ in 0..args.repeat.max(1) {
+            let started = Instant::now();
+            let report = scorer
+                .score(&pair.input, &config)
+                .await
+                .with_context(|| format!("scoring {}", pair.name))?;
+            walls.push(started.elapsed().as_secs_f64() * 1000.0);
+            last = Some(report);
+        }
+        let report = last.expect("at least one repeat");
+        let m = &report.mutants;
+        let runs = 1
+            + report.stability_runs.len()
+            + report.variants.len()
+            + m.killed
+            + m.timeout
+            + m.survived
+            + m.excluded;
+        let mutmut = if args.mutmut {
+            Some(run_mutmut(&python, pair)?)
+        } else {
+            None
+        };
+        rows.push(PairFigures {
+            name: pair.name.clone(),
+            mutants: m.generated,
+            scored: m.scored,
+            kill_rate: report.mutant_kill,
+            composite: report.composite,
+            runs,
+            wall_ms: median(&walls),
+            mutmut,
+        });
+    }
+    let walls: Vec<f64> = rows.iter().map(|r| r.wall_ms).collect();
+    let total_wall_s: f64 = walls.iter().sum::<f64>() / 1000.0;
+    let total_mutants: usize = rows.iter().map(|r| r.scored).sum();
+    let total_runs: usize = rows.iter().map(|r| r.runs).sum();
+    let summary = serde_json::json!({
+        "pairs": rows.len(),
+        "workers": scorer.pool().size(),
+        "per_run_overhead_cpu_ms": scorer.overhead_ms(),
+        "cold_pytest_per_run_ms": cold_pytest_ms,
+        "median_wall_ms_per_pair": median(&walls),
+        "max_wall_ms_per_pair": walls.iter().cloned().fold(0.0, f64::max),
+        "mean_kill_rate": rows.iter().map(|r| r.kill_rate).sum::<f64>() / rows.len() as f64,
+        "mutants_per_second": total_mutants as f64 / total_wall_s,
+        "runs_per_second": total_runs as f64 / total_wall_s,
+        "mutmut_median_wall_ms_per_pair": args.mutmut.then(|| median(&rows.iter().filter_map(|r| r.mutmut.as_ref().map(|m| m.wall_ms)).collect::<Vec<_>>())),
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "summary": summary, "pairs": rows })
+            )?
+        );
+        return Ok(());
+    }
+    println!(
+        "unitforge bench score: {} pairs from {}, {} workers ({} executor)\n",
+        rows.len(),
+        args.pairs.display(),
+        scorer.pool().size(),
+        scorer.environment().executor
+    );
+    let mutmut_header = if args.mutmut {
+        "   mutmut: mutants  killed    wall"
+    } else {
+        ""
+    };
+    println!(
+        "{:<18} {:>7} {:>6} {:>9} {:>9} {:>5} {:>9}{mutmut_header}",
+        "pair", "mutants", "scored", "kill rate", "composite", "runs", "wall ms"
+    );
+    for row in &rows {
+        let mutmut = row.mutmut.as_ref().map_or(String::new(), |m| {
+            format!(
+                "          {:>7} {:>7} {:>7.0}",
+                m.mutants, m.killed, m.wall_ms
+            )
+        });
+        println!(
+            "{:<18} {:>7} {:>6} {:>9.3} {:>9.3} {:>5} {:>9.0}{mutmut}",
+            row.name, row.mutants, row.scored, row.kill_rate, row.composite, row.runs, row.wall_ms
+        );
+    }
+    println!();
+    println!("per-run overhead (CPU, one-test suite)   {:>8.1} ms   reference: cold `python -m pytest` per run {:.0} ms", scorer.overhead_ms(), cold_pytest_ms);
+    println!(
+        "wall time per pair, median / max         {:>8.0} / {:.0} ms",
+        median(&walls),
+        walls.iter().cloned().fold(0.0, f64::max)
+    );
+    println!(
+        "mutants scored per second                {:>8.1}",
+        total_mutants as f64 / total_wall_s
+    );
+    println!(
+        "pytest runs per second                   {:>8.1}",
+        total_runs as f64 / total_wall_s
+    );
+    println!(
+        "mean kill rate                           {:>8.3}",
+        summary["mean_kill_rate"].as_f64().unwrap_or(0.0)
+    );
+    if let Some(mutmut_ms) = summary["mutmut_median_wall_ms_per_pair"].as_f64() {
+        println!(
+            "mutmut wall time per pair, median        {:>8.0} ms   ({:.1}× unitforge)",
+            mutmut_ms,
+            mutmut_ms / median(&walls)
+        );
+    }
+    Ok(())
+}
+
+/// Wall time of a cold `python -m pytest -q` on one pair: the cost every run would pay
+/// without a fork server (median of 3).
+fn cold_pytest_ms(python: &Path, pair: &Pair) -> Result<f64> {
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = std::process::Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .arg(format!("test_{}.py", pair.name))
+            .current_dir(&pair.dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        if !status.success() {
+            bail!("cold pytest reference run failed on {}", pair.name);
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(median(&times))
+}
+
+/// Run mutmut 3 on a copy of the pair and read its result counts.
+fn run_mutmut(python: &Path, pair: &Pair) -> Result<MutmutFigures> {
+    let mutmut = python.with_file_name("mutmut");
+    if !mutmut.is_file() {
+        bail!(
+            "--mutmut needs mutmut next to {} (pip install mutmut==3.*)",
+            python.display()
+        );
+    }
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("src");
+    let tests = work.path().join("tests");
+    std::fs::create_dir_all(&src)?;
+    std::fs::create_dir_all(&tests)?;
+    std::fs::write(src.join(format!("{}.py", pair.name)), &pair.input.code)?;
+    std::fs::write(
+        tests.join(format!("test_{}.py", pair.name)),
+        &pair.input.tests,
+    )?;
+    std::fs::write(
+        work.path().join("setup.cfg"),
+        format!("[mutmut]\npaths_to_mutate=src/{}.py\ntests_dir=tests/\npytest_add_cli_args_test_selection=tests/\n\n[tool:pytest]\npythonpath = src\n", pair.name),
+    )?;
+    let bin_dir = python.parent().map(Path::to_path_buf).unwrap_or_default();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let output = std::process::Command::new(&mutmut)
+        .arg("run")
+        .current_dir(work.path())
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run mutmut")?;
+    let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let results = std::process::Command::new(&mutmut)
+        .args(["results", "--all", "true"])
+        .current_dir(work.path())
+        .env("PATH", &path)
+        .output()
+        .context("cannot run mutmut results")?;
+    let text = String::from_utf8_lossy(&results.stdout);
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.rsplit(':').next())
+        .map(str::trim)
+        .collect();
+    let killed = statuses
+        .iter()
+        .filter(|s| matches!(**s, "killed" | "timeout"))
+        .count();
+    if statuses.is_empty() {
+        bail!(
+            "mutmut produced no results for {}: {}",
+            pair.name,
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    Ok(MutmutFigures {
+        mutants: statuses.len(),
+        killed,
+        wall_ms,
+    })
+}

@@ -1,0 +1,163 @@
+//! Human-readable tables for the CLI. JSON output never goes through here.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use unitforge_sandbox::mutant::{Mutant, MutantCensus};
+use unitforge_sandbox::outcome::MutantStatus;
+use unitforge_sandbox::score::ScoreReport;
+
+pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
+    let mut out = String::new();
+    let env = &report.environment;
+    let _ = writeln!(
+        out,
+        "unitforge score  {} ← {}   ({} executor, Python {}, pytest {})\n",
+        code.display(),
+        tests.display(),
+        env.executor,
+        env.python,
+        env.pytest
+    );
+    let m = &report.mutants;
+    let test_count = report.baseline.as_ref().map_or(0, |b| b.tests.len());
+    let validity_note = match &report.invalid_reason {
+        None => format!("the suite passes on the code under test ({test_count} tests)"),
+        Some(reason) => format!("INVALID: {reason}"),
+    };
+    let rows = [
+        ("validity", report.validity, validity_note),
+        (
+            "mutant_kill",
+            report.mutant_kill,
+            format!(
+                "{}/{} scored mutants killed ({} by timeout); {} equivalent, {} unviable, {} excluded",
+                m.killed + m.timeout,
+                m.scored,
+                m.timeout,
+                m.equivalent,
+                m.unviable,
+                m.excluded
+            ),
+        ),
+        (
+            "speed",
+            report.speed,
+            format!(
+                "suite CPU {:.1} ms (median of {} runs, runner overhead {:.1} ms removed)",
+                report.timing.suite_cpu_ms,
+                report.stability_runs.len() + 1,
+                report.timing.overhead_ms
+            ),
+        ),
+        (
+            "stability",
+            report.stability,
+            format!(
+                "{}/{} runs agree with the first (shuffled order, new seeds)",
+                1 + report.stability_runs.iter().filter(|r| r.matches_first).count(),
+                1 + report.stability_runs.len()
+            ),
+        ),
+        (
+            "robustness",
+            report.robustness,
+            format!(
+                "{}/{} variants of the code under test pass",
+                report.variants.iter().filter(|v| v.passed).count(),
+                report.variants.len()
+            ),
+        ),
+        ("composite", report.composite, String::new()),
+    ];
+    for (name, value, note) in rows {
+        let _ = writeln!(out, "  {name:<12} {value:>6.3}   {note}");
+    }
+    if let Some(baseline) = &report.baseline {
+        let failing: Vec<_> = baseline
+            .tests
+            .iter()
+            .filter(|t| t.outcome != unitforge_sandbox::protocol::TestOutcome::Passed)
+            .collect();
+        if !failing.is_empty() {
+            let _ = writeln!(out, "\nTests not passing on the code under test:");
+            for test in failing {
+                let last = test
+                    .message
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim();
+                let _ = writeln!(out, "  {:?}  {}  {}", test.outcome, test.nodeid, last);
+            }
+        }
+    }
+    let survivors: Vec<_> = m
+        .results
+        .iter()
+        .filter(|r| r.status == MutantStatus::Survived)
+        .collect();
+    if !survivors.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nSurviving mutants ({}): strengthen the tests to catch these",
+            survivors.len()
+        );
+        for result in survivors {
+            let mutant = &result.mutant;
+            let _ = writeln!(
+                out,
+                "  {}  line {:>3}:{:<3} {:<22} {}",
+                mutant.id,
+                mutant.line,
+                mutant.column,
+                mutant.operator.name(),
+                mutant.diff
+            );
+        }
+    }
+    let failed_variants: Vec<_> = report.variants.iter().filter(|v| !v.passed).collect();
+    if !failed_variants.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nVariants the suite fails on (it depends on names or text, not behaviour):"
+        );
+        for variant in failed_variants {
+            let _ = writeln!(out, "  {}  {}", variant.id, variant.detail);
+        }
+    }
+    if !report.exclusions.is_empty() {
+        let _ = writeln!(out, "\nExclusions:");
+        for exclusion in &report.exclusions {
+            let _ = writeln!(out, "  {exclusion}");
+        }
+    }
+    let _ = writeln!(out, "\nscored in {:.0} ms", report.timing.total_ms);
+    out
+}
+
+pub fn mutant_list(mutants: &[Mutant], census: &MutantCensus) -> String {
+    let mut out = String::new();
+    for mutant in mutants {
+        let _ = writeln!(
+            out,
+            "{}  line {:>3}:{:<3} {:<22} {}",
+            mutant.id,
+            mutant.line,
+            mutant.column,
+            mutant.operator.name(),
+            mutant.diff
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{} mutants ({} candidates; dropped {} unparsable, {} duplicate, {} over the cap)",
+        mutants.len(),
+        census.candidates,
+        census.unparsable,
+        census.duplicates,
+        census.sampled_out
+    );
+    out
+}
