@@ -1,0 +1,220 @@
+//! The `unitforge` binary as a user meets it: exit codes, JSON shape, batch mode, listings.
+
+use std::process::{Command, Output};
+
+fn unitforge(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unitforge"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the unitforge binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn score_json_has_the_six_rewards_at_top_level() {
+    let out = unitforge(&[
+        "score",
+        "--code",
+        "data/pairs/roman/roman.py",
+        "--tests",
+        "data/pairs/roman/test_roman.py",
+        "--json",
+        "--workers",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("one JSON object");
+    for field in [
+        "validity",
+        "mutant_kill",
+        "speed",
+        "stability",
+        "robustness",
+        "composite",
+    ] {
+        let number = value[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field} is not a number"));
+        assert!((0.0..=1.0).contains(&number), "{field} = {number}");
+    }
+    assert_eq!(value["validity"], 1.0);
+    let mutants = value["mutants"]["results"].as_array().unwrap();
+    assert!(mutants
+        .iter()
+        .all(|m| m["status"].is_string() && m["diff"].is_string() && m["id"].is_string()));
+    assert!(value["baseline"]["tests"].as_array().unwrap().len() >= 12);
+}
+
+#[test]
+fn score_table_lists_surviving_mutants() {
+    let out = unitforge(&[
+        "score",
+        "--code",
+        "data/pairs/clamp/clamp.py",
+        "--tests",
+        "data/pairs/clamp/test_clamp.py",
+        "--workers",
+        "2",
+    ]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("mutant_kill") && text.contains("composite"),
+        "{text}"
+    );
+    assert!(text.contains("Surviving mutants"), "{text}");
+}
+
+#[test]
+fn an_invalid_suite_still_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("test_bad.py");
+    std::fs::write(&tests, "def test_x(:\n").unwrap();
+    let out = unitforge(&[
+        "score",
+        "--code",
+        "data/pairs/clamp/clamp.py",
+        "--tests",
+        tests.to_str().unwrap(),
+        "--json",
+        "--workers",
+        "1",
+    ]);
+    assert!(out.status.success());
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["validity"], 0.0);
+    assert!(value["invalid_reason"].as_str().unwrap().contains("line 1"));
+}
+
+#[test]
+fn unusable_input_exits_non_zero_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = dir.path().join("broken.py");
+    std::fs::write(&code, "def f(:\n    pass\n").unwrap();
+    let out = unitforge(&[
+        "score",
+        "--code",
+        code.to_str().unwrap(),
+        "--tests",
+        "data/pairs/clamp/test_clamp.py",
+        "--workers",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("syntax error at line 1"), "{err}");
+
+    let out = unitforge(&[
+        "score",
+        "--code",
+        "nope.py",
+        "--tests",
+        "data/pairs/clamp/test_clamp.py",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read nope.py"));
+
+    let config = dir.path().join("rewards.yaml");
+    std::fs::write(&config, "wieghts: {}\n").unwrap();
+    let out = unitforge(&[
+        "score",
+        "--code",
+        "data/pairs/clamp/clamp.py",
+        "--tests",
+        "data/pairs/clamp/test_clamp.py",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wieghts"));
+}
+
+#[test]
+fn batch_scores_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = std::fs::read_to_string("data/pairs/vowels/vowels.py").unwrap();
+    let tests = std::fs::read_to_string("data/pairs/vowels/test_vowels.py").unwrap();
+    let rows = [
+        serde_json::json!({"id": "good", "module": "vowels", "code": code, "tests": tests}),
+        serde_json::json!({"id": "trivial", "module": "vowels", "code": code, "tests": "def test_x():\n    assert True\n"}),
+        serde_json::json!({"id": "broken-cut", "module": "vowels", "code": "def (", "tests": tests}),
+    ];
+    let input = dir.path().join("candidates.jsonl");
+    std::fs::write(
+        &input,
+        rows.iter()
+            .map(|r| r.to_string() + "\n")
+            .collect::<String>(),
+    )
+    .unwrap();
+    let output = dir.path().join("results.jsonl");
+    let out = unitforge(&[
+        "score",
+        "--batch",
+        input.to_str().unwrap(),
+        "--jobs",
+        "2",
+        "--workers",
+        "2",
+        "--out",
+        output.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 3);
+    let by_id = |id: &str| results.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(by_id("good")["report"]["validity"], 1.0);
+    assert_eq!(by_id("trivial")["report"]["composite"], 0.0);
+    assert!(by_id("broken-cut")["error"]
+        .as_str()
+        .unwrap()
+        .contains("syntax error"));
+}
+
+#[test]
+fn mutants_and_variants_listings() {
+    let out = unitforge(&["mutants", "data/pairs/clamp/clamp.py"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    assert!(
+        text.contains("relational_boundary") && text.contains("if value < low: → if value <= low:"),
+        "{text}"
+    );
+
+    let out = unitforge(&[
+        "mutants",
+        "data/pairs/clamp/clamp.py",
+        "--json",
+        "--max",
+        "3",
+        "--seed",
+        "9",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(value["mutants"].as_array().unwrap().len(), 3);
+    assert!(value["mutants"][0]["source"]
+        .as_str()
+        .unwrap()
+        .contains("def clamp"));
+
+    let out = unitforge(&["variants", "data/pairs/word_count/word_count.py", "--json"]);
+    let variants: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(variants.as_array().unwrap().len(), 2);
+    assert!(!variants[0]["renamed"].as_array().unwrap().is_empty());
+}

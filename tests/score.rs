@@ -1,0 +1,290 @@
+//! End-to-end scoring: real runner processes, real pytest, the shipped pairs and hostile suites.
+//!
+//! Needs a Python with pytest 8.4 (the README's test command makes `.venv`).
+
+use std::sync::Arc;
+
+use unitforge_sandbox::local::{discover_python, LocalLauncher};
+use unitforge_sandbox::outcome::{MutantStatus, Verdict};
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::{ScoreError, ScoreInput, ScoreReport, Scorer};
+use unitforge_sandbox::worker::WorkerPool;
+
+async fn scorer() -> Scorer {
+    let launcher = LocalLauncher::new(discover_python(None)).expect("launcher");
+    let pool = Arc::new(WorkerPool::new(Arc::new(launcher), 2, 500));
+    Scorer::new(pool)
+        .await
+        .expect("runner starts (is .venv set up? see README)")
+}
+
+const CLAMP: &str = include_str!("../data/pairs/clamp/clamp.py");
+const CLAMP_TESTS: &str = include_str!("../data/pairs/clamp/test_clamp.py");
+
+fn input(code: &str, tests: &str) -> ScoreInput {
+    ScoreInput {
+        module: "clamp".into(),
+        code: code.into(),
+        tests: tests.into(),
+    }
+}
+
+async fn score_with(code: &str, tests: &str, config: &RewardConfig) -> ScoreReport {
+    scorer()
+        .await
+        .score(&input(code, tests), config)
+        .await
+        .expect("scoring runs")
+}
+
+async fn score(code: &str, tests: &str) -> ScoreReport {
+    score_with(code, tests, &RewardConfig::default()).await
+}
+
+fn runtime_only() -> RewardConfig {
+    // Switch off the static reach check, to prove the runtime defences hold on their own.
+    RewardConfig {
+        deny_reaches_invalidate: false,
+        ..RewardConfig::default()
+    }
+}
+
+fn assert_no_credit(report: &ScoreReport, why: &str) {
+    assert_eq!(report.validity, 0.0, "{why}: {:?}", report.invalid_reason);
+    assert_eq!(report.composite, 0.0, "{why}");
+    assert_eq!(report.mutant_kill, 0.0, "{why}");
+    assert!(report.invalid_reason.is_some(), "{why}");
+}
+
+#[tokio::test]
+async fn strong_suite_is_valid_and_kills_most_mutants() {
+    let report = score(CLAMP, CLAMP_TESTS).await;
+    assert_eq!(report.validity, 1.0, "{:?}", report.invalid_reason);
+    assert!(
+        report.mutant_kill >= 0.7,
+        "kill rate {}",
+        report.mutant_kill
+    );
+    assert_eq!(report.stability, 1.0);
+    assert_eq!(report.robustness, 1.0);
+    assert!(report.composite > 0.6 && report.composite <= 1.0);
+    let m = &report.mutants;
+    assert_eq!(m.scored, m.killed + m.timeout + m.survived);
+    assert_eq!(m.results.len(), m.generated);
+    assert_eq!(report.baseline.as_ref().unwrap().tests.len(), 4);
+}
+
+#[tokio::test]
+async fn trivial_suites_kill_nothing_and_score_zero() {
+    let assert_true = "import clamp\n\ndef test_nothing():\n    assert True\n";
+    let report = score(CLAMP, assert_true).await;
+    assert_eq!(report.validity, 1.0);
+    assert_eq!(report.mutant_kill, 0.0);
+    assert_eq!(
+        report.composite, 0.0,
+        "fast and stable must not pay without kills"
+    );
+    assert!(report.speed > 0.5 && report.stability == 1.0);
+
+    let always_equal = "from clamp import clamp\n\nclass Anything:\n    def __eq__(self, other):\n        return True\n\ndef test_eq():\n    assert Anything() == clamp(5, 0, 10)\n    assert Anything() == clamp(50, 0, 10)\n";
+    let report = score(CLAMP, always_equal).await;
+    assert_eq!(report.validity, 1.0);
+    // It still kills the mutants that make `clamp` raise; speed, stability and robustness
+    // pay only in proportion to that, so the composite never exceeds the kill rate.
+    assert!(
+        report.mutant_kill <= 0.2,
+        "kill rate {}",
+        report.mutant_kill
+    );
+    assert!(
+        report.composite <= report.mutant_kill,
+        "{} > {}",
+        report.composite,
+        report.mutant_kill
+    );
+    let strong = score(CLAMP, CLAMP_TESTS).await;
+    assert!(strong.composite > 3.0 * report.composite);
+}
+
+#[tokio::test]
+async fn a_suite_failing_on_the_cut_is_invalid() {
+    let wrong = "from clamp import clamp\n\ndef test_wrong():\n    assert clamp(20, 0, 10) == 20\n";
+    let report = score(CLAMP, wrong).await;
+    assert_no_credit(&report, "failing suite");
+    assert_eq!(report.baseline.as_ref().unwrap().verdict, Verdict::Failed);
+    assert!(report.invalid_reason.unwrap().contains("test_wrong"));
+}
+
+const HOSTILE: &[(&str, &str)] = &[
+    ("inspect.getsource", "import inspect\nimport clamp\n\ndef test_source():\n    assert 'value < low' in inspect.getsource(clamp)\n"),
+    ("reads the CUT file", "import clamp\n\ndef test_source():\n    assert 'value < low' in open(clamp.__file__).read()\n"),
+    ("os._exit at import", "import os\nos._exit(0)\n\ndef test_x():\n    assert False\n"),
+    ("patches TestReport", "from _pytest.reports import TestReport\nTestReport.passed = property(lambda self: True)\n\ndef test_x():\n    assert False\n"),
+    ("patches reporting", "import _pytest.runner\n_orig = _pytest.runner.call_and_report\ndef fake(item, when, log=True, **kw):\n    report = _orig(item, when, log=False, **kw)\n    report.outcome = 'passed'\n    item.ihook.pytest_runtest_logreport(report=report)\n    return report\n_pytest.runner.call_and_report = fake\n\ndef test_x():\n    assert False\n"),
+    ("SystemExit before asserts", "from clamp import clamp\n\ndef test_x():\n    raise SystemExit(0)\n    assert clamp(1, 0, 2) == 1\n"),
+    ("sys.exit before asserts", "import sys\nfrom clamp import clamp\n\ndef test_x():\n    sys.exit(0)\n    assert clamp(1, 0, 2) == 1\n"),
+    ("collection fails", "from clamp import does_not_exist\n\ndef test_x():\n    assert True\n"),
+    ("sleeps forever", "import time\n\ndef test_x():\n    time.sleep(10_000)\n"),
+    ("pytest.exit", "import pytest\n\ndef test_x():\n    pytest.exit('done', returncode=0)\n"),
+    ("all skipped", "import pytest\n\n@pytest.mark.skip\ndef test_x():\n    assert False\n"),
+    ("xfail", "import pytest\n\n@pytest.mark.xfail\ndef test_x():\n    assert False\n"),
+    ("no tests", "from clamp import clamp\n\nX = clamp(1, 0, 2)\n"),
+    ("syntax error", "def test_x(:\n    pass\n"),
+    ("empty", ""),
+    ("fork bomb", "import os\n\ndef test_x():\n    while True:\n        os.fork()\n"),
+    ("opens a socket", "import socket\n\ndef test_x():\n    socket.create_connection(('127.0.0.1', 9))\n"),
+    ("reads host files", "def test_x():\n    assert open('/etc/hostname').read() is not None\n"),
+    ("writes outside", "def test_x():\n    open('/tmp/unitforge-escape', 'w').write('x')\n"),
+    ("swallows a violation", "def test_x():\n    try:\n        open('/etc/hostname').read()\n    except Exception:\n        pass\n"),
+];
+
+#[tokio::test]
+async fn hostile_suites_get_no_credit() {
+    let scorer = scorer().await;
+    let mut timeouts = RewardConfig::default();
+    timeouts.timeouts.baseline_s = 3.0;
+    for config in [
+        timeouts.clone(),
+        RewardConfig {
+            deny_reaches_invalidate: false,
+            ..timeouts
+        },
+    ] {
+        for (name, tests) in HOSTILE {
+            let report = scorer
+                .score(&input(CLAMP, tests), &config)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_no_credit(&report, name);
+        }
+    }
+    assert!(!std::path::Path::new("/tmp/unitforge-escape").exists());
+    // And the pool still scores a good suite exactly as before.
+    let report = scorer
+        .score(&input(CLAMP, CLAMP_TESTS), &RewardConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(report.validity, 1.0);
+    assert_eq!(scorer.pool().stats().infra_errors, 0);
+}
+
+#[tokio::test]
+async fn runtime_defences_alone_catch_source_reading() {
+    let report = score_with(CLAMP, HOSTILE[0].1, &runtime_only()).await;
+    assert_no_credit(&report, "getsource at run time");
+    let detail = &report.baseline.as_ref().unwrap().detail;
+    assert!(detail.contains("test_source"), "{detail}");
+}
+
+#[tokio::test]
+async fn cut_syntax_error_is_a_clear_error() {
+    let err = scorer()
+        .await
+        .score(
+            &input("def clamp(x:\n    return x\n", CLAMP_TESTS),
+            &RewardConfig::default(),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        ScoreError::Source(source) => assert!(source.to_string().contains("line 1"), "{source}"),
+        other => panic!("expected a source error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn cut_import_error_is_a_clear_error() {
+    let err = scorer()
+        .await
+        .score(
+            &input("raise RuntimeError('boom')\n", CLAMP_TESTS),
+            &RewardConfig::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ScoreError::CutImport(ref m) if m.contains("boom")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_mutant_that_loops_forever_is_a_timeout_kill() {
+    let code = include_str!("../data/pairs/gcd_lcm/gcd_lcm.py");
+    let tests = include_str!("../data/pairs/gcd_lcm/test_gcd_lcm.py");
+    let report = scorer()
+        .await
+        .score(
+            &ScoreInput {
+                module: "gcd_lcm".into(),
+                code: code.into(),
+                tests: tests.into(),
+            },
+            &RewardConfig::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.validity, 1.0);
+    let timeouts: Vec<_> = report
+        .mutants
+        .results
+        .iter()
+        .filter(|r| r.status == MutantStatus::Timeout)
+        .collect();
+    assert!(
+        !timeouts.is_empty(),
+        "`while b:` → `while not (b):` or `a % b` → `a * b` must loop"
+    );
+    assert!(timeouts
+        .iter()
+        .all(|r| r.status.is_killed() && r.detail.contains("timed out")));
+    assert!(
+        report.mutants.timeout_s < 2.0,
+        "derived from the baseline, not a fixed 10 s"
+    );
+    let m = &report.mutants;
+    assert_eq!(
+        report.mutant_kill,
+        (m.killed + m.timeout) as f64 / m.scored as f64
+    );
+}
+
+#[tokio::test]
+async fn equivalent_mutants_are_not_scored() {
+    // `if False:` code is compiled away, so mutating it leaves the bytecode unchanged.
+    let code = "def f(x):\n    if False:\n        x = x + 1\n    return x * 2\n";
+    let tests = "from clamp import f\n\ndef test_f():\n    assert f(3) == 6\n";
+    let report = score(code, tests).await;
+    assert!(
+        report.mutants.equivalent >= 1,
+        "{:?}",
+        report.mutants.results
+    );
+    assert!(report
+        .mutants
+        .results
+        .iter()
+        .filter(|r| r.status == MutantStatus::Equivalent)
+        .all(|r| r.mutant.line == 3 || r.mutant.line == 2));
+}
+
+#[tokio::test]
+async fn flaky_suite_loses_stability() {
+    let code = "def f():\n    return 1\n";
+    // Order-dependent: passes only when test_a runs before test_b, which shuffling breaks.
+    let tests = "from clamp import f\nSTATE = []\n\ndef test_a():\n    STATE.append(f())\n\ndef test_b():\n    assert STATE == [1]\n\ndef test_c():\n    assert f() == 1\n\ndef test_d():\n    assert f() == 1\n";
+    let mut config = RewardConfig::default();
+    config.runs = 6;
+    let report = score_with(code, tests, &config).await;
+    assert_eq!(report.validity, 1.0);
+    assert!(report.stability < 1.0, "{:?}", report.stability_runs);
+}
+
+#[tokio::test]
+async fn a_suite_depending_on_local_names_loses_robustness() {
+    let code = "def total(xs):\n    acc = 0\n    for x in xs:\n        acc += x\n    return acc\n";
+    let tests = "from clamp import total\n\ndef test_total():\n    assert total([1, 2]) == 3\n    assert total.__code__.co_varnames[1] == 'acc'\n";
+    let report = score_with(code, tests, &runtime_only()).await;
+    assert_eq!(report.validity, 1.0);
+    assert!(report.robustness < 1.0, "{:?}", report.variants);
+}

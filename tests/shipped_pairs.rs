@@ -1,0 +1,103 @@
+//! Every shipped pair: its mutants and variants parse and compile, and its suite is valid.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use unitforge_sandbox::local::{discover_python, LocalLauncher};
+use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::{ScoreInput, Scorer};
+use unitforge_sandbox::source::{parses_cleanly, PythonSource};
+use unitforge_sandbox::variant::{generate_variants, VariantConfig};
+use unitforge_sandbox::worker::WorkerPool;
+
+fn pairs() -> Vec<(String, String, String)> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/pairs");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let code =
+                std::fs::read_to_string(root.join(&name).join(format!("{name}.py"))).unwrap();
+            let tests =
+                std::fs::read_to_string(root.join(&name).join(format!("test_{name}.py"))).unwrap();
+            (name, code, tests)
+        })
+        .collect()
+}
+
+#[test]
+fn at_least_thirty_pairs_ship() {
+    assert!(pairs().len() >= 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutant_and_variant_parses_and_compiles() {
+    let launcher = LocalLauncher::new(discover_python(None)).unwrap();
+    let pool = WorkerPool::new(Arc::new(launcher), 1, 1000);
+    let mut operators_seen = BTreeSet::new();
+    for (name, code, _) in pairs() {
+        let source = PythonSource::parse(&name, &code).unwrap();
+        let (mutants, _) = generate_mutants(
+            &source,
+            &MutantConfig {
+                max_mutants: usize::MAX,
+                ..MutantConfig::default()
+            },
+        );
+        let mut sources: Vec<String> = mutants.iter().map(|m| m.apply(&code)).collect();
+        operators_seen.extend(mutants.iter().map(|m| m.operator));
+        let variants = generate_variants(&source, &VariantConfig { count: 4, seed: 5 });
+        assert!(!variants.is_empty(), "{name} has no variant");
+        sources.extend(variants.into_iter().map(|v| v.source));
+        assert!(sources.iter().all(|s| parses_cleanly(s)), "{name}");
+        let reply = pool.equivalence(&code, sources).await.unwrap();
+        for result in &reply.results {
+            assert!(result.compiles, "{name}: {:?}", result.error);
+        }
+    }
+    assert!(
+        operators_seen.len() >= 14,
+        "operators exercised by the shipped pairs: {operators_seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_suite_is_valid_and_kills_mutants() {
+    let launcher = LocalLauncher::new(discover_python(None)).unwrap();
+    let scorer = Scorer::new(Arc::new(WorkerPool::new(Arc::new(launcher), 2, 500)))
+        .await
+        .unwrap();
+    let config = RewardConfig::default();
+    for (name, code, tests) in pairs() {
+        let report = scorer
+            .score(
+                &ScoreInput {
+                    module: name.clone(),
+                    code,
+                    tests,
+                },
+                &config,
+            )
+            .await
+            .unwrap();
+        assert_eq!(report.validity, 1.0, "{name}: {:?}", report.invalid_reason);
+        assert_eq!(report.robustness, 1.0, "{name}: {:?}", report.variants);
+        assert_eq!(report.stability, 1.0, "{name}");
+        assert!(
+            report.mutant_kill >= 0.5,
+            "{name}: kill rate {}",
+            report.mutant_kill
+        );
+        assert_eq!(
+            report.mutants.excluded, 0,
+            "{name}: {:?}",
+            report.exclusions
+        );
+    }
+}
