@@ -235,9 +235,8 @@ async fn a_mutant_that_loops_forever_is_a_timeout_kill() {
         !timeouts.is_empty(),
         "`while b:` → `while not (b):` or `a % b` → `a * b` must loop"
     );
-    assert!(timeouts
-        .iter()
-        .all(|r| r.status.is_killed() && r.detail.contains("timed out")));
+    assert!(timeouts.iter().all(|r| r.status.is_killed()
+        && (r.detail.contains("time budget") || r.detail.contains("timed out"))));
     assert!(
         report.mutants.timeout_s < 2.0,
         "derived from the baseline, not a fixed 10 s"

@@ -157,10 +157,14 @@ pub fn judge_run(
         )
     } else if report.tests.is_empty() {
         (Verdict::Failed, "no tests were collected".into())
-    } else if !never_ran.is_empty() {
+    } else if let Some(slow) = report
+        .tests
+        .iter()
+        .find(|t| t.outcome == TestOutcome::Timeout)
+    {
         (
-            Verdict::Failed,
-            format!("tests in the file never ran: {}", never_ran.join(", ")),
+            Verdict::TimedOut,
+            format!("{} ran past its time budget", slow.nodeid),
         )
     } else if let Some(bad) = report
         .tests
@@ -174,6 +178,11 @@ pub fn judge_run(
         (
             Verdict::Failed,
             format!("{} {outcome}: {}", bad.nodeid, last_line(&bad.message)),
+        )
+    } else if !never_ran.is_empty() {
+        (
+            Verdict::Failed,
+            format!("tests in the file never ran: {}", never_ran.join(", ")),
         )
     } else {
         (Verdict::Passed, String::new())
@@ -332,6 +341,23 @@ mod tests {
     fn zero_collected_is_not_a_pass() {
         let judged = judge_run(&reply(1, &[]), &names(&[])).unwrap();
         assert_eq!(judged.verdict, Verdict::Failed);
+    }
+
+    #[test]
+    fn a_test_past_its_budget_times_the_run_out() {
+        let judged = judge_run(
+            &reply(
+                1,
+                &[
+                    ("test_a", TestOutcome::Passed),
+                    ("test_b", TestOutcome::Timeout),
+                ],
+            ),
+            &names(&["test_a", "test_b"]),
+        )
+        .unwrap();
+        assert_eq!(judged.verdict, Verdict::TimedOut);
+        assert_eq!(mutant_status(&judged), MutantStatus::Timeout);
     }
 
     #[test]

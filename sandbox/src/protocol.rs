@@ -45,6 +45,12 @@ pub struct RunRequest {
     pub timeout_s: f64,
     /// Full tracebacks (baseline run) or one-line failures (mutant runs, ~8× cheaper).
     pub tracebacks: bool,
+    /// Stop at the first failing test (pytest's `maxfail=1`): enough to kill a mutant.
+    pub stop_on_first_failure: bool,
+    /// Node ids to run first, in this order (the fastest baseline tests, for mutant runs).
+    pub run_first: Vec<String>,
+    /// Time budget of each test's call phase; a test past it is stopped and reported `timeout`.
+    pub test_budget_s: Option<f64>,
     pub limits: RunLimits,
 }
 
@@ -126,6 +132,8 @@ pub enum TestOutcome {
     Skipped,
     Xfailed,
     Xpassed,
+    /// Stopped after its per-test time budget.
+    Timeout,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -20,7 +20,7 @@ use crate::protocol::{RunReply, RunRequest, TestReport, PROTOCOL_VERSION};
 use crate::rewards::{composite_reward, median, speed_reward, RewardConfig};
 use crate::source::{PythonSource, SourceError};
 use crate::suite::{suite_facts, SuiteFacts};
-use crate::variant::{generate_variants, Rewrite};
+use crate::variant::{generate_variants, Rewrite, Variant};
 use crate::worker::{InfraError, WorkerPool};
 
 /// Input that cannot be scored at all (as opposed to tests that score badly).
@@ -206,6 +206,9 @@ impl Scorer {
             shuffle: false,
             timeout_s: 30.0,
             tracebacks: false,
+            stop_on_first_failure: false,
+            run_first: Vec::new(),
+            test_budget_s: None,
             limits: Default::default(),
         }
         };
@@ -253,6 +256,9 @@ impl Scorer {
             shuffle: seed != 0,
             timeout_s,
             tracebacks: false,
+            stop_on_first_failure: false,
+            run_first: Vec::new(),
+            test_budget_s: None,
             limits: config.limits.clone(),
         }
     }
@@ -356,10 +362,9 @@ impl Scorer {
             return finish(report);
         }
 
-        // Stability runs, variant runs and the equivalence check, all at once.
+        // Stability runs, variant runs and mutant runs, all at once over the pool.
         let variants = generate_variants(&cut, &config.variants);
-        let stability_seeds: Vec<u64> = (1..config.runs as u64).collect();
-        let stability_futures = stability_seeds.iter().map(|&seed| {
+        let stability_futures = (1..config.runs as u64).map(|seed| {
             let request = self.request(
                 input,
                 config,
@@ -379,159 +384,22 @@ impl Scorer {
             );
             async move { self.pool.run(&request).await }
         });
-        let mutant_sources: Vec<String> = mutants.iter().map(|m| m.apply(&input.code)).collect();
-        let (stability_replies, variant_replies, equivalence) = tokio::join!(
+        let baseline_run = report.baseline.as_ref().expect("baseline ran");
+        let (stability_replies, variant_replies, mutant_outcomes) = tokio::join!(
             join_all(stability_futures),
             join_all(variant_futures),
-            self.pool.equivalence(&input.code, mutant_sources.clone())
+            self.run_mutants(input, config, &mutants, baseline_run, &static_tests)
         );
-
-        let mut cpu = vec![baseline.cpu_ms];
-        let mut matching = 1usize;
-        let mut counted = 1usize;
-        for (seed, reply) in stability_replies {
-            match reply
-                .map_err(ScoreError::from)
-                .and_then(|r| Ok(judge_run(&r, &static_tests)?))
-            {
-                Ok(run) => {
-                    let matches_first =
-                        run.verdict == baseline.verdict && run.tests == baseline.tests;
-                    matching += usize::from(matches_first);
-                    counted += 1;
-                    cpu.push(run.cpu_ms);
-                    report.stability_runs.push(StabilityRun {
-                        seed,
-                        shuffled: true,
-                        verdict: run.verdict,
-                        matches_first,
-                        cpu_ms: run.cpu_ms,
-                    });
-                }
-                Err(err) => report
-                    .exclusions
-                    .push(format!("stability run {seed} excluded: {err}")),
-            }
-        }
-        report.stability = matching as f64 / counted as f64;
-        report.timing.suite_cpu_ms = (median(&cpu) - self.overhead_ms).max(0.0);
-        report.speed = speed_reward(report.timing.suite_cpu_ms, config.speed.reference_ms);
-
-        let mut variants_passed = 0usize;
-        for (variant, reply) in variants.iter().zip(variant_replies) {
-            match reply
-                .map_err(ScoreError::from)
-                .and_then(|r| Ok(judge_run(&r, &static_tests)?))
-            {
-                Ok(run) => {
-                    variants_passed += usize::from(run.passed());
-                    report.variants.push(VariantResult {
-                        id: variant.id.clone(),
-                        rewrites: variant.rewrites.clone(),
-                        renamed: variant.renamed.clone(),
-                        passed: run.passed(),
-                        detail: run.detail,
-                    });
-                }
-                Err(err) => report
-                    .exclusions
-                    .push(format!("variant {} excluded: {err}", variant.id)),
-            }
-        }
-        report.robustness = if report.variants.is_empty() {
-            report
-                .exclusions
-                .push("no variant could be run; robustness counts as 1".into());
-            1.0
-        } else {
-            variants_passed as f64 / report.variants.len() as f64
-        };
-
-        // Mutants: drop equivalent and unviable ones, run the rest with the derived limit.
-        let verdicts = match equivalence {
-            Ok(reply) if reply.error.is_none() && reply.results.len() == mutants.len() => {
-                Some(reply.results)
-            }
-            Ok(reply) => {
-                report.exclusions.push(format!(
-                    "equivalence check failed ({}); all mutants run",
-                    reply.error.unwrap_or_default()
-                ));
-                None
-            }
-            Err(err) => {
-                report
-                    .exclusions
-                    .push(format!("equivalence check failed ({err}); all mutants run"));
-                None
-            }
-        };
-        let timeout_s = config.timeouts.mutant_timeout_s(baseline.wall_ms / 1000.0);
-        report.mutants.timeout_s = timeout_s;
-        let static_tests = &static_tests;
-        let mutant_futures = mutant_sources
-            .into_iter()
-            .enumerate()
-            .map(|(index, source)| {
-                let precheck = verdicts.as_ref().map(|v| &v[index]);
-                let request = self.request(input, config, source, 0, timeout_s);
-                async move {
-                    match precheck {
-                        Some(check) if !check.compiles => (
-                            MutantStatus::Unviable,
-                            check.error.clone().unwrap_or_default(),
-                            0.0,
-                        ),
-                        Some(check) if check.equivalent => (
-                            MutantStatus::Equivalent,
-                            "same bytecode as the original".into(),
-                            0.0,
-                        ),
-                        _ => match self
-                            .pool
-                            .run(&request)
-                            .await
-                            .and_then(|r| judge_run(&r, static_tests))
-                        {
-                            Ok(run) => (mutant_status(&run), run.detail, run.wall_ms),
-                            Err(err) => (MutantStatus::Excluded, err.to_string(), 0.0),
-                        },
-                    }
-                }
-            });
-        let outcomes = join_all(mutant_futures).await;
-        let summary = &mut report.mutants;
-        for (mutant, (status, detail, wall_ms)) in mutants.into_iter().zip(outcomes) {
-            match status {
-                MutantStatus::Killed => summary.killed += 1,
-                MutantStatus::Timeout => summary.timeout += 1,
-                MutantStatus::Survived => summary.survived += 1,
-                MutantStatus::Equivalent => summary.equivalent += 1,
-                MutantStatus::Unviable => summary.unviable += 1,
-                MutantStatus::Excluded => {
-                    summary.excluded += 1;
-                    report.exclusions.push(format!(
-                        "mutant {} excluded after a retry: {detail}",
-                        mutant.id
-                    ));
-                }
-            }
-            summary.results.push(MutantResult {
-                mutant,
-                status,
-                detail,
-                wall_ms,
-            });
-        }
-        summary.scored = summary.killed + summary.timeout + summary.survived;
-        report.mutant_kill = if summary.scored == 0 {
-            report
-                .exclusions
-                .push("no mutant could be scored; mutant_kill counts as 0".into());
-            0.0
-        } else {
-            (summary.killed + summary.timeout) as f64 / summary.scored as f64
-        };
+        tally_stability(
+            &mut report,
+            &baseline,
+            stability_replies,
+            &static_tests,
+            self.overhead_ms,
+            config,
+        );
+        tally_variants(&mut report, &variants, variant_replies, &static_tests);
+        tally_mutants(&mut report, mutants, mutant_outcomes);
 
         report.valid = true;
         report.validity = 1.0;
@@ -545,6 +413,191 @@ impl Scorer {
         );
         finish(report)
     }
+
+    /// Compile the mutants (dropping equivalent and unviable ones), then run each of the rest
+    /// with a limit derived from the baseline, stopping at the first failing test, fastest
+    /// baseline tests first. Returns each mutant's status, detail and wall time, in order.
+    async fn run_mutants(
+        &self,
+        input: &ScoreInput,
+        config: &RewardConfig,
+        mutants: &[Mutant],
+        baseline: &BaselineRun,
+        static_tests: &BTreeSet<String>,
+    ) -> MutantOutcomes {
+        let sources: Vec<String> = mutants.iter().map(|m| m.apply(&input.code)).collect();
+        let mut notes = Vec::new();
+        let prechecks = match self.pool.equivalence(&input.code, sources.clone()).await {
+            Ok(reply) if reply.error.is_none() && reply.results.len() == mutants.len() => {
+                Some(reply.results)
+            }
+            Ok(reply) => {
+                notes.push(format!(
+                    "equivalence check failed ({}); all mutants run",
+                    reply.error.unwrap_or_default()
+                ));
+                None
+            }
+            Err(err) => {
+                notes.push(format!("equivalence check failed ({err}); all mutants run"));
+                None
+            }
+        };
+        let timeout_s = config.timeouts.mutant_timeout_s(baseline.wall_ms / 1000.0);
+        let mut fastest_first: Vec<&TestReport> = baseline.tests.iter().collect();
+        fastest_first.sort_by(|a, b| a.duration_s.total_cmp(&b.duration_s));
+        let run_first: Vec<String> = fastest_first.iter().map(|t| t.nodeid.clone()).collect();
+        let slowest_test_s = fastest_first.last().map_or(0.0, |t| t.duration_s);
+        let test_budget_s = config.timeouts.test_budget_s(slowest_test_s);
+        let runs = sources.into_iter().enumerate().map(|(index, source)| {
+            let precheck = prechecks.as_ref().map(|p| &p[index]);
+            let request = RunRequest {
+                stop_on_first_failure: true,
+                run_first: run_first.clone(),
+                test_budget_s: Some(test_budget_s),
+                ..self.request(input, config, source, 0, timeout_s)
+            };
+            async move {
+                match precheck {
+                    Some(check) if !check.compiles => (
+                        MutantStatus::Unviable,
+                        check.error.clone().unwrap_or_default(),
+                        0.0,
+                    ),
+                    Some(check) if check.equivalent => (
+                        MutantStatus::Equivalent,
+                        "same bytecode as the original".into(),
+                        0.0,
+                    ),
+                    _ => match self
+                        .pool
+                        .run(&request)
+                        .await
+                        .and_then(|r| judge_run(&r, static_tests))
+                    {
+                        Ok(run) => (mutant_status(&run), run.detail, run.wall_ms),
+                        Err(err) => (MutantStatus::Excluded, err.to_string(), 0.0),
+                    },
+                }
+            }
+        });
+        MutantOutcomes {
+            outcomes: join_all(runs).await,
+            timeout_s,
+            notes,
+        }
+    }
+}
+
+/// What `run_mutants` found: per mutant (status, detail, wall ms), in order.
+struct MutantOutcomes {
+    outcomes: Vec<(MutantStatus, String, f64)>,
+    timeout_s: f64,
+    notes: Vec<String>,
+}
+
+/// Stability and speed from the baseline and the reseeded, shuffled runs.
+fn tally_stability(
+    report: &mut ScoreReport,
+    baseline: &JudgedRun,
+    replies: Vec<(u64, Result<RunReply, InfraError>)>,
+    static_tests: &BTreeSet<String>,
+    overhead_ms: f64,
+    config: &RewardConfig,
+) {
+    let mut cpu = vec![baseline.cpu_ms];
+    let mut matching = 1usize;
+    for (seed, reply) in replies {
+        match reply.and_then(|r| judge_run(&r, static_tests)) {
+            Ok(run) => {
+                let matches_first = run.verdict == baseline.verdict && run.tests == baseline.tests;
+                matching += usize::from(matches_first);
+                cpu.push(run.cpu_ms);
+                report.stability_runs.push(StabilityRun {
+                    seed,
+                    shuffled: true,
+                    verdict: run.verdict,
+                    matches_first,
+                    cpu_ms: run.cpu_ms,
+                });
+            }
+            Err(err) => report
+                .exclusions
+                .push(format!("stability run {seed} excluded: {err}")),
+        }
+    }
+    report.stability = matching as f64 / cpu.len() as f64;
+    report.timing.suite_cpu_ms = (median(&cpu) - overhead_ms).max(0.0);
+    report.speed = speed_reward(report.timing.suite_cpu_ms, config.speed.reference_ms);
+}
+
+/// Robustness: the share of variants on which the suite passes.
+fn tally_variants(
+    report: &mut ScoreReport,
+    variants: &[Variant],
+    replies: Vec<Result<RunReply, InfraError>>,
+    static_tests: &BTreeSet<String>,
+) {
+    for (variant, reply) in variants.iter().zip(replies) {
+        match reply.and_then(|r| judge_run(&r, static_tests)) {
+            Ok(run) => report.variants.push(VariantResult {
+                id: variant.id.clone(),
+                rewrites: variant.rewrites.clone(),
+                renamed: variant.renamed.clone(),
+                passed: run.passed(),
+                detail: run.detail,
+            }),
+            Err(err) => report
+                .exclusions
+                .push(format!("variant {} excluded: {err}", variant.id)),
+        }
+    }
+    report.robustness = if report.variants.is_empty() {
+        report
+            .exclusions
+            .push("no variant could be run; robustness counts as 1".into());
+        1.0
+    } else {
+        report.variants.iter().filter(|v| v.passed).count() as f64 / report.variants.len() as f64
+    };
+}
+
+/// Mutant counts and the kill rate.
+fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, found: MutantOutcomes) {
+    report.exclusions.extend(found.notes);
+    let summary = &mut report.mutants;
+    summary.timeout_s = found.timeout_s;
+    for (mutant, (status, detail, wall_ms)) in mutants.into_iter().zip(found.outcomes) {
+        match status {
+            MutantStatus::Killed => summary.killed += 1,
+            MutantStatus::Timeout => summary.timeout += 1,
+            MutantStatus::Survived => summary.survived += 1,
+            MutantStatus::Equivalent => summary.equivalent += 1,
+            MutantStatus::Unviable => summary.unviable += 1,
+            MutantStatus::Excluded => {
+                summary.excluded += 1;
+                report.exclusions.push(format!(
+                    "mutant {} excluded after a retry: {detail}",
+                    mutant.id
+                ));
+            }
+        }
+        summary.results.push(MutantResult {
+            mutant,
+            status,
+            detail,
+            wall_ms,
+        });
+    }
+    summary.scored = summary.killed + summary.timeout + summary.survived;
+    report.mutant_kill = if summary.scored == 0 {
+        report
+            .exclusions
+            .push("no mutant could be scored; mutant_kill counts as 0".into());
+        0.0
+    } else {
+        (summary.killed + summary.timeout) as f64 / summary.scored as f64
+    };
 }
 
 fn baseline_summary(reply: &RunReply, judged: &JudgedRun) -> BaselineRun {

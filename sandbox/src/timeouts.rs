@@ -15,6 +15,10 @@ pub struct TimeoutConfig {
     pub factor: f64,
     pub slack_s: f64,
     pub floor_s: f64,
+    /// Per-test budget in mutant runs = test_factor × the slowest baseline test's call time,
+    /// at least test_floor_s. Stops a looping test long before the run's limit.
+    pub test_factor: f64,
+    pub test_floor_s: f64,
 }
 
 impl Default for TimeoutConfig {
@@ -22,8 +26,10 @@ impl Default for TimeoutConfig {
         Self {
             baseline_s: 20.0,
             factor: 4.0,
-            slack_s: 0.2,
-            floor_s: 0.5,
+            slack_s: 0.1,
+            floor_s: 0.25,
+            test_factor: 10.0,
+            test_floor_s: 0.1,
         }
     }
 }
@@ -36,6 +42,11 @@ impl TimeoutConfig {
             .max(self.floor_s)
             .min(self.baseline_s.max(self.floor_s))
     }
+
+    /// The budget of each test in a mutant run, given the slowest baseline test's time.
+    pub fn test_budget_s(&self, slowest_test_s: f64) -> f64 {
+        (self.test_factor * slowest_test_s.max(0.0)).max(self.test_floor_s)
+    }
 }
 
 #[cfg(test)]
@@ -45,8 +56,10 @@ mod tests {
     #[test]
     fn derived_from_baseline_with_floor_and_ceiling() {
         let config = TimeoutConfig::default();
-        assert_eq!(config.mutant_timeout_s(0.02), 0.5);
-        assert!((config.mutant_timeout_s(1.0) - 4.2).abs() < 1e-12);
+        assert_eq!(config.mutant_timeout_s(0.02), 0.25);
+        assert!((config.mutant_timeout_s(1.0) - 4.1).abs() < 1e-12);
         assert_eq!(config.mutant_timeout_s(100.0), 20.0);
+        assert_eq!(config.test_budget_s(0.001), 0.1);
+        assert!((config.test_budget_s(0.05) - 0.5).abs() < 1e-12);
     }
 }
