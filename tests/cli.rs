@@ -218,3 +218,10 @@ fn mutants_and_variants_listings() {
     assert_eq!(variants.as_array().unwrap().len(), 2);
     assert!(!variants[0]["renamed"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn shipped_reward_config_is_the_documented_default() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/rewards.yaml");
+    let config = unitforge_sandbox::rewards::RewardConfig::from_yaml_file(&path).unwrap();
+    assert_eq!(config, unitforge_sandbox::rewards::RewardConfig::default());
+}
