@@ -272,8 +272,10 @@ async fn flaky_suite_loses_stability() {
     let code = "def f():\n    return 1\n";
     // Order-dependent: passes only when test_a runs before test_b, which shuffling breaks.
     let tests = "from clamp import f\nSTATE = []\n\ndef test_a():\n    STATE.append(f())\n\ndef test_b():\n    assert STATE == [1]\n\ndef test_c():\n    assert f() == 1\n\ndef test_d():\n    assert f() == 1\n";
-    let mut config = RewardConfig::default();
-    config.runs = 6;
+    let config = RewardConfig {
+        runs: 6,
+        ..RewardConfig::default()
+    };
     let report = score_with(code, tests, &config).await;
     assert_eq!(report.validity, 1.0);
     assert!(report.stability < 1.0, "{:?}", report.stability_runs);

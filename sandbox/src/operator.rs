@@ -278,10 +278,10 @@ fn edits_for_node(source: &PythonSource, node: Node<'_>, out: &mut Vec<Edit>) {
         }
         "break_statement" => out.push(edit(Operator::BreakContinue, node, "continue")),
         "continue_statement" => out.push(edit(Operator::BreakContinue, node, "break")),
-        "expression_statement" | "raise_statement" | "delete_statement" | "assert_statement" => {
-            if !is_docstring(node) && node.parent().is_some_and(|p| p.kind() == "block") {
-                out.push(edit(Operator::StatementDeletion, node, "pass"));
-            }
+        "expression_statement" | "raise_statement" | "delete_statement" | "assert_statement"
+            if !is_docstring(node) && node.parent().is_some_and(|p| p.kind() == "block") =>
+        {
+            out.push(edit(Operator::StatementDeletion, node, "pass"));
         }
         _ => {}
     }
