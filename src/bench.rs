@@ -10,7 +10,7 @@ use unitforge_sandbox::local::discover_python;
 use unitforge_sandbox::rewards::{median, RewardConfig};
 use unitforge_sandbox::score::ScoreInput;
 
-use crate::{load_config, local_scorer, read_source, ExecutorArgs};
+use crate::{load_config, read_source, start_scorer, ExecutorArgs};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -112,7 +112,7 @@ struct MutmutFigures {
 async fn bench_score(args: BenchScoreArgs) -> Result<()> {
     let config: RewardConfig = load_config(args.config.as_deref())?;
     let pairs = load_pairs(&args.pairs)?;
-    let scorer = local_scorer(&args.executor).await?;
+    let scorer = start_scorer(&args.executor).await?;
     let python = discover_python(args.executor.python.as_deref());
     let cold_pytest_ms = cold_pytest_ms(&python, &pairs[0])?;
     let mut rows = Vec::new();

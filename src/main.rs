@@ -7,20 +7,18 @@ mod bench;
 mod render;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use unitforge_sandbox::local::{discover_python, LocalLauncher};
+use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreInput, Scorer};
 use unitforge_sandbox::source::PythonSource;
 use unitforge_sandbox::variant::{generate_variants, VariantConfig};
-use unitforge_sandbox::worker::WorkerPool;
 
 #[derive(Parser)]
 #[command(
@@ -53,16 +51,47 @@ enum Command {
 /// Options that choose and size the executor.
 #[derive(Args, Clone)]
 struct ExecutorArgs {
-    /// Python interpreter with pytest installed (default: $UNITFORGE_PYTHON, else the nearest
-    /// .venv/bin/python, else python3).
+    /// Where tests run: `docker` (hardened containers, the default) or `local` (processes on
+    /// this machine, for development only: untrusted code then runs on the host).
+    #[arg(long, value_enum, default_value = "docker")]
+    executor: ExecutorChoice,
+    /// Docker executor: the sandbox image (default: the tag derived from this build's runner,
+    /// built offline if missing).
+    #[arg(long, value_name = "TAG")]
+    image: Option<String>,
+    /// Local executor: Python interpreter with pytest installed (default: $UNITFORGE_PYTHON,
+    /// else the nearest .venv/bin/python, else python3).
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
-    /// Runner processes working in parallel (default: number of CPUs).
+    /// Workers (containers or processes) running tests in parallel (default: number of CPUs).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// Replace a worker after this many runs.
     #[arg(long, value_name = "N", default_value_t = 500)]
     recycle_after: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExecutorChoice {
+    Docker,
+    Local,
+}
+
+impl ExecutorArgs {
+    fn options(&self) -> ExecutorOptions {
+        let defaults = ExecutorOptions::default();
+        ExecutorOptions {
+            kind: match self.executor {
+                ExecutorChoice::Docker => ExecutorKind::Docker,
+                ExecutorChoice::Local => ExecutorKind::Local,
+            },
+            workers: self.workers.unwrap_or(defaults.workers),
+            recycle_after: self.recycle_after,
+            python: self.python.clone(),
+            image: self.image.clone(),
+            container: defaults.container,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -174,23 +203,42 @@ fn load_config(path: Option<&Path>) -> Result<RewardConfig> {
     })
 }
 
-/// A scorer on local runner processes.
-async fn local_scorer(args: &ExecutorArgs) -> Result<Scorer> {
-    let python = discover_python(args.python.as_deref());
-    let launcher = LocalLauncher::new(python.clone())?;
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let pool = Arc::new(WorkerPool::new(
-        Arc::new(launcher),
-        workers,
-        args.recycle_after,
-    ));
-    Scorer::new(pool).await.with_context(|| {
-        format!(
-            "cannot start the pytest runner with {} (is pytest installed there? see README.md)",
-            python.display()
-        )
+/// A started scorer whose workers (containers) are stopped when it goes out of scope, on every
+/// path out of a command, errors included.
+pub struct ScorerHandle(Scorer);
+
+impl std::ops::Deref for ScorerHandle {
+    type Target = Scorer;
+    fn deref(&self) -> &Scorer {
+        &self.0
+    }
+}
+
+impl Drop for ScorerHandle {
+    fn drop(&mut self) {
+        let pool = self.0.pool();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(pool.shutdown(std::time::Duration::from_secs(5)))
+        });
+    }
+}
+
+/// A scorer on the chosen executor, warmed up and calibrated.
+async fn start_scorer(args: &ExecutorArgs) -> Result<ScorerHandle> {
+    let options = args.options();
+    if options.kind == ExecutorKind::Local {
+        eprintln!("WARNING: --executor local runs untrusted test code directly on this machine, guarded only by");
+        eprintln!("WARNING: rlimits and an audit hook. Use it for development and benchmarks, never for model output.");
+    }
+    let progress = |line: &str| eprintln!("  {line}");
+    let (pool, _identity) = start_pool(&options, &progress).await?;
+    let started = Scorer::new(pool.clone()).await;
+    if started.is_err() {
+        pool.shutdown(std::time::Duration::ZERO).await;
+    }
+    started.map(ScorerHandle).context(match options.kind {
+        ExecutorKind::Local => "cannot start the pytest runner (is pytest installed in that Python? `make venv`)",
+        ExecutorKind::Docker => "cannot start a sandbox container (`unitforge doctor` checks the engine and image)",
     })
 }
 
@@ -208,7 +256,7 @@ async fn score(args: ScoreArgs) -> Result<()> {
         code: read_source(code_path)?,
         tests: read_source(tests_path)?,
     };
-    let scorer = local_scorer(&args.executor).await?;
+    let scorer = start_scorer(&args.executor).await?;
     let report = scorer.score(&input, &config).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -255,7 +303,7 @@ async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> R
     if rows.is_empty() {
         bail!("{} holds no candidates", batch.display());
     }
-    let scorer = local_scorer(&args.executor).await?;
+    let scorer = start_scorer(&args.executor).await?;
     let progress = ProgressBar::new(rows.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} pairs  {elapsed} elapsed, ~{eta} left")

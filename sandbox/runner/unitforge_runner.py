@@ -194,7 +194,10 @@ def _short(text, limit=2000):
 
 
 class Server:
-    def __init__(self, root):
+    def __init__(self, root, in_container=False):
+        # In a container every process but this server and init belongs to a job, so after each
+        # run the server can kill them all (`kill(-1)`). Never on a host: that would be everyone.
+        self.in_container = in_container
         self.root = os.path.abspath(root)
         self.workdir = os.path.join(self.root, "work")
         self.output_path = os.path.join(self.root, "output.log")
@@ -321,6 +324,8 @@ class Server:
         report_bytes, timed_out, status, rusage = _collect_child(pid, read_fd, timeout)
         wall = time.monotonic() - started
         output, truncated = _read_capped(self.output_path, int(timeout and 65536))
+        if self.in_container:
+            _kill_every_other_process()
         _reset_dir(self.workdir)
         report = None
         state = "completed"
@@ -630,6 +635,21 @@ def _collect_child(pid, read_fd, timeout):
     return b"".join(chunks), timed_out, status, rusage
 
 
+def _kill_every_other_process():
+    """Kill every process this user may signal except this one (and init), then reap ours."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def _kill_group(pid):
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -744,14 +764,14 @@ def _as_text(path):
     return path.decode("utf-8", "replace") if isinstance(path, bytes) else path
 
 
-def serve(root):
+def serve(root, in_container):
     """Serve requests from fd 0, answering on the original fd 1, until EOF or shutdown."""
     proto_out = os.dup(1)
     os.set_inheritable(proto_out, False)
     devnull = os.open("/dev/null", os.O_WRONLY)
     os.dup2(devnull, 1)  # stray prints (pytest's, ours) must never corrupt the protocol
     os.close(devnull)
-    server = Server(root)
+    server = Server(root, in_container)
     # Move everything loaded so far out of the collector's reach: a child's garbage collection
     # then never walks (and copy-on-write copies) the server's pytest objects.
     gc.collect()
@@ -804,7 +824,11 @@ def _send(fd, message):
 if __name__ == "__main__":
     os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     sys.dont_write_bytecode = True
-    if len(sys.argv) != 2:
-        sys.stderr.write("usage: unitforge_runner.py ROOT_DIR\n")
+    arguments = sys.argv[1:]
+    container = arguments[:1] == ["--container"]
+    if container:
+        arguments = arguments[1:]
+    if len(arguments) != 1:
+        sys.stderr.write("usage: unitforge_runner.py [--container] ROOT_DIR\n")
         sys.exit(2)
-    serve(sys.argv[1])
+    serve(arguments[0], container)

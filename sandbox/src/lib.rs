@@ -7,6 +7,9 @@
 //! [`protocol`]; [`outcome`] classifies each run; [`timeouts`] derives mutant time limits;
 //! [`rewards`] holds the formulas; [`score`] orchestrates one score.
 
+pub mod docker;
+pub mod executor;
+pub mod image;
 pub mod local;
 pub mod mutant;
 pub mod operator;

@@ -53,6 +53,10 @@ pub trait Launcher: Send + Sync + 'static {
     fn launch(&self, slot: usize) -> BoxFuture<'_, Result<WorkerIo, InfraError>>;
     /// Short name for reports: `local`, `docker`.
     fn name(&self) -> &'static str;
+    /// Stop and clean up every worker this launcher started (graceful shutdown).
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 struct Worker {
@@ -84,7 +88,11 @@ impl Worker {
         let hello: Hello = worker
             .read_reply(Duration::from_secs(60))
             .await
-            .map_err(|err| InfraError::Launch(format!("{err}{}", worker.stderr_summary())))?;
+            .map_err(|err| match err {
+                // Already carries the worker's last stderr lines.
+                InfraError::WorkerDied(_) => InfraError::Launch(err.to_string()),
+                other => InfraError::Launch(format!("{other}{}", worker.stderr_summary())),
+            })?;
         if hello.v != PROTOCOL_VERSION {
             return Err(InfraError::Launch(format!(
                 "runner speaks protocol v{}, this build needs v{PROTOCOL_VERSION}",
@@ -266,7 +274,7 @@ impl WorkerPool {
             .permits
             .acquire()
             .await
-            .expect("pool semaphore is never closed");
+            .map_err(|_| InfraError::Launch("the worker pool is shut down".into()))?;
         let mut last_error = None;
         for attempt in 0..2 {
             if attempt > 0 {
@@ -294,6 +302,21 @@ impl WorkerPool {
         }
         self.infra_errors.fetch_add(1, Ordering::Relaxed);
         Err(last_error.expect("two attempts were made"))
+    }
+
+    /// Wait for the runs in flight (up to `grace`), then stop every worker.
+    pub async fn shutdown(&self, grace: Duration) {
+        let all_idle = async {
+            if let Ok(permits) = self.permits.acquire_many(self.size as u32).await {
+                permits.forget();
+            }
+        };
+        if tokio::time::timeout(grace, all_idle).await.is_err() {
+            tracing::warn!("runs still in flight after {grace:?}; stopping their workers");
+        }
+        self.permits.close();
+        self.idle.lock().expect("idle lock").clear();
+        self.launcher.shutdown().await;
     }
 
     /// Run one pytest session.
