@@ -43,9 +43,29 @@ enum Command {
     Mutants(MutantsArgs),
     /// Show semantics-preserving variants of a Python module (used for the robustness reward).
     Variants(VariantsArgs),
+    /// The sandbox image: show its tag and state, or build it (offline, with mmdebstrap).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Check the Docker engine, the sandbox image, and which protections hold inside a probe
+    /// container.
+    Doctor {
+        /// The image to probe (default: the tag derived from this build).
+        #[arg(long, value_name = "TAG")]
+        image: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks that print figures side by side with a reference.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Print the image tag this build uses and whether the engine has it.
+    Status,
+    /// Build the image if the engine does not have it (images/sandbox/build-offline.sh).
+    Build,
 }
 
 /// Options that choose and size the executor.
@@ -165,6 +185,10 @@ fn main() -> std::process::ExitCode {
         Command::Mutants(args) => mutants(args),
         Command::Variants(args) => variants(args),
         Command::Bench(command) => runtime().and_then(|rt| rt.block_on(bench::run(command))),
+        Command::Image(command) => runtime().and_then(|rt| rt.block_on(image(command))),
+        Command::Doctor { image, json } => {
+            runtime().and_then(|rt| rt.block_on(doctor(image, json)))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -218,7 +242,8 @@ impl Drop for ScorerHandle {
     fn drop(&mut self) {
         let pool = self.0.pool();
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(pool.shutdown(std::time::Duration::from_secs(5)))
+            tokio::runtime::Handle::current()
+                .block_on(pool.shutdown(std::time::Duration::from_secs(5)))
         });
     }
 }
@@ -237,8 +262,12 @@ async fn start_scorer(args: &ExecutorArgs) -> Result<ScorerHandle> {
         pool.shutdown(std::time::Duration::ZERO).await;
     }
     started.map(ScorerHandle).context(match options.kind {
-        ExecutorKind::Local => "cannot start the pytest runner (is pytest installed in that Python? `make venv`)",
-        ExecutorKind::Docker => "cannot start a sandbox container (`unitforge doctor` checks the engine and image)",
+        ExecutorKind::Local => {
+            "cannot start the pytest runner (is pytest installed in that Python? `make venv`)"
+        }
+        ExecutorKind::Docker => {
+            "cannot start a sandbox container (`unitforge doctor` checks the engine and image)"
+        }
     })
 }
 
@@ -349,6 +378,69 @@ async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> R
 }
 
 use std::io::Write;
+
+fn connect_docker() -> Result<unitforge_sandbox::bollard::Docker> {
+    unitforge_sandbox::bollard::Docker::connect_with_local_defaults()
+        .context("cannot reach the Docker engine")
+}
+
+async fn image(command: ImageCommand) -> Result<()> {
+    let docker = connect_docker()?;
+    let tag = unitforge_sandbox::image::sandbox_image_tag();
+    match command {
+        ImageCommand::Status => match unitforge_sandbox::image::image_id(&docker, &tag).await? {
+            Some(id) => println!("{tag}  present  {id}"),
+            None => println!("{tag}  missing  (`unitforge image build` builds it)"),
+        },
+        ImageCommand::Build => {
+            let progress = |line: &str| eprintln!("  {line}");
+            let id = unitforge_sandbox::image::ensure_image(&docker, &tag, &progress).await?;
+            println!("{tag}  {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn doctor(image: Option<String>, json: bool) -> Result<()> {
+    let docker = connect_docker()?;
+    let report = unitforge_sandbox::doctor::diagnose(&docker, image.as_deref()).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let unknown = || "unknown".to_string();
+    println!(
+        "Docker engine     {} (API {})",
+        report.engine_version.clone().unwrap_or_else(unknown),
+        report.engine_api.clone().unwrap_or_else(unknown)
+    );
+    println!(
+        "cgroup version    {}",
+        report.cgroup_version.clone().unwrap_or_else(unknown)
+    );
+    println!(
+        "storage driver    {}",
+        report.storage_driver.clone().unwrap_or_else(unknown)
+    );
+    println!("security options  {}", report.security_options.join(", "));
+    println!(
+        "sandbox image     {}  {}",
+        report.image_tag,
+        report.image_id.as_deref().unwrap_or("MISSING")
+    );
+    if let Some(error) = &report.probe_error {
+        println!("\nprobe: {error}");
+    } else {
+        println!("\nInside a probe container with the sandbox's hardening:");
+        for (protection, holds) in &report.probe {
+            println!(
+                "  {}  {protection}",
+                if *holds { "ok  " } else { "MISSING" }
+            );
+        }
+    }
+    Ok(())
+}
 
 fn mutants(args: MutantsArgs) -> Result<()> {
     let text = read_source(&args.file)?;

@@ -324,7 +324,9 @@ class Server:
         report_bytes, timed_out, status, rusage = _collect_child(pid, read_fd, timeout)
         wall = time.monotonic() - started
         output, truncated = _read_capped(self.output_path, int(timeout and 65536))
+        stray = None
         if self.in_container:
+            stray = len(_other_live_processes())
             _kill_every_other_process()
         _reset_dir(self.workdir)
         report = None
@@ -349,6 +351,7 @@ class Server:
             "report": report,
             "output": output,
             "output_truncated": truncated,
+            "stray_processes": stray,
         }
 
     # ---- child ----------------------------------------------------------------------------
@@ -391,6 +394,7 @@ class Server:
 
         policy = _Policy(self.workdir, self.allowed_read_roots, self.protected)
         sys.addaudithook(policy.hook)
+        policy.block_unaudited_process_creation()
 
         import random
 
@@ -478,6 +482,16 @@ class _Policy:
         self.violations = []
         self.tampered = []
 
+    def block_unaudited_process_creation(self):
+        """`_posixsubprocess.fork_exec` starts processes without raising any audit event in
+        Python 3.11; replace it, and refuse re-importing the module to get it back."""
+        import _posixsubprocess
+
+        def refuse(*args, **kwargs):
+            self._deny("_posixsubprocess.fork_exec")
+
+        _posixsubprocess.fork_exec = refuse
+
     def _deny(self, what):
         if len(self.violations) < 1000:
             self.violations.append(what)
@@ -486,6 +500,8 @@ class _Policy:
     def hook(self, event, args):
         if event in FORBIDDEN_EVENTS:
             self._deny(event)
+        elif event == "import" and args[0] == "_posixsubprocess":
+            self._deny("import _posixsubprocess")
         elif event == "open":
             self._check_open(args)
         elif event in PATH_WRITE_EVENTS:
@@ -633,6 +649,23 @@ def _collect_child(pid, read_fd, timeout):
         os.close(read_fd)
         os.close(pidfd)
     return b"".join(chunks), timed_out, status, rusage
+
+
+def _other_live_processes():
+    """Pids of live processes other than this server and init (in a container: the job's)."""
+    own = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (own, 1):
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            found.append(int(name))
+    return found
 
 
 def _kill_every_other_process():

@@ -14,7 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
-use bollard::query_parameters::{AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
+};
 use bollard::Docker;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -54,12 +57,28 @@ impl Default for ContainerLimits {
 }
 
 /// The hardened container configuration for `image`.
-pub fn container_config(image: &str, limits: &ContainerLimits, instance: &str) -> ContainerCreateBody {
+pub fn container_config(
+    image: &str,
+    limits: &ContainerLimits,
+    instance: &str,
+) -> ContainerCreateBody {
     let tmpfs = HashMap::from([
         // Owned by the sandbox user: `/work` exists in the image, and the engine keeps the image
         // directory's owner and mode over a `mode=` option.
-        ("/work".to_string(), format!("rw,nosuid,nodev,noexec,size={}m,uid=10001,gid=10001,mode=0700", limits.work_tmpfs_mb)),
-        ("/tmp".to_string(), format!("rw,nosuid,nodev,noexec,size={}m,mode=1777", limits.tmp_tmpfs_mb)),
+        (
+            "/work".to_string(),
+            format!(
+                "rw,nosuid,nodev,noexec,size={}m,uid=10001,gid=10001,mode=0700",
+                limits.work_tmpfs_mb
+            ),
+        ),
+        (
+            "/tmp".to_string(),
+            format!(
+                "rw,nosuid,nodev,noexec,size={}m,mode=1777",
+                limits.tmp_tmpfs_mb
+            ),
+        ),
     ]);
     let memory = limits.memory_mb << 20;
     ContainerCreateBody {
@@ -75,7 +94,10 @@ pub fn container_config(image: &str, limits: &ContainerLimits, instance: &str) -
         stdin_once: Some(false),
         tty: Some(false),
         network_disabled: Some(true),
-        labels: Some(HashMap::from([(POOL_LABEL.to_string(), instance.to_string())])),
+        labels: Some(HashMap::from([(
+            POOL_LABEL.to_string(),
+            instance.to_string(),
+        )])),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
             readonly_rootfs: Some(true),
@@ -88,8 +110,16 @@ pub fn container_config(image: &str, limits: &ContainerLimits, instance: &str) -
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             init: Some(true),
             ulimits: Some(vec![
-                ResourcesUlimits { name: Some("nofile".into()), soft: Some(limits.open_files), hard: Some(limits.open_files) },
-                ResourcesUlimits { name: Some("core".into()), soft: Some(0), hard: Some(0) },
+                ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(limits.open_files),
+                    hard: Some(limits.open_files),
+                },
+                ResourcesUlimits {
+                    name: Some("core".into()),
+                    soft: Some(0),
+                    hard: Some(0),
+                },
             ]),
             ..HostConfig::default()
         }),
@@ -109,7 +139,13 @@ pub struct DockerLauncher {
 
 impl DockerLauncher {
     pub fn new(docker: Docker, image: String, limits: ContainerLimits) -> Self {
-        let instance = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis()));
+        let instance = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        );
         Self {
             docker,
             image,
@@ -126,7 +162,12 @@ impl DockerLauncher {
 
     /// Ids of the containers this launcher started and has not removed yet.
     pub fn live_containers(&self) -> Vec<String> {
-        self.live.lock().expect("live lock").iter().cloned().collect()
+        self.live
+            .lock()
+            .expect("live lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     async fn start_container(&self, slot: usize) -> Result<WorkerIo, InfraError> {
@@ -135,14 +176,31 @@ impl DockerLauncher {
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = self
             .docker
-            .create_container(Some(options), container_config(&self.image, &self.limits, &self.instance))
+            .create_container(
+                Some(options),
+                container_config(&self.image, &self.limits, &self.instance),
+            )
             .await
-            .map_err(|e| InfraError::Launch(format!("creating a sandbox container from {}: {e}", self.image)))?;
+            .map_err(|e| {
+                InfraError::Launch(format!(
+                    "creating a sandbox container from {}: {e}",
+                    self.image
+                ))
+            })?;
         let id = created.id;
         self.live.lock().expect("live lock").insert(id.clone());
-        let guard = ContainerGuard { docker: self.docker.clone(), id: id.clone(), live: self.live.clone() };
+        let guard = ContainerGuard {
+            docker: self.docker.clone(),
+            id: id.clone(),
+            live: self.live.clone(),
+        };
         // Attach before starting, so not a byte of the greeting is missed.
-        let attach = AttachContainerOptionsBuilder::default().stdin(true).stdout(true).stderr(true).stream(true).build();
+        let attach = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
         let attached = self
             .docker
             .attach_container(&id, Some(attach))
@@ -201,22 +259,41 @@ impl DockerLauncher {
 struct PinnedWriter(std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
 
 impl tokio::io::AsyncWrite for PinnedWriter {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
         self.0.as_mut().poll_write(cx, buf)
     }
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         self.0.as_mut().poll_flush(cx)
     }
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         self.0.as_mut().poll_shutdown(cx)
     }
 }
 
 async fn remove_container(docker: &Docker, id: &str) {
-    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
     if let Err(err) = docker.remove_container(id, Some(options)).await {
         // 404: already gone; 409: another removal of it is under way. Both are what we want.
-        if !matches!(err, bollard::errors::Error::DockerResponseServerError { status_code: 404 | 409, .. }) {
+        if !matches!(
+            err,
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }
+        ) {
             tracing::warn!(container = id, %err, "could not remove a sandbox container");
         }
     }
@@ -258,7 +335,10 @@ impl Launcher for DockerLauncher {
 /// Remove sandbox containers left behind by processes that no longer exist (a crash, a kill -9).
 pub async fn remove_stale_containers(docker: &Docker) -> Result<usize, bollard::errors::Error> {
     let filters = HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
-    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
     let mut removed = 0;
     for container in docker.list_containers(Some(options)).await? {
         let owner_pid = container
@@ -267,7 +347,8 @@ pub async fn remove_stale_containers(docker: &Docker) -> Result<usize, bollard::
             .and_then(|labels| labels.get(POOL_LABEL))
             .and_then(|instance| instance.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok());
-        let owner_alive = owner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let owner_alive =
+            owner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
         if !owner_alive {
             if let Some(id) = container.id {
                 remove_container(docker, &id).await;

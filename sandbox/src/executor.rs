@@ -77,23 +77,39 @@ pub async fn start_pool(
     let (launcher, identity): (Arc<dyn Launcher>, ExecutorIdentity) = match options.kind {
         ExecutorKind::Local => {
             let python = discover_python(options.python.as_deref());
-            let identity = ExecutorIdentity { kind: ExecutorKind::Local, runtime: python.display().to_string() };
+            let identity = ExecutorIdentity {
+                kind: ExecutorKind::Local,
+                runtime: python.display().to_string(),
+            };
             (Arc::new(LocalLauncher::new(python)?), identity)
         }
         ExecutorKind::Docker => {
-            let docker = bollard::Docker::connect_with_local_defaults().map_err(ExecutorError::Engine)?;
+            let docker =
+                bollard::Docker::connect_with_local_defaults().map_err(ExecutorError::Engine)?;
             docker.ping().await.map_err(ExecutorError::Engine)?;
             match remove_stale_containers(&docker).await {
                 Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "removed sandbox containers left by earlier runs"),
+                Ok(removed) => {
+                    tracing::info!(removed, "removed sandbox containers left by earlier runs")
+                }
                 Err(err) => tracing::warn!(%err, "could not list stale sandbox containers"),
             }
             let tag = options.image.clone().unwrap_or_else(sandbox_image_tag);
             let image_id = ensure_image(&docker, &tag, progress).await?;
-            let identity = ExecutorIdentity { kind: ExecutorKind::Docker, runtime: image_id };
-            (Arc::new(DockerLauncher::new(docker, tag, options.container.clone())), identity)
+            let identity = ExecutorIdentity {
+                kind: ExecutorKind::Docker,
+                runtime: image_id,
+            };
+            (
+                Arc::new(DockerLauncher::new(docker, tag, options.container.clone())),
+                identity,
+            )
         }
     };
-    let pool = Arc::new(WorkerPool::new(launcher, options.workers, options.recycle_after));
+    let pool = Arc::new(WorkerPool::new(
+        launcher,
+        options.workers,
+        options.recycle_after,
+    ));
     Ok((pool, identity))
 }

@@ -26,7 +26,11 @@ pub enum ImageError {
     #[error("the sandbox image {tag} is missing and cannot be built here: {reason}")]
     CannotBuild { tag: String, reason: String },
     #[error("building the sandbox image {tag} failed ({status}); last output: {tail}")]
-    BuildFailed { tag: String, status: String, tail: String },
+    BuildFailed {
+        tag: String,
+        status: String,
+        tail: String,
+    },
 }
 
 /// `unitforge-sandbox:p<protocol>-<12 hex digits of the inputs' hash>`.
@@ -44,7 +48,9 @@ pub fn sandbox_image_tag() -> String {
 pub async fn image_id(docker: &Docker, tag: &str) -> Result<Option<String>, ImageError> {
     match docker.inspect_image(tag).await {
         Ok(image) => Ok(image.id),
-        Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(None),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
         Err(err) => Err(err.into()),
     }
 }
@@ -60,7 +66,11 @@ fn find_build_script() -> Option<PathBuf> {
 
 /// Make sure the engine has the sandbox image, building it if it is missing. `progress` gets
 /// each line the build prints. Returns the image id.
-pub async fn ensure_image(docker: &Docker, tag: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<String, ImageError> {
+pub async fn ensure_image(
+    docker: &Docker,
+    tag: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<String, ImageError> {
     if let Some(id) = image_id(docker, tag).await? {
         return Ok(id);
     }
@@ -68,16 +78,25 @@ pub async fn ensure_image(docker: &Docker, tag: &str, progress: &(dyn Fn(&str) +
         tag: tag.into(),
         reason: "images/sandbox/build-offline.sh was not found above the current directory; run from a checkout, or build with images/sandbox/Dockerfile".into(),
     })?;
-    progress(&format!("the sandbox image {tag} is missing; building it with {}", script.display()));
+    progress(&format!(
+        "the sandbox image {tag} is missing; building it with {}",
+        script.display()
+    ));
     build_image(&script, tag, progress).await?;
-    image_id(docker, tag).await?.ok_or_else(|| ImageError::BuildFailed {
-        tag: tag.into(),
-        status: "the build finished but the engine has no such image".into(),
-        tail: String::new(),
-    })
+    image_id(docker, tag)
+        .await?
+        .ok_or_else(|| ImageError::BuildFailed {
+            tag: tag.into(),
+            status: "the build finished but the engine has no such image".into(),
+            tail: String::new(),
+        })
 }
 
-async fn build_image(script: &Path, tag: &str, progress: &(dyn Fn(&str) + Sync)) -> Result<(), ImageError> {
+async fn build_image(
+    script: &Path,
+    tag: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), ImageError> {
     let mut child = tokio::process::Command::new("bash")
         .arg(script)
         .arg(tag)
@@ -85,14 +104,15 @@ async fn build_image(script: &Path, tag: &str, progress: &(dyn Fn(&str) + Sync))
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| ImageError::CannotBuild { tag: tag.into(), reason: e.to_string() })?;
+        .map_err(|e| ImageError::CannotBuild {
+            tag: tag.into(),
+            reason: e.to_string(),
+        })?;
     let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
     let stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
     let mut tail = Vec::new();
-    let mut streams = futures::stream::select(
-        tokio_stream_lines(stdout),
-        tokio_stream_lines(stderr),
-    );
+    let mut streams =
+        futures::stream::select(tokio_stream_lines(stdout), tokio_stream_lines(stderr));
     use futures::StreamExt;
     while let Some(line) = streams.next().await {
         progress(&line);
@@ -101,9 +121,16 @@ async fn build_image(script: &Path, tag: &str, progress: &(dyn Fn(&str) + Sync))
             tail.remove(0);
         }
     }
-    let status = child.wait().await.map_err(|e| ImageError::CannotBuild { tag: tag.into(), reason: e.to_string() })?;
+    let status = child.wait().await.map_err(|e| ImageError::CannotBuild {
+        tag: tag.into(),
+        reason: e.to_string(),
+    })?;
     if !status.success() {
-        return Err(ImageError::BuildFailed { tag: tag.into(), status: status.to_string(), tail: tail.join(" | ") });
+        return Err(ImageError::BuildFailed {
+            tag: tag.into(),
+            status: status.to_string(),
+            tail: tail.join(" | "),
+        });
     }
     Ok(())
 }
@@ -126,7 +153,10 @@ mod tests {
     #[test]
     fn tag_names_protocol_and_content() {
         let tag = sandbox_image_tag();
-        assert!(tag.starts_with(&format!("unitforge-sandbox:p{PROTOCOL_VERSION}-")), "{tag}");
+        assert!(
+            tag.starts_with(&format!("unitforge-sandbox:p{PROTOCOL_VERSION}-")),
+            "{tag}"
+        );
         assert_eq!(tag.len(), "unitforge-sandbox:p1-".len() + 12);
         assert_eq!(tag, sandbox_image_tag());
     }

@@ -8,6 +8,7 @@
 //! [`rewards`] holds the formulas; [`score`] orchestrates one score.
 
 pub mod docker;
+pub mod doctor;
 pub mod executor;
 pub mod image;
 pub mod local;
@@ -23,3 +24,6 @@ pub mod suite;
 pub mod timeouts;
 pub mod variant;
 pub mod worker;
+
+/// The Docker client library, re-exported so callers use the same version.
+pub use bollard;

@@ -70,6 +70,15 @@ pub fn judge_run(
         judged.verdict = verdict;
         judged.detail = detail;
     };
+    if let Some(stray @ 1..) = reply.stray_processes {
+        // Only a process started without an audit event can outlive its run; whatever the
+        // report says, this run cannot be trusted.
+        set(
+            Verdict::Untrustworthy,
+            format!("the run left {stray} process(es) running"),
+        );
+        return Ok(judged);
+    }
     match reply.status {
         RunStatus::BadRequest => {
             return Err(InfraError::Runner("the runner refused the request".into()))
@@ -277,6 +286,7 @@ mod tests {
             }),
             output: String::new(),
             output_truncated: false,
+            stray_processes: None,
         }
     }
 
@@ -358,6 +368,21 @@ mod tests {
         .unwrap();
         assert_eq!(judged.verdict, Verdict::TimedOut);
         assert_eq!(mutant_status(&judged), MutantStatus::Timeout);
+    }
+
+    #[test]
+    fn stray_processes_make_a_run_untrustworthy() {
+        let mut r = reply(0, &[("test_a", TestOutcome::Passed)]);
+        r.stray_processes = Some(0);
+        assert_eq!(
+            judge_run(&r, &names(&["test_a"])).unwrap().verdict,
+            Verdict::Passed
+        );
+        r.stray_processes = Some(2);
+        assert_eq!(
+            judge_run(&r, &names(&["test_a"])).unwrap().verdict,
+            Verdict::Untrustworthy
+        );
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct RunReply {
     pub output: String,
     #[serde(default)]
     pub output_truncated: bool,
+    /// Container executor: processes still alive after the child was reaped (then killed).
+    #[serde(default)]
+    pub stray_processes: Option<u32>,
 }
 
 /// What the child said about its session. Untrusted: it was written by a process that ran the

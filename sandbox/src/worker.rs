@@ -85,14 +85,15 @@ impl Worker {
             jobs: 0,
         };
         // Importing and configuring pytest takes ~0.2 s; allow for a loaded machine.
-        let hello: Hello = worker
-            .read_reply(Duration::from_secs(60))
-            .await
-            .map_err(|err| match err {
-                // Already carries the worker's last stderr lines.
-                InfraError::WorkerDied(_) => InfraError::Launch(err.to_string()),
-                other => InfraError::Launch(format!("{other}{}", worker.stderr_summary())),
-            })?;
+        let hello: Hello =
+            worker
+                .read_reply(Duration::from_secs(60))
+                .await
+                .map_err(|err| match err {
+                    // Already carries the worker's last stderr lines.
+                    InfraError::WorkerDied(_) => InfraError::Launch(err.to_string()),
+                    other => InfraError::Launch(format!("{other}{}", worker.stderr_summary())),
+                })?;
         if hello.v != PROTOCOL_VERSION {
             return Err(InfraError::Launch(format!(
                 "runner speaks protocol v{}, this build needs v{PROTOCOL_VERSION}",
