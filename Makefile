@@ -1,10 +1,11 @@
 # `make test` is the one command that sets up everything the tests need and runs them all.
 
+SHELL := bash
 PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv lint bench
+.PHONY: test venv image lint bench
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -14,8 +15,16 @@ $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
 
 venv: $(VENV)/.installed
 
-test: venv
-	cargo test --workspace --locked
+# The Docker sandbox image (built offline with mmdebstrap if the engine lacks it).
+image:
+	command -v mmdebstrap >/dev/null || { apt-get update -q && apt-get install -y -q mmdebstrap; }
+	cargo run --locked --quiet -- image build
+
+# Every test; the last line sums cargo's per-binary results ("tests: N passed, M failed").
+test: venv image
+	set -o pipefail; cargo test --workspace --locked 2>&1 | awk '{ print } \
+	  /^test result:/ { passed += $$4; failed += $$6 } \
+	  END { printf "tests: %d passed, %d failed\n", passed, failed }'
 
 lint:
 	cargo fmt --all -- --check

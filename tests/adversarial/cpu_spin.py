@@ -1,0 +1,7 @@
+# expect: timed_out
+from clamp import clamp
+
+
+def test_spin():
+    while True:
+        pass

@@ -1,0 +1,6 @@
+# expect: failed
+raise SystemExit(0)
+
+
+def test_never():
+    assert False

@@ -1,0 +1,3 @@
+# expect: violation
+def test_read():
+    assert "root" in open("/etc/passwd").read()

@@ -1,0 +1,6 @@
+# expect: timed_out
+import time
+
+
+def test_sleep():
+    time.sleep(10**9)

@@ -1,0 +1,238 @@
+//! The Docker executor against the adversarial corpus (`tests/adversarial/*.py`).
+//!
+//! Each case states its expected classification on its first line (`# expect: …`). After each
+//! case the same pool must score a good suite exactly as a fresh pool does, and at the end no
+//! sandbox container may be left behind. Needs the Docker engine and the sandbox image, which
+//! `make test` builds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use unitforge_sandbox::bollard::query_parameters::ListContainersOptionsBuilder;
+use unitforge_sandbox::docker::POOL_LABEL;
+use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
+use unitforge_sandbox::outcome::Verdict;
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::{ScoreInput, ScoreReport, Scorer};
+
+const CLAMP: &str = include_str!("../data/pairs/clamp/clamp.py");
+const CLAMP_TESTS: &str = include_str!("../data/pairs/clamp/test_clamp.py");
+
+/// The Docker tests run one at a time: the leftover-container check counts this process's
+/// containers, and two pools at once would also halve each one's CPU.
+static DOCKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn docker_scorer(workers: usize) -> Scorer {
+    let options = ExecutorOptions {
+        kind: ExecutorKind::Docker,
+        workers,
+        ..ExecutorOptions::default()
+    };
+    let (pool, identity) = start_pool(&options, &|line| eprintln!("{line}"))
+        .await
+        .expect("Docker engine and sandbox image (make test builds it)");
+    assert!(identity.runtime.starts_with("sha256:"));
+    Scorer::new(pool).await.expect("sandbox containers start")
+}
+
+fn input(tests: &str) -> ScoreInput {
+    ScoreInput {
+        module: "clamp".into(),
+        code: CLAMP.into(),
+        tests: tests.into(),
+    }
+}
+
+/// What must be identical between two scores of the same pair. Timing-based figures are left
+/// out, and so is *how* a mutant was killed: a failing test or a timeout, whichever comes first,
+/// depends on test order, which follows measured baseline durations.
+fn fingerprint(report: &ScoreReport) -> (f64, f64, f64, f64, BTreeMap<String, String>) {
+    let statuses = report
+        .mutants
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.mutant.id.clone(),
+                if r.status.is_killed() {
+                    "killed".to_string()
+                } else {
+                    format!("{:?}", r.status)
+                },
+            )
+        })
+        .collect();
+    (
+        report.validity,
+        report.mutant_kill,
+        report.stability,
+        report.robustness,
+        statuses,
+    )
+}
+
+fn corpus() -> Vec<(String, String, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/adversarial");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "py"))
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} has no `# expect:` line", path.display()))
+                .trim()
+                .to_string();
+            (
+                path.file_stem().unwrap().to_string_lossy().into_owned(),
+                expect,
+                text,
+            )
+        })
+        .collect();
+    cases.sort();
+    cases
+}
+
+fn classification(report: &ScoreReport) -> String {
+    let baseline = report.baseline.as_ref();
+    if baseline.is_some_and(|b| !b.violations.is_empty()) {
+        return "violation".into();
+    }
+    match baseline.map(|b| b.verdict) {
+        Some(Verdict::TimedOut) => "timed_out",
+        Some(Verdict::Crashed) => "crashed",
+        Some(Verdict::Untrustworthy) => "untrustworthy",
+        Some(Verdict::Failed) => "failed",
+        Some(Verdict::Passed) => "passed",
+        Some(Verdict::CutError) => "cut_error",
+        None => "not_run",
+    }
+    .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adversarial_corpus_gets_no_credit_and_leaves_no_trace() {
+    let _one_at_a_time = DOCKER.lock().await;
+    let cases = corpus();
+    assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());
+    let fresh = docker_scorer(2).await;
+    let reference = fresh
+        .score(&input(CLAMP_TESTS), &RewardConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(reference.validity, 1.0);
+    fresh.pool().shutdown(Duration::from_secs(5)).await;
+
+    let scorer = docker_scorer(2).await;
+    let mut hostile = RewardConfig {
+        deny_reaches_invalidate: false,
+        ..RewardConfig::default()
+    };
+    hostile.timeouts.baseline_s = 3.0;
+    hostile.limits.memory_mb = 512;
+    let mut wrong = Vec::new();
+    for (name, expect, tests) in &cases {
+        let report = scorer
+            .score(&input(tests), &hostile)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = classification(&report);
+        if report.validity != 0.0 || report.composite != 0.0 || &got != expect {
+            wrong.push(format!(
+                "{name}: expected {expect}, got {got} (validity {}, {:?})",
+                report.validity, report.invalid_reason
+            ));
+        }
+        let after = scorer
+            .score(&input(CLAMP_TESTS), &RewardConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("after {name}: {e}"));
+        assert_eq!(
+            fingerprint(&after),
+            fingerprint(&reference),
+            "the pool scored differently after {name}"
+        );
+    }
+    assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
+    assert_eq!(
+        scorer.pool().stats().infra_errors,
+        0,
+        "{:?}",
+        scorer.pool().stats()
+    );
+
+    // The static check alone also refuses the cases that reach for forbidden things.
+    let report = scorer
+        .score(
+            &input(&cases.iter().find(|c| c.0 == "read_cut_source").unwrap().2),
+            &RewardConfig::default(),
+        )
+        .await
+        .unwrap();
+    assert!(report.invalid_reason.unwrap().contains("reaches for"));
+
+    scorer.pool().shutdown(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![format!("{POOL_LABEL}")])]);
+    let mine: Vec<_> = docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(POOL_LABEL))
+                .is_some_and(|v| v.starts_with(&format!("{}-", std::process::id())))
+        })
+        .filter(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| format!("{s:?}").to_lowercase().contains("running"))
+        })
+        .collect();
+    assert!(mine.is_empty(), "containers left running: {mine:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_and_local_executors_agree() {
+    let _one_at_a_time = DOCKER.lock().await;
+    let docker = docker_scorer(2).await;
+    let options = ExecutorOptions {
+        kind: ExecutorKind::Local,
+        workers: 2,
+        ..ExecutorOptions::default()
+    };
+    let (pool, _) = start_pool(&options, &|_| {}).await.unwrap();
+    let local = Scorer::new(pool).await.unwrap();
+    for pair in ["roman", "inventory", "collatz"] {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("data/pairs")
+            .join(pair);
+        let input = ScoreInput {
+            module: pair.into(),
+            code: std::fs::read_to_string(root.join(format!("{pair}.py"))).unwrap(),
+            tests: std::fs::read_to_string(root.join(format!("test_{pair}.py"))).unwrap(),
+        };
+        let a = docker
+            .score(&input, &RewardConfig::default())
+            .await
+            .unwrap();
+        let b = local.score(&input, &RewardConfig::default()).await.unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b), "{pair}");
+        assert_eq!(a.environment.executor, "docker");
+    }
+    docker.pool().shutdown(Duration::from_secs(5)).await;
+}
