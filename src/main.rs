@@ -13,10 +13,14 @@ use clap::{Args, Parser, Subcommand};
 use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use unitforge_sandbox::api::ScoreRequest;
+use unitforge_sandbox::cache::ResultCache;
+use unitforge_sandbox::client::{Client, ClientOptions};
 use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
 use unitforge_sandbox::rewards::RewardConfig;
-use unitforge_sandbox::score::{ScoreInput, Scorer};
+use unitforge_sandbox::score::{ScoreInput, ScoreReport, Scorer};
+use unitforge_sandbox::service::{Service, ServiceLimits};
 use unitforge_sandbox::source::PythonSource;
 use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 
@@ -39,6 +43,8 @@ enum Command {
     /// Exit status 0 whenever scoring ran, whatever the score; non-zero for unusable input
     /// (missing file, syntax error in the code under test, bad config).
     Score(ScoreArgs),
+    /// Run the reward service: JSON over HTTP in front of a warm sandbox pool, with a cache.
+    Serve(ServeArgs),
     /// List the mutants of a Python module.
     Mutants(MutantsArgs),
     /// Show semantics-preserving variants of a Python module (used for the robustness reward).
@@ -141,6 +147,34 @@ struct ScoreArgs {
     /// Where --batch writes its JSONL results (default: standard output).
     #[arg(long, value_name = "FILE", requires = "batch")]
     out: Option<PathBuf>,
+    /// Score through a running `unitforge serve` instead of a local pool (repeat for several
+    /// endpoints; requests are spread over them).
+    #[arg(long, value_name = "URL")]
+    server: Vec<String>,
+    #[command(flatten)]
+    executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Default reward config for requests that carry none.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the persistent result cache lives.
+    #[arg(long, value_name = "DIR", default_value = ".unitforge-cache")]
+    cache_dir: PathBuf,
+    /// Keep no cache: every request is computed.
+    #[arg(long)]
+    no_cache: bool,
+    /// Scores held in the in-memory cache.
+    #[arg(long, default_value_t = 10_000)]
+    cache_entries: usize,
+    /// Scores admitted at once (in progress or waiting); more get 429 with Retry-After.
+    #[arg(long, default_value_t = 512)]
+    queue: usize,
     #[command(flatten)]
     executor: ExecutorArgs,
 }
@@ -183,6 +217,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
         Command::Mutants(args) => mutants(args),
+        Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::Variants(args) => variants(args),
         Command::Bench(command) => runtime().and_then(|rt| rt.block_on(bench::run(command))),
         Command::Image(command) => runtime().and_then(|rt| rt.block_on(image(command))),
@@ -271,6 +306,106 @@ async fn start_scorer(args: &ExecutorArgs) -> Result<ScorerHandle> {
     })
 }
 
+async fn serve(args: ServeArgs) -> Result<()> {
+    let config = load_config(args.config.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let cache = if args.no_cache {
+        None
+    } else {
+        Some(ResultCache::open(
+            Some(&args.cache_dir.join("scores.redb")),
+            args.cache_entries,
+        )?)
+    };
+    let options = args.executor.options();
+    if options.kind == ExecutorKind::Local {
+        eprintln!(
+            "WARNING: --executor local: untrusted test code will run directly on this machine."
+        );
+    }
+    let progress = |line: &str| eprintln!("  {line}");
+    let (pool, identity) = start_pool(&options, &progress).await?;
+    let scorer = Scorer::new(pool)
+        .await
+        .context("cannot start the sandbox workers (`unitforge doctor` checks)")?;
+    let limits = ServiceLimits {
+        queue_limit: args.queue,
+        active_scores: (options.workers * 2).max(2),
+        ..ServiceLimits::default()
+    };
+    eprintln!(
+        "unitforge serve: listening on http://{} ({} executor, {} workers, cache {})",
+        listener.local_addr()?,
+        scorer.pool().executor_name(),
+        scorer.pool().size(),
+        if cache.is_some() {
+            args.cache_dir.display().to_string()
+        } else {
+            "off".into()
+        }
+    );
+    let service = Service::new(scorer, identity, cache, config, limits);
+    service.run(listener, shutdown_signal()).await?;
+    eprintln!("unitforge serve: stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}
+
+/// Where `unitforge score` computes: a local pool, or a running service.
+enum Backend {
+    Pool(ScorerHandle),
+    Service(Client),
+}
+
+impl Backend {
+    async fn start(args: &ScoreArgs) -> Result<Self> {
+        Ok(if args.server.is_empty() {
+            Backend::Pool(start_scorer(&args.executor).await?)
+        } else {
+            let options = ClientOptions {
+                concurrency: args.jobs.max(1),
+                ..ClientOptions::default()
+            };
+            Backend::Service(Client::new(args.server.clone(), options)?)
+        })
+    }
+
+    async fn score(&self, input: ScoreInput, config: &RewardConfig) -> Result<ScoreReport> {
+        Ok(match self {
+            Backend::Pool(scorer) => scorer.score(&input, config).await?,
+            Backend::Service(client) => {
+                // The config always travels, so the server scores exactly as a local run would.
+                let request = ScoreRequest {
+                    id: None,
+                    module: input.module,
+                    code: input.code,
+                    tests: input.tests,
+                    config: Some(config.clone()),
+                    no_cache: false,
+                };
+                client.score(&request).await?.report
+            }
+        })
+    }
+}
+
 async fn score(args: ScoreArgs) -> Result<()> {
     let config = load_config(args.config.as_deref())?;
     if let Some(batch) = &args.batch {
@@ -285,8 +420,8 @@ async fn score(args: ScoreArgs) -> Result<()> {
         code: read_source(code_path)?,
         tests: read_source(tests_path)?,
     };
-    let scorer = start_scorer(&args.executor).await?;
-    let report = scorer.score(&input, &config).await?;
+    let backend = Backend::start(&args).await?;
+    let report = backend.score(input, &config).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -309,7 +444,7 @@ struct BatchRow {
 struct BatchResult {
     id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    report: Option<unitforge_sandbox::score::ScoreReport>,
+    report: Option<ScoreReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -332,7 +467,7 @@ async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> R
     if rows.is_empty() {
         bail!("{} holds no candidates", batch.display());
     }
-    let scorer = start_scorer(&args.executor).await?;
+    let backend = Backend::start(args).await?;
     let progress = ProgressBar::new(rows.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} pairs  {elapsed} elapsed, ~{eta} left")
@@ -345,7 +480,7 @@ async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> R
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    let scorer = &scorer;
+    let backend = &backend;
     let mut results = stream::iter(rows)
         .map(|(id, row)| async move {
             let input = ScoreInput {
@@ -353,7 +488,7 @@ async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> R
                 code: row.code,
                 tests: row.tests,
             };
-            match scorer.score(&input, config).await {
+            match backend.score(input, config).await {
                 Ok(report) => BatchResult {
                     id,
                     report: Some(report),

@@ -7,6 +7,9 @@
 //! [`protocol`]; [`outcome`] classifies each run; [`timeouts`] derives mutant time limits;
 //! [`rewards`] holds the formulas; [`score`] orchestrates one score.
 
+pub mod api;
+pub mod cache;
+pub mod client;
 pub mod docker;
 pub mod doctor;
 pub mod executor;
@@ -19,6 +22,7 @@ pub mod protocol;
 pub mod rewards;
 pub mod rng;
 pub mod score;
+pub mod service;
 pub mod source;
 pub mod suite;
 pub mod timeouts;

@@ -135,6 +135,8 @@ pub struct ScoreReport {
     pub variants: Vec<VariantResult>,
     /// What was left out of a reward, and why.
     pub exclusions: Vec<String>,
+    /// Runs excluded because the infrastructure failed twice (such a score is never cached).
+    pub infra_errors: usize,
     pub timing: Timing,
     pub environment: Environment,
 }
@@ -293,6 +295,7 @@ impl Scorer {
             stability_runs: Vec::new(),
             variants: Vec::new(),
             exclusions: Vec::new(),
+            infra_errors: 0,
             timing: Timing {
                 overhead_ms: self.overhead_ms,
                 ..Timing::default()
@@ -521,9 +524,12 @@ fn tally_stability(
                     cpu_ms: run.cpu_ms,
                 });
             }
-            Err(err) => report
-                .exclusions
-                .push(format!("stability run {seed} excluded: {err}")),
+            Err(err) => {
+                report.infra_errors += 1;
+                report
+                    .exclusions
+                    .push(format!("stability run {seed} excluded: {err}"));
+            }
         }
     }
     report.stability = matching as f64 / cpu.len() as f64;
@@ -547,9 +553,12 @@ fn tally_variants(
                 passed: run.passed(),
                 detail: run.detail,
             }),
-            Err(err) => report
-                .exclusions
-                .push(format!("variant {} excluded: {err}", variant.id)),
+            Err(err) => {
+                report.infra_errors += 1;
+                report
+                    .exclusions
+                    .push(format!("variant {} excluded: {err}", variant.id));
+            }
         }
     }
     report.robustness = if report.variants.is_empty() {
@@ -576,6 +585,7 @@ fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, found: MutantOu
             MutantStatus::Unviable => summary.unviable += 1,
             MutantStatus::Excluded => {
                 summary.excluded += 1;
+                report.infra_errors += 1;
                 report.exclusions.push(format!(
                     "mutant {} excluded after a retry: {detail}",
                     mutant.id
