@@ -1,0 +1,579 @@
+//! The reward service against the real Docker engine: cache, bounded load, faults.
+//!
+//! The load and fault tests send bounded numbers of requests to a service on 127.0.0.1 only and
+//! stop by themselves. Figures (latency percentiles) are printed, never asserted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use unitforge_sandbox::api::{ErrorKind, ScoreRequest};
+use unitforge_sandbox::bollard::query_parameters::{
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+};
+use unitforge_sandbox::cache::{CacheOutcome, ResultCache};
+use unitforge_sandbox::client::{Client, ClientError, ClientOptions};
+use unitforge_sandbox::docker::POOL_LABEL;
+use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::{ScoreReport, Scorer};
+use unitforge_sandbox::service::{Service, ServiceLimits};
+
+/// One service at a time: the fault test kills this process's containers.
+static DOCKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Running {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("service task").expect("service ran");
+    }
+}
+
+async fn start_service(cache: Option<&Path>, workers: usize) -> Running {
+    let options = ExecutorOptions {
+        kind: ExecutorKind::Docker,
+        workers,
+        ..ExecutorOptions::default()
+    };
+    let (pool, identity) = start_pool(&options, &|line| eprintln!("{line}"))
+        .await
+        .expect("Docker engine and sandbox image");
+    let scorer = Scorer::new(pool).await.expect("workers start");
+    let cache = cache
+        .map(|dir| ResultCache::open(Some(&dir.join("scores.redb")), 1000).expect("cache opens"));
+    let limits = ServiceLimits {
+        active_scores: workers * 2,
+        ..ServiceLimits::default()
+    };
+    let service = Service::new(scorer, identity, cache, RewardConfig::default(), limits);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(service.run(listener, async {
+        let _ = stopped.await;
+    }));
+    Running { url, stop, task }
+}
+
+fn pair(name: &str) -> ScoreRequest {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data/pairs")
+        .join(name);
+    ScoreRequest {
+        id: Some(name.into()),
+        module: name.into(),
+        code: std::fs::read_to_string(root.join(format!("{name}.py"))).unwrap(),
+        tests: std::fs::read_to_string(root.join(format!("test_{name}.py"))).unwrap(),
+        config: None,
+        no_cache: false,
+    }
+}
+
+fn hostile(name: &str) -> ScoreRequest {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/adversarial")
+        .join(format!("{name}.py"));
+    ScoreRequest {
+        id: Some(format!("hostile-{name}")),
+        tests: std::fs::read_to_string(path).unwrap(),
+        ..pair("clamp")
+    }
+}
+
+/// Everything about a score that does not depend on timing.
+fn fingerprint(report: &ScoreReport) -> String {
+    let statuses: BTreeMap<_, _> = report
+        .mutants
+        .results
+        .iter()
+        .map(|r| {
+            (
+                r.mutant.id.clone(),
+                if r.status.is_killed() {
+                    "killed".into()
+                } else {
+                    format!("{:?}", r.status)
+                },
+            )
+        })
+        .collect();
+    format!(
+        "{} {} {} {} {:?}",
+        report.validity, report.mutant_kill, report.stability, report.robustness, statuses
+    )
+}
+
+fn light(mut request: ScoreRequest) -> ScoreRequest {
+    let mut config = RewardConfig::default();
+    config.mutants.max_mutants = 4;
+    config.runs = 2;
+    config.variants.count = 1;
+    config.timeouts.baseline_s = 5.0;
+    config.limits.memory_mb = 512;
+    request.config = Some(config);
+    request
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_requests_come_from_the_cache_also_after_a_restart() {
+    let _one = DOCKER.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_service(Some(dir.path()), 2).await;
+    let client = Client::new(vec![service.url.clone()], ClientOptions::default()).unwrap();
+    let request = pair("roman");
+    let first = client.score(&request).await.unwrap();
+    assert_eq!(first.cache, CacheOutcome::Miss);
+    let second = client.score(&request).await.unwrap();
+    assert_eq!(second.cache, CacheOutcome::MemoryHit);
+    assert_eq!(
+        second.report, first.report,
+        "a cache hit returns the identical result"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", service.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("unitforge_cache_hits_total{layer=\"memory\"} 1"),
+        "{metrics}"
+    );
+
+    // Identical requests in flight are computed once.
+    let other = pair("vowels");
+    let (a, b) = tokio::join!(client.score(&other), client.score(&other));
+    let outcomes = [a.unwrap().cache, b.unwrap().cache];
+    assert!(
+        outcomes.contains(&CacheOutcome::Miss) && outcomes.contains(&CacheOutcome::Shared),
+        "{outcomes:?}"
+    );
+
+    service.stop().await;
+    let restarted = start_service(Some(dir.path()), 2).await;
+    let client = Client::new(vec![restarted.url.clone()], ClientOptions::default()).unwrap();
+    let third = client.score(&request).await.unwrap();
+    assert_eq!(third.cache, CacheOutcome::DiskHit);
+    assert_eq!(third.report, first.report);
+    let fresh = client
+        .score(&ScoreRequest {
+            no_cache: true,
+            ..request
+        })
+        .await
+        .unwrap();
+    assert_eq!(fresh.cache, CacheOutcome::Miss);
+    assert_eq!(fingerprint(&fresh.report), fingerprint(&first.report));
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_mixed_requests_lose_nothing_and_match_a_serial_reference() {
+    let _one = DOCKER.lock().await;
+    let names: Vec<String> = {
+        let mut names: Vec<String> =
+            std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/pairs"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+        names.sort();
+        names
+    };
+    let hostile_names = [
+        "fork_bomb",
+        "open_socket",
+        "read_host_files",
+        "os_exit_at_import",
+        "patch_call_and_report",
+        "kill_pid1",
+        "memory_bomb",
+        "fork_exec_daemon",
+        "read_cut_source",
+        "endless_stdout",
+    ];
+    let distinct: Vec<ScoreRequest> = names
+        .iter()
+        .map(|n| light(pair(n)))
+        .chain(hostile_names.iter().map(|n| light(hostile(n))))
+        .collect();
+
+    let service = start_service(None, 2).await;
+    let serial = Client::new(
+        vec![service.url.clone()],
+        ClientOptions {
+            concurrency: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut reference = BTreeMap::new();
+    for request in &distinct {
+        let response = serial.score(request).await.unwrap();
+        reference.insert(request.id.clone().unwrap(), fingerprint(&response.report));
+    }
+
+    const TOTAL: usize = 1000;
+    const CONCURRENCY: usize = 32;
+    let requests: Vec<ScoreRequest> = (0..TOTAL)
+        .map(|i| {
+            if i % 10 == 0 {
+                distinct[names.len() + (i / 10) % hostile_names.len()].clone()
+            } else {
+                distinct[i % names.len()].clone()
+            }
+        })
+        .collect();
+    let hostile_share = requests
+        .iter()
+        .filter(|r| r.id.as_ref().unwrap().starts_with("hostile"))
+        .count() as f64
+        / TOTAL as f64;
+    assert!(hostile_share >= 0.10);
+    let client = Arc::new(
+        Client::new(
+            vec![service.url.clone()],
+            ClientOptions {
+                concurrency: CONCURRENCY,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let started = Instant::now();
+    let results: Vec<(String, Result<ScoreReport, ClientError>, f64)> = stream::iter(requests)
+        .map(|request| {
+            let client = client.clone();
+            async move {
+                let sent = Instant::now();
+                let result = client.score(&request).await.map(|r| r.report);
+                (
+                    request.id.unwrap(),
+                    result,
+                    sent.elapsed().as_secs_f64() * 1000.0,
+                )
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let wall = started.elapsed().as_secs_f64();
+    assert_eq!(results.len(), TOTAL, "lost results");
+    let mut latencies: Vec<f64> = results.iter().map(|r| r.2).collect();
+    latencies.sort_by(f64::total_cmp);
+    let mut differing = Vec::new();
+    for (id, result, _) in &results {
+        let report = result.as_ref().unwrap_or_else(|e| panic!("{id}: {e}"));
+        if fingerprint(report) != reference[id] {
+            differing.push(id.clone());
+        }
+    }
+    println!(
+        "load: {TOTAL} requests ({:.0}% hostile) at concurrency {CONCURRENCY} in {wall:.1} s: {:.1} scores/s, latency p50 {:.0} ms, p99 {:.0} ms",
+        hostile_share * 100.0,
+        TOTAL as f64 / wall,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
+    assert!(
+        differing.is_empty(),
+        "scores differing from the serial reference: {differing:?}"
+    );
+    service.stop().await;
+}
+
+async fn pool_containers(docker: &unitforge_sandbox::bollard::Docker) -> Vec<String> {
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
+    let prefix = format!("{}-", std::process::id());
+    docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(POOL_LABEL))
+                .is_some_and(|v| v.starts_with(&prefix))
+        })
+        .filter_map(|c| c.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
+    let _one = DOCKER.lock().await;
+    let service = start_service(None, 2).await;
+    let names = [
+        "roman",
+        "collatz",
+        "inventory",
+        "grades",
+        "leap_year",
+        "discount",
+    ];
+    let serial = Client::new(
+        vec![service.url.clone()],
+        ClientOptions {
+            concurrency: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut reference = BTreeMap::new();
+    for name in names {
+        reference.insert(
+            name.to_string(),
+            fingerprint(&serial.score(&pair(name)).await.unwrap().report),
+        );
+    }
+
+    // Kill one sandbox container a second (a fresh one takes ~0.5 s to start) while 40 requests
+    // are scored, so kills land in the middle of runs.
+    let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (docker, done) = (docker.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut kills = 0;
+            let mut turn = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                let containers = pool_containers(&docker).await;
+                if let Some(id) = containers.get(turn % containers.len().max(1)) {
+                    let options = KillContainerOptionsBuilder::default()
+                        .signal("SIGKILL")
+                        .build();
+                    if docker.kill_container(id, Some(options)).await.is_ok() {
+                        kills += 1;
+                    }
+                }
+                turn += 1;
+            }
+            kills
+        })
+    };
+    let client = Arc::new(
+        Client::new(
+            vec![service.url.clone()],
+            ClientOptions {
+                concurrency: 8,
+                attempts: 2,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let results = score_uncached(
+        client.clone(),
+        names.iter().map(|n| n.to_string()).collect(),
+        40,
+        8,
+    )
+    .await;
+    done.store(true, Ordering::Relaxed);
+    let kills = killer.await.unwrap();
+    assert!(kills >= 3, "only {kills} containers were killed");
+    let (correct, infra) = check_under_faults(&results, &reference);
+    println!("faults: {kills} containers killed during 40 requests: {correct} correct scores, {infra} explicit infrastructure errors");
+    assert_eq!(results.len(), 40);
+    assert!(correct > 0);
+    // The service is healthy afterwards and scores as before.
+    let after = serial
+        .score(&ScoreRequest {
+            no_cache: true,
+            ..pair("roman")
+        })
+        .await
+        .unwrap();
+    assert_eq!(fingerprint(&after.report), reference["roman"]);
+    service.stop().await;
+}
+
+/// `count` uncached requests cycling over `names`, `concurrency` at a time.
+async fn score_uncached(
+    client: Arc<Client>,
+    names: Vec<String>,
+    count: usize,
+    concurrency: usize,
+) -> Vec<(String, Result<ScoreReport, ClientError>)> {
+    stream::iter((0..count).map(|i| names[i % names.len()].clone()))
+        .map(|name| {
+            let client = client.clone();
+            async move {
+                let request = ScoreRequest {
+                    no_cache: true,
+                    ..pair(&name)
+                };
+                let result = client.score(&request).await.map(|r| r.report);
+                (name, result)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Every result under faults is either the reference score or an explicit infrastructure error;
+/// returns (correct, infra) counts.
+fn check_under_faults(
+    results: &[(String, Result<ScoreReport, ClientError>)],
+    reference: &BTreeMap<String, String>,
+) -> (usize, usize) {
+    let (mut correct, mut infra) = (0, 0);
+    for (name, result) in results {
+        match result {
+            Ok(report) if report.infra_errors == 0 => {
+                assert_eq!(
+                    fingerprint(report),
+                    reference[name],
+                    "{name}: a wrong score under faults"
+                );
+                correct += 1;
+            }
+            // Runs lost twice are excluded and reported, never scored as kills.
+            Ok(report) => {
+                assert!(
+                    report.exclusions.iter().any(|e| e.contains("excluded")),
+                    "{name}: {:?}",
+                    report.exclusions
+                );
+                for result in report
+                    .mutants
+                    .results
+                    .iter()
+                    .filter(|r| r.status == unitforge_sandbox::outcome::MutantStatus::Excluded)
+                {
+                    assert!(!result.status.is_killed());
+                }
+                infra += 1;
+            }
+            Err(ClientError::Refused {
+                kind: ErrorKind::Infra,
+                ..
+            })
+            | Err(ClientError::Unavailable { .. }) => infra += 1,
+            Err(other) => panic!("{name}: {other}"),
+        }
+    }
+    (correct, infra)
+}
+
+/// Stop the Docker engine, start it again, and wait until it answers.
+async fn restart_engine() {
+    let pid = std::fs::read_to_string("/var/run/docker.pid")
+        .expect("dockerd writes its pid file")
+        .trim()
+        .to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..300 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log =
+        std::fs::File::create(std::env::temp_dir().join("unitforge-dockerd-restart.log")).unwrap();
+    std::process::Command::new("setsid")
+        .args(["/usr/sbin/dockerd"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("dockerd starts");
+    for _ in 0..600 {
+        if let Ok(docker) = unitforge_sandbox::bollard::Docker::connect_with_local_defaults() {
+            if docker.ping().await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the Docker engine did not come back within 60 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_restarted_under_the_service() {
+    let _one = DOCKER.lock().await;
+    if !Path::new("/usr/sbin/dockerd").exists() || !Path::new("/var/run/docker.pid").exists() {
+        panic!("this test restarts the local Docker engine and needs /usr/sbin/dockerd and its pid file");
+    }
+    let service = start_service(None, 2).await;
+    let names = ["roman", "inventory", "grades"];
+    let serial = Client::new(
+        vec![service.url.clone()],
+        ClientOptions {
+            concurrency: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut reference = BTreeMap::new();
+    for name in names {
+        reference.insert(
+            name.to_string(),
+            fingerprint(&serial.score(&pair(name)).await.unwrap().report),
+        );
+    }
+    let client = Arc::new(
+        Client::new(
+            vec![service.url.clone()],
+            ClientOptions {
+                concurrency: 4,
+                attempts: 2,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let requests = tokio::spawn(score_uncached(
+        client.clone(),
+        names.iter().map(|n| n.to_string()).collect(),
+        16,
+        4,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    restart_engine().await;
+    let results = requests.await.unwrap();
+    let (correct, infra) = check_under_faults(&results, &reference);
+    println!("engine restart: 16 requests in flight: {correct} correct scores, {infra} explicit infrastructure errors");
+    assert_eq!(results.len(), 16);
+    // Afterwards the pool starts fresh containers on the restarted engine and scores as before.
+    let after = serial
+        .score(&ScoreRequest {
+            no_cache: true,
+            ..pair("roman")
+        })
+        .await
+        .unwrap();
+    assert_eq!(fingerprint(&after.report), reference["roman"]);
+    let health: serde_json::Value = reqwest::get(format!("{}/healthz", service.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    service.stop().await;
+}
