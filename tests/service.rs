@@ -495,13 +495,16 @@ async fn restart_engine() {
     }
     let log =
         std::fs::File::create(std::env::temp_dir().join("unitforge-dockerd-restart.log")).unwrap();
-    std::process::Command::new("setsid")
-        .args(["/usr/sbin/dockerd"])
+    // `setsid -f` forks the engine into its own session and returns at once, so the engine
+    // outlives this test like the one it replaces.
+    let started = std::process::Command::new("setsid")
+        .args(["-f", "/usr/sbin/dockerd"])
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
-        .spawn()
-        .expect("dockerd starts");
+        .status()
+        .expect("setsid runs");
+    assert!(started.success());
     for _ in 0..600 {
         if let Ok(docker) = unitforge_sandbox::bollard::Docker::connect_with_local_defaults() {
             if docker.ping().await.is_ok() {

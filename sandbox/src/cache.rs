@@ -30,6 +30,15 @@ pub enum CacheError {
     Store { path: String, message: String },
 }
 
+fn write_entry(store: &Database, key: &str, bytes: &[u8]) -> Result<(), Box<redb::Error>> {
+    let write = store.begin_write().map_err(|e| Box::new(e.into()))?;
+    {
+        let mut table = write.open_table(SCORES).map_err(|e| Box::new(e.into()))?;
+        table.insert(key, bytes).map_err(|e| Box::new(e.into()))?;
+    }
+    write.commit().map_err(|e| Box::new(e.into()))
+}
+
 /// The content hash that identifies a score.
 pub fn cache_key(runtime: &str, config: &RewardConfig, input: &ScoreInput) -> String {
     let config = serde_json::to_string(config).expect("reward configs serialise");
@@ -147,16 +156,7 @@ impl ResultCache {
     fn save(&self, key: &str, report: &ScoreReport) {
         let Some(store) = &self.store else { return };
         let bytes = serde_json::to_vec(report).expect("reports serialise");
-        let result = (|| -> Result<(), redb::Error> {
-            let write = store.begin_write()?;
-            {
-                let mut table = write.open_table(SCORES)?;
-                table.insert(key, bytes.as_slice())?;
-            }
-            write.commit()?;
-            Ok(())
-        })();
-        if let Err(err) = result {
+        if let Err(err) = write_entry(store, key, &bytes) {
             tracing::warn!(%err, "could not persist a score");
         }
     }
