@@ -236,3 +236,58 @@ async fn docker_and_local_executors_agree() {
     }
     docker.pool().shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_container_killed_meanwhile_is_replaced_before_use() {
+    let _one_at_a_time = DOCKER.lock().await;
+    let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
+    let launcher = unitforge_sandbox::docker::DockerLauncher::new(
+        docker.clone(),
+        unitforge_sandbox::image::sandbox_image_tag(),
+        Default::default(),
+    );
+    let pool = unitforge_sandbox::worker::WorkerPool::new(std::sync::Arc::new(launcher), 1, 500)
+        .with_health_check_after(Duration::ZERO);
+    let scorer = Scorer::new(std::sync::Arc::new(pool)).await.unwrap();
+    let before = scorer.pool().stats();
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
+    let prefix = format!("{}-", std::process::id());
+    for container in docker
+        .list_containers(Some(
+            ListContainersOptionsBuilder::default()
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .unwrap()
+    {
+        if container
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POOL_LABEL))
+            .is_some_and(|v| v.starts_with(&prefix))
+        {
+            docker
+                .kill_container(
+                    container.id.as_deref().unwrap(),
+                    None::<unitforge_sandbox::bollard::query_parameters::KillContainerOptions>,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let report = scorer
+        .score(&input(CLAMP_TESTS), &RewardConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(report.validity, 1.0);
+    let after = scorer.pool().stats();
+    assert_eq!(
+        after.retries, before.retries,
+        "the dead worker was found by its health check, not by a run"
+    );
+    assert!(after.workers_replaced > before.workers_replaced);
+    assert_eq!(report.infra_errors, 0);
+    scorer.pool().shutdown(Duration::from_secs(5)).await;
+}

@@ -39,6 +39,18 @@ impl Running {
 }
 
 async fn start_service(cache: Option<&Path>, workers: usize) -> Running {
+    let limits = ServiceLimits {
+        active_scores: workers * 2,
+        ..ServiceLimits::default()
+    };
+    start_service_with(cache, workers, limits).await
+}
+
+async fn start_service_with(
+    cache: Option<&Path>,
+    workers: usize,
+    limits: ServiceLimits,
+) -> Running {
     let options = ExecutorOptions {
         kind: ExecutorKind::Docker,
         workers,
@@ -50,10 +62,6 @@ async fn start_service(cache: Option<&Path>, workers: usize) -> Running {
     let scorer = Scorer::new(pool).await.expect("workers start");
     let cache = cache
         .map(|dir| ResultCache::open(Some(&dir.join("scores.redb")), 1000).expect("cache opens"));
-    let limits = ServiceLimits {
-        active_scores: workers * 2,
-        ..ServiceLimits::default()
-    };
     let service = Service::new(scorer, identity, cache, RewardConfig::default(), limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -578,5 +586,108 @@ async fn the_engine_restarted_under_the_service() {
         .await
         .unwrap();
     assert_eq!(health["status"], "ok");
+    service.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_backpressure_and_the_batch_stream() {
+    let _one = DOCKER.lock().await;
+    let limits = ServiceLimits {
+        queue_limit: 2,
+        active_scores: 1,
+        max_code_bytes: 4096,
+        max_body_bytes: 64 << 10,
+        max_batch: 3,
+        ..ServiceLimits::default()
+    };
+    let service = start_service_with(None, 1, limits).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("{}{path}", service.url))
+            .json(&body)
+            .send()
+    };
+    let request = |name: &str| serde_json::to_value(pair(name)).unwrap();
+
+    // Over a limit: a clear 4xx, never a score.
+    let big =
+        serde_json::json!({"code": "x = 1\n".repeat(1000), "tests": "def test_x():\n    pass\n"});
+    let response = post("/v1/score", big).await.unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "limit");
+    let huge = serde_json::json!({"code": "x".repeat(100 << 10), "tests": ""});
+    assert_eq!(post("/v1/score", huge).await.unwrap().status(), 413);
+    let mut too_many_runs = request("clamp");
+    too_many_runs["config"] = serde_json::json!({"runs": 50});
+    assert_eq!(
+        post("/v1/score", too_many_runs).await.unwrap().status(),
+        400
+    );
+
+    // A full queue: 429 with Retry-After, and nothing is lost for those admitted.
+    let burst: Vec<_> = [
+        "roman",
+        "grades",
+        "leap_year",
+        "collatz",
+        "discount",
+        "histogram",
+    ]
+    .iter()
+    .map(|n| post("/v1/score", request(n)))
+    .collect();
+    let responses = futures::future::join_all(burst).await;
+    let statuses: Vec<u16> = responses
+        .iter()
+        .map(|r| r.as_ref().unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    for response in &responses {
+        let response = response.as_ref().unwrap();
+        if response.status() == 429 {
+            assert_eq!(response.headers()["retry-after"], "1");
+        }
+    }
+
+    // The batch endpoint streams one line per item.
+    let batch = serde_json::json!({"items": [request("vowels"), request("stack")]});
+    let text = post("/v1/score/batch", batch)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let mut indices: Vec<u64> = lines.iter().map(|l| l["index"].as_u64().unwrap()).collect();
+    indices.sort();
+    assert_eq!(indices, vec![0, 1]);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["response"]["report"]["validity"] == 1.0),
+        "{text}"
+    );
+    let oversized = serde_json::json!({"items": [request("vowels"), request("vowels"), request("vowels"), request("vowels")]});
+    assert_eq!(
+        post("/v1/score/batch", oversized).await.unwrap().status(),
+        413
+    );
+
+    let openapi: serde_json::Value = reqwest::get(format!("{}/openapi.json", service.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(openapi["paths"]["/v1/score"]["post"].is_object());
     service.stop().await;
 }

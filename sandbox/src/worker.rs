@@ -66,6 +66,8 @@ struct Worker {
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
     hello: Hello,
     jobs: u64,
+    /// When the worker last answered; an idle worker is health-checked before reuse.
+    last_answer: std::time::Instant,
 }
 
 impl Worker {
@@ -83,6 +85,7 @@ impl Worker {
                 pytest: String::new(),
             },
             jobs: 0,
+            last_answer: std::time::Instant::now(),
         };
         // Importing and configuring pytest takes ~0.2 s; allow for a loaded machine.
         let hello: Hello =
@@ -137,7 +140,20 @@ impl Worker {
             Err(_) => return Err(InfraError::Unresponsive(timeout)),
         }
         self.jobs += 1;
-        self.read_reply(timeout).await
+        let reply = self.read_reply(timeout).await;
+        if reply.is_ok() {
+            self.last_answer = std::time::Instant::now();
+        }
+        reply
+    }
+
+    /// Whether the worker still answers: a `hello` round trip.
+    async fn is_healthy(&mut self) -> bool {
+        self.jobs = self.jobs.saturating_sub(1); // a health check is not a job
+        let reply: Result<Hello, _> = self
+            .request(&serde_json::json!({"op": "hello"}), HEALTH_CHECK_TIMEOUT)
+            .await;
+        reply.is_ok()
     }
 
     async fn read_reply<T: DeserializeOwned>(
@@ -180,6 +196,7 @@ pub struct WorkerPool {
     permits: Semaphore,
     size: usize,
     recycle_after: u64,
+    health_check_after: Duration,
     next_slot: AtomicUsize,
     started: AtomicU64,
     replaced: AtomicU64,
@@ -187,6 +204,10 @@ pub struct WorkerPool {
     retries: AtomicU64,
     infra_errors: AtomicU64,
 }
+
+/// An idle worker is health-checked before reuse after this long without answering.
+const IDLE_BEFORE_HEALTH_CHECK: Duration = Duration::from_secs(10);
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Time the runner gets beyond a run's own timeout: fork, report, cleanup.
 const RUN_GRACE: Duration = Duration::from_secs(15);
@@ -203,6 +224,7 @@ impl WorkerPool {
             permits: Semaphore::new(size),
             size,
             recycle_after: recycle_after.max(1),
+            health_check_after: IDLE_BEFORE_HEALTH_CHECK,
             next_slot: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
@@ -210,6 +232,12 @@ impl WorkerPool {
             retries: AtomicU64::new(0),
             infra_errors: AtomicU64::new(0),
         }
+    }
+
+    /// Health-check an idle worker before reuse once it has been idle this long (default 10 s).
+    pub fn with_health_check_after(mut self, idle: Duration) -> Self {
+        self.health_check_after = idle;
+        self
     }
 
     pub fn size(&self) -> usize {
@@ -242,8 +270,17 @@ impl WorkerPool {
     }
 
     async fn checkout(&self) -> Result<Worker, InfraError> {
-        if let Some(worker) = self.idle.lock().expect("idle lock").pop() {
-            return Ok(worker);
+        loop {
+            let Some(mut worker) = self.idle.lock().expect("idle lock").pop() else {
+                break;
+            };
+            // A worker idle for a while may have been killed meanwhile (OOM, `docker kill`, an
+            // engine restart): check it, so that no run is spent finding out.
+            if worker.last_answer.elapsed() < self.health_check_after || worker.is_healthy().await {
+                return Ok(worker);
+            }
+            tracing::warn!("an idle worker failed its health check; replacing it");
+            self.replaced.fetch_add(1, Ordering::Relaxed);
         }
         let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
         let worker = Worker::start(self.launcher.as_ref(), slot).await?;
