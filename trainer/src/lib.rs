@@ -1,3 +1,18 @@
-//! unitforge's candle trainer: SFT, GKD distillation and GRPO for models that write pytest
-//! suites. Empty until the trainer issues land; the workspace member exists so that the
-//! layout in ARCHITECTURE.md holds from the first commit.
+//! unitforge's candle trainer: the model and its LoRA/QLoRA layers today; data, SFT, GKD, GRPO,
+//! evaluation and generation follow (see ARCHITECTURE.md).
+
+pub mod config;
+pub mod lora;
+pub mod model;
+pub mod quant;
+
+/// Errors of the trainer library.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    #[error("cannot read {0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}

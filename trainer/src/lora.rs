@@ -1,0 +1,188 @@
+//! Linear layers for training: a base weight (frozen, 4-bit frozen, or trainable) plus an
+//! optional LoRA pair.
+//!
+//! y = x·Wᵀ + b + (alpha / r) · dropout(x)·Aᵀ·Bᵀ, with A: [r, in] and B: [out, r]. As in PEFT, A
+//! starts Kaiming-uniform and B at zero, so a fresh adapter leaves the model exactly as it was,
+//! and only the low-rank branch is scaled by alpha / r. Variables are named as PEFT names them
+//! (`base_model.model.<module>.lora_A.weight`), so saved adapters load in Python PEFT.
+
+use candle_core::{Module, Result, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::quant::Nf4Tensor;
+
+/// LoRA hyper-parameters (the `lora` section of a training config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f32,
+    /// Module names (the last path component) that get adapters.
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: [
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// How the base weight of a linear layer is held.
+#[derive(Debug, Clone)]
+pub enum BaseWeight {
+    /// Frozen: a plain tensor, no gradient.
+    Frozen(Tensor),
+    /// Frozen and stored in 4 bits; dequantised at each forward.
+    Quantized(Nf4Tensor),
+    /// Full fine-tuning: a variable.
+    Trainable(Var),
+}
+
+#[derive(Debug, Clone)]
+struct LoraPair {
+    a: Var,
+    b: Var,
+    scale: f64,
+    dropout: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    base: BaseWeight,
+    bias: Option<Tensor>,
+    lora: Option<LoraPair>,
+}
+
+impl Linear {
+    pub fn new(base: BaseWeight, bias: Option<Tensor>) -> Self {
+        Self {
+            base,
+            bias,
+            lora: None,
+        }
+    }
+
+    /// Attach a fresh LoRA pair whose variables live in `vb` (a VarBuilder over a VarMap), under
+    /// `prefix`, the module's path (`model.layers.0.self_attn.q_proj`).
+    pub fn with_lora(mut self, config: &LoraConfig, vb: &VarBuilder, prefix: &str) -> Result<Self> {
+        let (out_dim, in_dim) = self.shape()?;
+        let peft = vb.pp(format!("base_model.model.{prefix}"));
+        // PEFT: kaiming_uniform_(a=√5) on A, i.e. U(-1/√in, 1/√in); zeros on B.
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let a = peft.pp("lora_A").get_with_hints(
+            (config.rank, in_dim),
+            "weight",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b =
+            peft.pp("lora_B")
+                .get_with_hints((out_dim, config.rank), "weight", Init::Const(0.0))?;
+        // A VarMap hands out its variables' own tensors, so these Vars are the VarMap's: the
+        // optimiser updates what the VarMap saves.
+        self.lora = Some(LoraPair {
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scale: config.alpha / config.rank as f64,
+            dropout: config.dropout,
+        });
+        Ok(self)
+    }
+
+    /// (out, in).
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        match &self.base {
+            BaseWeight::Frozen(w) => w.dims2(),
+            BaseWeight::Trainable(w) => w.dims2(),
+            BaseWeight::Quantized(q) => Ok(q.shape()),
+        }
+    }
+
+    pub fn base(&self) -> &BaseWeight {
+        &self.base
+    }
+
+    fn weight(&self, like: &Tensor) -> Result<Tensor> {
+        match &self.base {
+            BaseWeight::Frozen(w) => Ok(w.clone()),
+            BaseWeight::Trainable(w) => Ok(w.as_tensor().clone()),
+            BaseWeight::Quantized(q) => q.dequantize(like.device())?.to_dtype(like.dtype()),
+        }
+    }
+
+    /// The base weight with the LoRA update merged in: W + (alpha / r)·B·A.
+    pub fn merged_weight(&self, like: &Tensor) -> Result<Tensor> {
+        let w = self.weight(like)?;
+        match &self.lora {
+            None => Ok(w),
+            Some(l) => w + (l.b.as_tensor().matmul(l.a.as_tensor())? * l.scale)?,
+        }
+    }
+
+    /// Forward; dropout on the LoRA branch only when `train`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let w = self.weight(x)?;
+        let (leading, in_dim) = (&x.dims()[..x.rank() - 1], x.dim(candle_core::D::Minus1)?);
+        let flat = x.reshape(((), in_dim))?;
+        let mut y = flat.matmul(&w.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(bias)?;
+        }
+        if let Some(l) = &self.lora {
+            let h = if train && l.dropout > 0.0 {
+                candle_nn::ops::dropout(&flat, l.dropout)?
+            } else {
+                flat
+            };
+            let update = h
+                .matmul(&l.a.as_tensor().t()?)?
+                .matmul(&l.b.as_tensor().t()?)?;
+            y = (y + (update * l.scale)?)?;
+        }
+        let mut shape = leading.to_vec();
+        shape.push(y.dim(1)?);
+        y.reshape(shape)
+    }
+
+    /// The trainable variables of this layer (LoRA pair, or the base in full fine-tuning).
+    pub fn trainable(&self) -> Vec<Var> {
+        let mut vars = Vec::new();
+        if let BaseWeight::Trainable(w) = &self.base {
+            vars.push(w.clone());
+        }
+        if let Some(l) = &self.lora {
+            vars.push(l.a.clone());
+            vars.push(l.b.clone());
+        }
+        vars
+    }
+
+    pub fn lora_vars(&self) -> Option<(&Var, &Var)> {
+        self.lora.as_ref().map(|l| (&l.a, &l.b))
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_t(x, false)
+    }
+}

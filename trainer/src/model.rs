@@ -1,0 +1,544 @@
+//! The decoder (Qwen2 / Llama family), written for training.
+//!
+//! RMSNorm, rotary embeddings and softmax are built from basic tensor ops because candle's fused
+//! kernels for them have no backward and would silently cut the graph (candle issue 2168). Every
+//! linear layer is a `lora::Linear`: a frozen, 4-bit or trainable base plus an optional LoRA pair.
+//! Weights are read from a Hugging Face checkpoint as it is: `config.json` and `model.safetensors`
+//! or shards listed in `model.safetensors.index.json`, in f32, bf16 or f16.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::config::ModelConfig;
+use crate::lora::{BaseWeight, Linear, LoraConfig};
+use crate::quant::Nf4Tensor;
+use crate::TrainerError;
+
+/// How to hold the weights of a loaded model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype (weights are converted to it).
+    pub dtype: DType,
+    /// LoRA adapters on the target modules, if any.
+    pub lora: Option<LoraConfig>,
+    /// Store the frozen linear weights in 4-bit NF4 (QLoRA).
+    pub quantize_base: bool,
+    /// Train every weight (no LoRA needed).
+    pub full_finetune: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            lora: None,
+            quantize_base: false,
+            full_finetune: false,
+        }
+    }
+}
+
+/// Keys and values of past positions, per layer, for generation.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: vec![None; layers],
+        }
+    }
+
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let dim = cfg.head_dim();
+        let inv_freq: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
+            .collect();
+        let half = inv_freq.len();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape(((), 1))?;
+        let freqs = positions.matmul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotate-half RoPE on x: [batch, heads, time, head_dim], positions offset..offset+time.
+    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, time, dim) = x.dims4()?;
+        let cos = self.cos.narrow(0, offset, time)?;
+        let sin = self.sin.narrow(0, offset, time)?;
+        let x1 = x.narrow(D::Minus1, 0, dim / 2)?;
+        let x2 = x.narrow(D::Minus1, dim / 2, dim / 2)?;
+        let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[rotated_1, rotated_2], D::Minus1)
+    }
+}
+
+/// RMSNorm, differentiable; half-precision inputs are normalised in f32.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = if matches!(dtype, DType::BF16 | DType::F16) {
+        x.to_dtype(DType::F32)?
+    } else {
+        x.clone()
+    };
+    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
+    x.broadcast_div(&rms)?
+        .to_dtype(dtype)?
+        .broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension, differentiable. The max is detached: subtracting any
+/// constant leaves softmax unchanged, so its gradient is exactly zero.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
+    let exp = shifted.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (batch, time, _) = x.dims3()?;
+        let split = |t: Tensor, heads: usize| {
+            t.reshape((batch, time, heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope.apply(&split(self.q.forward_t(x, train)?, self.heads)?, offset)?;
+        let mut k = rope.apply(&split(self.k.forward_t(x, train)?, self.kv_heads)?, offset)?;
+        let mut v = split(self.v.forward_t(x, train)?, self.kv_heads)?;
+        if let Some(slot) = cache {
+            if let Some((past_k, past_v)) = slot.as_ref() {
+                k = Tensor::cat(&[past_k, &k], 2)?;
+                v = Tensor::cat(&[past_v, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dim(2)?;
+        let repeats = self.heads / self.kv_heads;
+        let repeat = |t: Tensor| -> Result<Tensor> {
+            if repeats == 1 {
+                return Ok(t);
+            }
+            // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
+            t.unsqueeze(2)?
+                .broadcast_as((batch, self.kv_heads, repeats, total, self.head_dim))?
+                .reshape((batch, self.heads, total, self.head_dim))
+        };
+        let (k, v) = (repeat(k)?, repeat(v)?);
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
+        let scores =
+            scores.broadcast_add(&causal_mask(time, offset, scores.dtype(), scores.device())?)?;
+        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
+        let merged =
+            attended
+                .transpose(1, 2)?
+                .reshape((batch, time, self.heads * self.head_dim))?;
+        self.o.forward_t(&merged, train)
+    }
+}
+
+/// Additive mask [time, offset + time]: position i sees keys 0..=offset + i.
+fn causal_mask(time: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let total = offset + time;
+    let mask: Vec<f32> = (0..time)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > offset + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (time, total), device)?.to_dtype(dtype)
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let gated = (self.gate.forward_t(x, train)?.silu()? * self.up.forward_t(x, train)?)?;
+        self.down.forward_t(&gated, train)
+    }
+}
+
+struct Layer {
+    attention: Attention,
+    mlp: Mlp,
+    input_norm: Tensor,
+    post_attention_norm: Tensor,
+}
+
+/// A decoder-only language model ready for training or generation.
+pub struct Model {
+    config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rope: Rope,
+    trainable: Vec<(String, Var)>,
+    device: Device,
+    dtype: DType,
+}
+
+/// The safetensors files of a checkpoint directory (one file, or the shards of its index).
+pub fn checkpoint_files(dir: &Path) -> std::result::Result<Vec<PathBuf>, TrainerError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index_path).map_err(|_| {
+        TrainerError::Config(format!(
+            "{} has neither model.safetensors nor model.safetensors.index.json",
+            dir.display()
+        ))
+    })?;
+    let index: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| TrainerError::Config(format!("{}: {e}", index_path.display())))?;
+    let mut files: Vec<PathBuf> = index["weight_map"]
+        .as_object()
+        .ok_or_else(|| TrainerError::Config(format!("{}: no weight_map", index_path.display())))?
+        .values()
+        .filter_map(|v| v.as_str())
+        .map(|name| dir.join(name))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+impl Model {
+    /// Load `dir` (a Hugging Face checkpoint). LoRA variables (and, for full fine-tuning, every
+    /// weight) are created in `varmap`, under their PEFT / Hugging Face names.
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        options: &LoadOptions,
+        varmap: &VarMap,
+    ) -> std::result::Result<Self, TrainerError> {
+        let config = ModelConfig::from_json_file(&dir.join("config.json"))?;
+        let files = checkpoint_files(dir)?;
+        // SAFETY: the files are memory-mapped read-only; they must not change while loaded.
+        let weights =
+            unsafe { VarBuilder::from_mmaped_safetensors(&files, options.dtype, device)? };
+        Ok(Self::from_weights(
+            config, &weights, device, options, varmap,
+        )?)
+    }
+
+    /// Build from any VarBuilder holding Hugging Face weight names.
+    pub fn from_weights(
+        config: ModelConfig,
+        weights: &VarBuilder,
+        device: &Device,
+        options: &LoadOptions,
+        varmap: &VarMap,
+    ) -> Result<Self> {
+        let dtype = options.dtype;
+        let trainable_vb = VarBuilder::from_varmap(varmap, dtype, device);
+        let mut trainable = Vec::new();
+        let mut param = |name: &str, tensor: Tensor| -> Result<Tensor> {
+            if !options.full_finetune {
+                return Ok(tensor);
+            }
+            let var = Var::from_tensor(&tensor)?;
+            varmap
+                .data()
+                .lock()
+                .expect("varmap lock")
+                .insert(name.to_string(), var.clone());
+            trainable.push((name.to_string(), var.clone()));
+            Ok(var.as_tensor().clone())
+        };
+        let h = config.hidden_size;
+        let head_dim = config.head_dim();
+        let linear = |name: &str,
+                      out_dim: usize,
+                      in_dim: usize,
+                      bias: bool,
+                      adapted: bool,
+                      trainable: &mut Vec<(String, Var)>|
+         -> Result<Linear> {
+            let weight = weights.get((out_dim, in_dim), &format!("{name}.weight"))?;
+            let bias = if bias {
+                Some(weights.get(out_dim, &format!("{name}.bias"))?)
+            } else {
+                None
+            };
+            let base = if options.full_finetune {
+                let var = Var::from_tensor(&weight)?;
+                varmap
+                    .data()
+                    .lock()
+                    .expect("varmap lock")
+                    .insert(format!("{name}.weight"), var.clone());
+                trainable.push((format!("{name}.weight"), var.clone()));
+                BaseWeight::Trainable(var)
+            } else if options.quantize_base && adapted {
+                BaseWeight::Quantized(Nf4Tensor::quantize(&weight)?)
+            } else {
+                BaseWeight::Frozen(weight)
+            };
+            let mut layer = Linear::new(base, bias);
+            if let Some(lora) = &options.lora {
+                let module = name.rsplit('.').next().unwrap_or(name);
+                if adapted && lora.target_modules.iter().any(|t| t == module) {
+                    layer = layer.with_lora(lora, &trainable_vb, name)?;
+                }
+            }
+            Ok(layer)
+        };
+        let embed = param(
+            "model.embed_tokens.weight",
+            weights.get((config.vocab_size, h), "model.embed_tokens.weight")?,
+        )?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        let qkv_bias = config.qkv_bias();
+        let mut linear_vars = Vec::new();
+        for index in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{index}");
+            let attention = Attention {
+                q: linear(
+                    &format!("{p}.self_attn.q_proj"),
+                    config.num_attention_heads * head_dim,
+                    h,
+                    qkv_bias,
+                    true,
+                    &mut linear_vars,
+                )?,
+                k: linear(
+                    &format!("{p}.self_attn.k_proj"),
+                    config.kv_heads() * head_dim,
+                    h,
+                    qkv_bias,
+                    true,
+                    &mut linear_vars,
+                )?,
+                v: linear(
+                    &format!("{p}.self_attn.v_proj"),
+                    config.kv_heads() * head_dim,
+                    h,
+                    qkv_bias,
+                    true,
+                    &mut linear_vars,
+                )?,
+                o: linear(
+                    &format!("{p}.self_attn.o_proj"),
+                    h,
+                    config.num_attention_heads * head_dim,
+                    false,
+                    true,
+                    &mut linear_vars,
+                )?,
+                heads: config.num_attention_heads,
+                kv_heads: config.kv_heads(),
+                head_dim,
+            };
+            let mlp = Mlp {
+                gate: linear(
+                    &format!("{p}.mlp.gate_proj"),
+                    config.intermediate_size,
+                    h,
+                    false,
+                    true,
+                    &mut linear_vars,
+                )?,
+                up: linear(
+                    &format!("{p}.mlp.up_proj"),
+                    config.intermediate_size,
+                    h,
+                    false,
+                    true,
+                    &mut linear_vars,
+                )?,
+                down: linear(
+                    &format!("{p}.mlp.down_proj"),
+                    h,
+                    config.intermediate_size,
+                    false,
+                    true,
+                    &mut linear_vars,
+                )?,
+            };
+            let input_norm = param(
+                &format!("{p}.input_layernorm.weight"),
+                weights.get(h, &format!("{p}.input_layernorm.weight"))?,
+            )?;
+            let post_attention_norm = param(
+                &format!("{p}.post_attention_layernorm.weight"),
+                weights.get(h, &format!("{p}.post_attention_layernorm.weight"))?,
+            )?;
+            layers.push(Layer {
+                attention,
+                mlp,
+                input_norm,
+                post_attention_norm,
+            });
+        }
+        let norm = param("model.norm.weight", weights.get(h, "model.norm.weight")?)?;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(BaseWeight::Frozen(embed.clone()), None)
+        } else {
+            linear(
+                "lm_head",
+                config.vocab_size,
+                h,
+                false,
+                false,
+                &mut linear_vars,
+            )?
+        };
+        trainable.extend(linear_vars);
+        let rope = Rope::new(&config, dtype, device)?;
+        let mut model = Self {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            trainable,
+            device: device.clone(),
+            dtype,
+        };
+        model.collect_lora_vars();
+        Ok(model)
+    }
+
+    fn collect_lora_vars(&mut self) {
+        let mut named = Vec::new();
+        for (index, layer) in self.layers.iter().enumerate() {
+            let modules = [
+                ("self_attn.q_proj", &layer.attention.q),
+                ("self_attn.k_proj", &layer.attention.k),
+                ("self_attn.v_proj", &layer.attention.v),
+                ("self_attn.o_proj", &layer.attention.o),
+                ("mlp.gate_proj", &layer.mlp.gate),
+                ("mlp.up_proj", &layer.mlp.up),
+                ("mlp.down_proj", &layer.mlp.down),
+            ];
+            for (path, linear) in modules {
+                if let Some((a, b)) = linear.lora_vars() {
+                    let prefix = format!("base_model.model.model.layers.{index}.{path}");
+                    named.push((format!("{prefix}.lora_A.weight"), a.clone()));
+                    named.push((format!("{prefix}.lora_B.weight"), b.clone()));
+                }
+            }
+        }
+        self.trainable.extend(named);
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every trainable variable with its checkpoint name.
+    pub fn trainable(&self) -> &[(String, Var)] {
+        &self.trainable
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Logits [batch, time, vocab] (f32 for half-precision models, else the model's dtype) for
+    /// `input_ids` [batch, time] at positions
+    /// `offset..offset + time`. With a cache, keys and values are appended to it.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (batch, time) = input_ids.dims2()?;
+        let mut x = self
+            .embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, time, self.config.hidden_size))?;
+        let eps = self.config.rms_norm_eps;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[index]);
+            let attended = layer.attention.forward(
+                &rms_norm(&x, &layer.input_norm, eps)?,
+                &self.rope,
+                offset,
+                slot,
+                train,
+            )?;
+            x = (x + attended)?;
+            let mixed = layer
+                .mlp
+                .forward(&rms_norm(&x, &layer.post_attention_norm, eps)?, train)?;
+            x = (x + mixed)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        let logits = self.lm_head.forward_t(&x, train)?;
+        match self.dtype {
+            DType::BF16 | DType::F16 => logits.to_dtype(DType::F32),
+            _ => Ok(logits),
+        }
+    }
+}

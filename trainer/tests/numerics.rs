@@ -1,0 +1,461 @@
+//! Numerics of the trainer's model against independent references: candle-transformers' Qwen2
+//! on the same random weights, exact LoRA identities, float64 finite differences, NF4 dequantised
+//! weights.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use unitforge_trainer::config::ModelConfig;
+use unitforge_trainer::lora::LoraConfig;
+use unitforge_trainer::model::{LoadOptions, Model};
+use unitforge_trainer::quant::Nf4Tensor;
+
+/// Deterministic normal samples (candle's CPU device cannot be seeded): SplitMix64 + Box-Muller.
+fn randn(seed: u64, shape: &[usize], scale: f64) -> Tensor {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let count: usize = shape.iter().product();
+    let values: Vec<f64> = (0..count)
+        .map(|_| {
+            let (u, v) = (uniform().max(1e-300), uniform());
+            scale * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+fn tiny_config() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "qwen2", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": false, "sliding_window": 64, "max_window_layers": 2,
+        "use_sliding_window": false, "hidden_act": "silu"
+    })
+}
+
+/// Random weights in Hugging Face layout, as `dtype`.
+fn random_weights(config: &ModelConfig, seed: u64, dtype: DType) -> HashMap<String, Tensor> {
+    let mut weights = HashMap::new();
+    let mut counter = seed * 1000;
+    let mut put = |name: String, shape: &[usize], around_one: bool| {
+        counter += 1;
+        let noise = randn(counter, shape, if around_one { 0.1 } else { 0.2 });
+        let value = if around_one {
+            (noise + 1.0).unwrap()
+        } else {
+            noise
+        };
+        weights.insert(name, value.to_dtype(dtype).unwrap());
+    };
+    let (h, i, hd) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim(),
+    );
+    let (q, kv) = (config.num_attention_heads * hd, config.kv_heads() * hd);
+    put(
+        "model.embed_tokens.weight".into(),
+        &[config.vocab_size, h],
+        false,
+    );
+    put("lm_head.weight".into(), &[config.vocab_size, h], false);
+    put("model.norm.weight".into(), &[h], true);
+    for l in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [q, h]),
+            ("self_attn.k_proj", [kv, h]),
+            ("self_attn.v_proj", [kv, h]),
+            ("self_attn.o_proj", [h, q]),
+            ("mlp.gate_proj", [i, h]),
+            ("mlp.up_proj", [i, h]),
+            ("mlp.down_proj", [h, i]),
+        ] {
+            put(format!("{p}.{name}.weight"), &shape, false);
+        }
+        for (name, size) in [
+            ("self_attn.q_proj", q),
+            ("self_attn.k_proj", kv),
+            ("self_attn.v_proj", kv),
+        ] {
+            put(format!("{p}.{name}.bias"), &[size], false);
+        }
+        put(format!("{p}.input_layernorm.weight"), &[h], true);
+        put(format!("{p}.post_attention_layernorm.weight"), &[h], true);
+    }
+    weights
+}
+
+fn write_checkpoint(dir: &Path, weights: &HashMap<String, Tensor>) {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&tiny_config()).unwrap(),
+    )
+    .unwrap();
+    candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
+}
+
+fn config() -> ModelConfig {
+    serde_json::from_value(tiny_config()).unwrap()
+}
+
+fn load(dir: &Path, options: &LoadOptions, varmap: &VarMap) -> Model {
+    Model::load(dir, &Device::Cpu, options, varmap).unwrap()
+}
+
+fn ids() -> Tensor {
+    Tensor::new(
+        &[
+            [3u32, 17, 42, 5, 88, 1, 64, 9, 23],
+            [7, 7, 12, 95, 0, 33, 2, 50, 11],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn logits_match_candle_transformers_qwen2() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = random_weights(&config(), 1, DType::F32);
+    write_checkpoint(dir.path(), &weights);
+    let ours = load(dir.path(), &LoadOptions::default(), &VarMap::new())
+        .forward(&ids(), 0, None, false)
+        .unwrap();
+
+    let reference_config: candle_transformers::models::qwen2::Config =
+        serde_json::from_value(tiny_config()).unwrap();
+    let vb = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[dir.path().join("model.safetensors")],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let mut base =
+        candle_transformers::models::qwen2::Model::new(&reference_config, vb.clone()).unwrap();
+    let hidden = base.forward(&ids(), 0, None).unwrap();
+    let reference = hidden
+        .broadcast_matmul(&weights["lm_head.weight"].t().unwrap())
+        .unwrap();
+    assert_eq!(ours.dims(), reference.dims());
+    let diff = max_abs_diff(&ours, &reference);
+    assert!(diff < 1e-4, "max |ours - qwen2| = {diff}");
+    // And the causal-LM head's last-position logits.
+    let mut causal =
+        candle_transformers::models::qwen2::ModelForCausalLM::new(&reference_config, vb).unwrap();
+    let last = causal.forward(&ids(), 0).unwrap();
+    let diff = max_abs_diff(&ours.narrow(1, 8, 1).unwrap(), &last);
+    assert!(diff < 1e-4, "last position: {diff}");
+}
+
+#[test]
+fn cached_decoding_matches_the_full_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 2, DType::F32));
+    let model = load(dir.path(), &LoadOptions::default(), &VarMap::new());
+    let full = model.forward(&ids(), 0, None, false).unwrap();
+    let mut cache = model.new_cache();
+    let prefix = model
+        .forward(&ids().narrow(1, 0, 5).unwrap(), 0, Some(&mut cache), false)
+        .unwrap();
+    let mut pieces = vec![prefix];
+    for position in 5..9 {
+        pieces.push(
+            model
+                .forward(
+                    &ids().narrow(1, position, 1).unwrap(),
+                    position,
+                    Some(&mut cache),
+                    false,
+                )
+                .unwrap(),
+        );
+    }
+    assert_eq!(cache.len(), 9);
+    let stepped = Tensor::cat(&pieces, 1).unwrap();
+    assert!(max_abs_diff(&full, &stepped) < 1e-5);
+}
+
+#[test]
+fn bf16_checkpoints_load() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 3, DType::BF16));
+    let model = load(
+        dir.path(),
+        &LoadOptions {
+            dtype: DType::BF16,
+            ..LoadOptions::default()
+        },
+        &VarMap::new(),
+    );
+    let logits = model.forward(&ids(), 0, None, false).unwrap();
+    assert_eq!(logits.dtype(), DType::F32);
+    let f32_model = load(dir.path(), &LoadOptions::default(), &VarMap::new());
+    let reference = f32_model.forward(&ids(), 0, None, false).unwrap();
+    // bf16 keeps ~3 significant digits; errors compound over the layers.
+    let scale = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = max_abs_diff(&logits, &reference);
+    assert!(
+        diff < 0.05 * scale,
+        "bf16 vs f32: {diff} with logits up to {scale}"
+    );
+}
+
+fn lora(rank: usize) -> LoraConfig {
+    LoraConfig {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout: 0.0,
+        ..LoraConfig::default()
+    }
+}
+
+#[test]
+fn a_fresh_adapter_leaves_the_logits_exactly_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 4, DType::F32));
+    let base = load(dir.path(), &LoadOptions::default(), &VarMap::new())
+        .forward(&ids(), 0, None, false)
+        .unwrap();
+    let varmap = VarMap::new();
+    let adapted = load(
+        dir.path(),
+        &LoadOptions {
+            lora: Some(lora(4)),
+            ..LoadOptions::default()
+        },
+        &varmap,
+    );
+    assert_eq!(
+        adapted.trainable().len(),
+        2 * 7 * 2,
+        "A and B on 7 modules in 2 layers"
+    );
+    assert_eq!(
+        max_abs_diff(&base, &adapted.forward(&ids(), 0, None, false).unwrap()),
+        0.0
+    );
+}
+
+/// Set every LoRA B to small random values (a fresh B is zero, which zeroes A's gradient).
+fn randomise_b(model: &Model, seed: u64) {
+    for (index, (name, var)) in model.trainable().iter().enumerate() {
+        if name.contains("lora_B") {
+            let noise = randn(seed * 1000 + index as u64, var.dims(), 0.1)
+                .to_dtype(var.dtype())
+                .unwrap();
+            var.set(&noise).unwrap();
+        }
+    }
+}
+
+fn weighted_loss(model: &Model, probe: &Tensor) -> Tensor {
+    let logits = model
+        .forward(&ids(), 0, None, false)
+        .unwrap()
+        .to_dtype(probe.dtype())
+        .unwrap();
+    (logits * probe).unwrap().sum_all().unwrap()
+}
+
+#[test]
+fn lora_gradients_match_float64_finite_differences() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 5, DType::F64));
+    let options = LoadOptions {
+        dtype: DType::F64,
+        lora: Some(lora(2)),
+        ..LoadOptions::default()
+    };
+    let model = load(dir.path(), &options, &VarMap::new());
+    randomise_b(&model, 6);
+    let probe = randn(7, &[2, 9, 96], 1.0);
+    let grads = weighted_loss(&model, &probe).backward().unwrap();
+    let epsilon = 1e-6;
+    let mut checked = 0;
+    for (name, var) in model.trainable().iter().filter(|(n, _)| {
+        n.contains("layers.0.self_attn.q_proj") || n.contains("layers.1.mlp.down_proj")
+    }) {
+        let analytic = grads
+            .get(var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let original = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        for index in [0, original.len() / 3, original.len() - 1] {
+            let mut nudged = |delta: f64| {
+                let mut values = original.clone();
+                values[index] += delta;
+                var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                weighted_loss(&model, &probe).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (nudged(epsilon) - nudged(-epsilon)) / (2.0 * epsilon);
+            var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            let error = (numeric - analytic[index]).abs() / numeric.abs().max(1e-3);
+            assert!(
+                error < 1e-6,
+                "{name}[{index}]: analytic {} numeric {numeric}",
+                analytic[index]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12);
+}
+
+fn assert_every_gradient_is_nonzero(model: &Model) {
+    let probe = randn(12, &[2, 9, 96], 1.0).to_dtype(DType::F32).unwrap();
+    let grads = weighted_loss(model, &probe).backward().unwrap();
+    assert!(!model.trainable().is_empty());
+    for (name, var) in model.trainable() {
+        let grad = grads
+            .get(var)
+            .unwrap_or_else(|| panic!("{name} received no gradient"));
+        let norm = grad
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            norm > 0.0 && norm.is_finite(),
+            "{name}: gradient norm {norm}"
+        );
+    }
+}
+
+#[test]
+fn every_trainable_tensor_receives_a_gradient_with_lora_and_in_full_fine_tuning() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 8, DType::F32));
+    let model = load(
+        dir.path(),
+        &LoadOptions {
+            lora: Some(lora(4)),
+            ..LoadOptions::default()
+        },
+        &VarMap::new(),
+    );
+    randomise_b(&model, 9);
+    assert_every_gradient_is_nonzero(&model);
+    let full = load(
+        dir.path(),
+        &LoadOptions {
+            full_finetune: true,
+            ..LoadOptions::default()
+        },
+        &VarMap::new(),
+    );
+    // Embeddings, 2 × (7 linear weights + 3 biases are frozen + 2 norms), final norm, lm_head.
+    assert_eq!(full.trainable().len(), 1 + 2 * (7 + 2) + 1 + 1);
+    assert_every_gradient_is_nonzero(&full);
+}
+
+#[test]
+fn qlora_matches_a_dense_model_of_the_dequantised_weights_and_trains_the_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = random_weights(&config(), 10, DType::F32);
+    write_checkpoint(dir.path(), &weights);
+    let varmap = VarMap::new();
+    let quantized = load(
+        dir.path(),
+        &LoadOptions {
+            lora: Some(lora(4)),
+            quantize_base: true,
+            ..LoadOptions::default()
+        },
+        &varmap,
+    );
+
+    // Reference: the same checkpoint with every layer's linear weight replaced by its NF4 round trip.
+    let dequantized_dir = tempfile::tempdir().unwrap();
+    let mut rounded = weights.clone();
+    for (name, tensor) in rounded.iter_mut() {
+        if name.starts_with("model.layers.") && name.ends_with("proj.weight") {
+            *tensor = Nf4Tensor::quantize(tensor)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+        }
+    }
+    write_checkpoint(dequantized_dir.path(), &rounded);
+    let dense = load(
+        dequantized_dir.path(),
+        &LoadOptions::default(),
+        &VarMap::new(),
+    );
+    let diff = max_abs_diff(
+        &quantized.forward(&ids(), 0, None, false).unwrap(),
+        &dense.forward(&ids(), 0, None, false).unwrap(),
+    );
+    assert!(diff < 1e-5, "{diff}");
+    randomise_b(&quantized, 11);
+    assert_every_gradient_is_nonzero(&quantized);
+}
+
+#[test]
+fn a_quantized_layer_passes_the_input_gradient_through_the_dequantised_weight() {
+    let device = Device::Cpu;
+    let weight = randn(13, &[6, 128], 0.3).to_dtype(DType::F32).unwrap();
+    let quantized = Nf4Tensor::quantize(&weight).unwrap();
+    let layer = unitforge_trainer::lora::Linear::new(
+        unitforge_trainer::lora::BaseWeight::Quantized(quantized.clone()),
+        None,
+    );
+    let x = Var::from_tensor(&randn(14, &[3, 128], 1.0).to_dtype(DType::F32).unwrap()).unwrap();
+    let y = layer.forward_t(x.as_tensor(), true).unwrap();
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    // d(sum y)/dx = 1ᵀ·W for every row of x.
+    let expected = quantized
+        .dequantize(&device)
+        .unwrap()
+        .sum_keepdim(0)
+        .unwrap()
+        .broadcast_as((3, 128))
+        .unwrap();
+    assert!(max_abs_diff(grads.get(&x).unwrap(), &expected) < 1e-6);
+}
