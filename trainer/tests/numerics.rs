@@ -322,7 +322,7 @@ fn lora_gradients_match_float64_finite_differences() {
             .to_vec1::<f64>()
             .unwrap();
         for index in [0, original.len() / 3, original.len() - 1] {
-            let mut nudged = |delta: f64| {
+            let nudged = |delta: f64| {
                 let mut values = original.clone();
                 values[index] += delta;
                 var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap())
