@@ -45,6 +45,18 @@ enum Command {
     Score(ScoreArgs),
     /// Run the reward service: JSON over HTTP in front of a warm sandbox pool, with a cache.
     Serve(ServeArgs),
+    /// Write a randomly initialised model in Hugging Face layout (config.json,
+    /// model.safetensors) with a BPE tokenizer (tokenizer.json) trained on the project's data.
+    InitModel {
+        /// Model shape, initialisation and tokenizer settings.
+        #[arg(long, default_value = "configs/model_tiny.yaml")]
+        config: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "models/tiny")]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the mutants of a Python module.
     Mutants(MutantsArgs),
     /// Show semantics-preserving variants of a Python module (used for the robustness reward).
@@ -217,6 +229,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
         Command::Mutants(args) => mutants(args),
+        Command::InitModel { config, out, json } => init_model(&config, &out, json),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::Variants(args) => variants(args),
         Command::Bench(command) => runtime().and_then(|rt| rt.block_on(bench::run(command))),
@@ -573,6 +586,23 @@ async fn doctor(image: Option<String>, json: bool) -> Result<()> {
                 if *holds { "ok  " } else { "MISSING" }
             );
         }
+    }
+    Ok(())
+}
+
+fn init_model(config: &Path, out: &Path, json: bool) -> Result<()> {
+    let init = unitforge_trainer::init::read_init_config(config)?;
+    let summary = unitforge_trainer::init::init_model(&init, out)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {}: {} parameters, vocabulary of {} tokens trained on {} files",
+            out.display(),
+            summary.parameters,
+            summary.vocab_size,
+            summary.corpus_files
+        );
     }
     Ok(())
 }

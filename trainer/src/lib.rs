@@ -2,9 +2,11 @@
 //! evaluation and generation follow (see ARCHITECTURE.md).
 
 pub mod config;
+pub mod init;
 pub mod lora;
 pub mod model;
 pub mod quant;
+pub mod tokenizer;
 
 /// Errors of the trainer library.
 #[derive(Debug, thiserror::Error)]

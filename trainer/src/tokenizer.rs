@@ -1,0 +1,108 @@
+//! The tokenizer: a byte-level BPE trained with the `tokenizers` crate (for the tiny model), or
+//! any Hugging Face `tokenizer.json` a real checkpoint ships.
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    Tokenizer, TokenizerBuilder,
+};
+
+use crate::TrainerError;
+
+/// End of a completion; also the padding token of the tiny model.
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+/// Chat-template markers (the same as Qwen2's, so the templates read alike).
+pub const IM_START: &str = "<|im_start|>";
+pub const IM_END: &str = "<|im_end|>";
+
+fn error(what: &str, err: impl std::fmt::Display) -> TrainerError {
+    TrainerError::Config(format!("{what}: {err}"))
+}
+
+/// Train a byte-level BPE of (at most) `vocab_size` tokens on `texts`.
+pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Tokenizer, TrainerError> {
+    let special: Vec<AddedToken> = [END_OF_TEXT, IM_START, IM_END]
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
+    let mut trainer = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .special_tokens(special)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .show_progress(false)
+        .build();
+    let mut builder = TokenizerBuilder::<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default())
+    .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+    .with_decoder(Some(ByteLevelDecoder::default().into()))
+    .build()
+    .map_err(|e| error("building the tokenizer", e))?;
+    builder
+        .train(&mut trainer, texts.iter())
+        .map_err(|e| error("training the tokenizer", e))?;
+    Ok(Tokenizer::from(builder))
+}
+
+pub fn load(path: &Path) -> Result<Tokenizer, TrainerError> {
+    Tokenizer::from_file(path).map_err(|e| error(&path.display().to_string(), e))
+}
+
+pub fn save(tokenizer: &Tokenizer, path: &Path) -> Result<(), TrainerError> {
+    tokenizer
+        .save(path, false)
+        .map_err(|e| error(&path.display().to_string(), e))
+}
+
+/// The id of a special token the tokenizer must have.
+pub fn token_id(tokenizer: &Tokenizer, token: &str) -> Result<u32, TrainerError> {
+    tokenizer
+        .token_to_id(token)
+        .ok_or_else(|| TrainerError::Config(format!("the tokenizer has no {token} token")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trained_bpe_round_trips_python_and_keeps_special_tokens_whole() {
+        let corpus: Vec<String> = (0..50).map(|i| format!("def f_{i}(x):\n    return x + {i}\n\n\ndef test_f_{i}():\n    assert f_{i}(1) == {}\n", i + 1)).collect();
+        let tokenizer = train_bpe(&corpus, 400).unwrap();
+        let text = format!(
+            "{IM_START}user\ndef g(y):\n    return y * 2  # ünïcode\n{IM_END}{END_OF_TEXT}"
+        );
+        let encoding = tokenizer.encode(text.as_str(), false).unwrap();
+        assert_eq!(tokenizer.decode(encoding.get_ids(), false).unwrap(), text);
+        let end = token_id(&tokenizer, END_OF_TEXT).unwrap();
+        assert_eq!(*encoding.get_ids().last().unwrap(), end);
+        // Frequent code fragments became single tokens: a corpus text needs far fewer tokens
+        // than bytes.
+        assert_eq!(
+            tokenizer.encode(" return", false).unwrap().get_ids().len(),
+            1
+        );
+        let sample = &corpus[7];
+        let tokens = tokenizer
+            .encode(sample.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .len();
+        assert!(
+            tokens * 2 < sample.len(),
+            "{tokens} tokens for {} bytes",
+            sample.len()
+        );
+        assert!(tokenizer.get_vocab_size(true) <= 400);
+    }
+}
