@@ -5,6 +5,7 @@ pub mod config;
 pub mod init;
 pub mod lora;
 pub mod model;
+pub mod optim;
 pub mod quant;
 pub mod tokenizer;
 
