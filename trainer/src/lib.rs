@@ -2,10 +2,13 @@
 //! evaluation and generation follow (see ARCHITECTURE.md).
 
 pub mod config;
+pub mod data;
 pub mod init;
 pub mod lora;
+pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod prompts;
 pub mod quant;
 pub mod tokenizer;
 
@@ -16,6 +19,8 @@ pub enum TrainerError {
     Io(String, std::io::Error),
     #[error("bad configuration: {0}")]
     Config(String),
+    #[error("bad data: {0}")]
+    Data(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

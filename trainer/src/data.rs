@@ -1,0 +1,218 @@
+//! Datasets and the SFT collator.
+//!
+//! Rows are JSON lines with the seed's fields: `prompt`, the target in `chosen` (or `response` /
+//! `completion`), optional `teacher_logprobs`; and `code` (the CUT), `module` and
+//! `reference_tests` where known. A row without a prompt but with `code` gets the generate-tests
+//! prompt. A malformed row is an error naming its file and line.
+//!
+//! The collator tokenises `prompt + "\n" + target + <end>`, predicts each next token, and masks
+//! prompt and padding positions out of the loss. Over `max_len`, the prompt loses tokens from its
+//! start (so the target's start is always kept); a target too long on its own keeps its start.
+
+use std::path::Path;
+
+use candle_core::{Device, Result as CandleResult, Tensor};
+use serde::Deserialize;
+use tokenizers::Tokenizer;
+
+use crate::prompts::{render, render_messages, Task, SYSTEM};
+use crate::TrainerError;
+
+#[derive(Debug, Deserialize)]
+struct Row {
+    prompt: Option<String>,
+    chosen: Option<String>,
+    response: Option<String>,
+    completion: Option<String>,
+    teacher_logprobs: Option<Vec<f32>>,
+    code: Option<String>,
+    module: Option<String>,
+    reference_tests: Option<String>,
+}
+
+/// One training example, its prompt already rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub target: String,
+    pub teacher_logprobs: Option<Vec<f32>>,
+    pub code: Option<String>,
+    pub module: Option<String>,
+    pub reference_tests: Option<String>,
+}
+
+/// Read a JSONL dataset; prompts are rendered with `tokenizer`'s chat format.
+pub fn load_jsonl(path: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>, TrainerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::Io(path.display().to_string(), e))?;
+    let mut examples = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), index + 1);
+        let row: Row = serde_json::from_str(line).map_err(|e| TrainerError::Data(format!("{}: {e}", at())))?;
+        let target = row
+            .chosen
+            .or(row.response)
+            .or(row.completion)
+            .or(row.reference_tests.clone())
+            .ok_or_else(|| TrainerError::Data(format!("{}: no target (`chosen`, `response` or `completion`)", at())))?;
+        let module = row.module.clone().unwrap_or_else(|| "solution".into());
+        let prompt = match (&row.prompt, &row.code) {
+            (Some(prompt), _) => render_messages(SYSTEM, prompt, tokenizer),
+            (None, Some(code)) => render(&Task::Generate { module: &module, code }, tokenizer),
+            (None, None) => return Err(TrainerError::Data(format!("{}: no `prompt` and no `code`", at()))),
+        };
+        examples.push(Example { prompt, target, teacher_logprobs: row.teacher_logprobs, code: row.code, module: row.module, reference_tests: row.reference_tests });
+    }
+    if examples.is_empty() {
+        return Err(TrainerError::Data(format!("{} holds no examples", path.display())));
+    }
+    Ok(examples)
+}
+
+/// A padded batch: inputs, next-token targets and the loss mask, all [batch, time].
+#[derive(Debug)]
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub targets: Tensor,
+    pub mask: Tensor,
+    /// Target tokens in the batch (the mask's sum).
+    pub target_tokens: usize,
+}
+
+pub struct Collator {
+    tokenizer: Tokenizer,
+    max_len: usize,
+    end_id: u32,
+    pad_id: u32,
+}
+
+/// Prompt tokens always kept, however long the target.
+const MIN_PROMPT_TOKENS: usize = 8;
+
+impl Collator {
+    pub fn new(tokenizer: Tokenizer, max_len: usize, end_id: u32, pad_id: u32) -> Self {
+        Self { tokenizer, max_len: max_len.max(MIN_PROMPT_TOKENS + 2), end_id, pad_id }
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>, TrainerError> {
+        Ok(self.tokenizer.encode(text, false).map_err(|e| TrainerError::Data(e.to_string()))?.get_ids().to_vec())
+    }
+
+    /// Token ids of `prompt + "\n"` and of `target + <end>`, truncated to fit `max_len`.
+    pub fn tokenize(&self, example: &Example) -> Result<(Vec<u32>, Vec<u32>), TrainerError> {
+        let mut prompt = self.encode(&format!("{}\n", example.prompt))?;
+        let mut target = self.encode(&example.target)?;
+        target.push(self.end_id);
+        let target_budget = self.max_len - MIN_PROMPT_TOKENS.min(prompt.len());
+        target.truncate(target_budget);
+        let prompt_budget = self.max_len - target.len();
+        if prompt.len() > prompt_budget {
+            prompt.drain(..prompt.len() - prompt_budget);
+        }
+        Ok((prompt, target))
+    }
+
+    pub fn collate(&self, examples: &[&Example], device: &Device) -> Result<Batch, TrainerError> {
+        let mut rows = Vec::with_capacity(examples.len());
+        for example in examples {
+            let (prompt, target) = self.tokenize(example)?;
+            let sequence: Vec<u32> = prompt.iter().chain(&target).copied().collect();
+            // Position i predicts token i + 1; it counts when token i + 1 belongs to the target.
+            let mask: Vec<f32> = (1..sequence.len()).map(|next| if next >= prompt.len() { 1.0 } else { 0.0 }).collect();
+            rows.push((sequence, mask));
+        }
+        let time = rows.iter().map(|(s, _)| s.len() - 1).max().unwrap_or(1);
+        let mut inputs = Vec::new();
+        let mut targets = Vec::new();
+        let mut masks = Vec::new();
+        for (sequence, mask) in &rows {
+            let pad = time - (sequence.len() - 1);
+            inputs.extend(sequence[..sequence.len() - 1].iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
+            targets.extend(sequence[1..].iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
+            masks.extend(mask.iter().copied().chain(std::iter::repeat_n(0.0, pad)));
+        }
+        let target_tokens = masks.iter().filter(|m| **m > 0.0).count();
+        let shape = (rows.len(), time);
+        let tensor = |result: CandleResult<Tensor>| result.map_err(TrainerError::from);
+        Ok(Batch {
+            input_ids: tensor(Tensor::from_vec(inputs, shape, device))?,
+            targets: tensor(Tensor::from_vec(targets, shape, device))?,
+            mask: tensor(Tensor::from_vec(masks, shape, device))?,
+            target_tokens,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        let corpus: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}\n")).collect();
+        crate::tokenizer::train_bpe(&corpus, 300).unwrap()
+    }
+
+    fn example(prompt: &str, target: &str) -> Example {
+        Example { prompt: prompt.into(), target: target.into(), teacher_logprobs: None, code: None, module: None, reference_tests: None }
+    }
+
+    #[test]
+    fn labels_are_shifted_and_only_the_target_counts() {
+        let tok = tokenizer();
+        let end = crate::tokenizer::token_id(&tok, crate::tokenizer::END_OF_TEXT).unwrap();
+        let collator = Collator::new(tok, 512, end, end);
+        let short = example("write tests", "def test_a(): pass");
+        let long = example("write tests for this longer prompt please", "def test_b():\n    assert f1(2) == 2");
+        let (p, t) = collator.tokenize(&short).unwrap();
+        let batch = collator.collate(&[&short, &long], &Device::Cpu).unwrap();
+        let inputs: Vec<Vec<u32>> = batch.input_ids.to_vec2().unwrap();
+        let targets: Vec<Vec<u32>> = batch.targets.to_vec2().unwrap();
+        let mask: Vec<Vec<f32>> = batch.mask.to_vec2().unwrap();
+        let sequence: Vec<u32> = p.iter().chain(&t).copied().collect();
+        assert_eq!(&inputs[0][..sequence.len() - 1], &sequence[..sequence.len() - 1]);
+        assert_eq!(&targets[0][..sequence.len() - 1], &sequence[1..]);
+        // Exactly the target tokens (with the end token) are predicted.
+        assert_eq!(mask[0].iter().filter(|m| **m > 0.0).count(), t.len());
+        assert_eq!(mask[0][p.len() - 2], 0.0);
+        assert_eq!(mask[0][p.len() - 1], 1.0);
+        // Padding is masked.
+        assert!(mask[0][sequence.len() - 1..].iter().all(|m| *m == 0.0));
+        assert_eq!(*t.last().unwrap(), end);
+    }
+
+    #[test]
+    fn truncation_keeps_the_start_of_the_target() {
+        let tok = tokenizer();
+        let end = crate::tokenizer::token_id(&tok, crate::tokenizer::END_OF_TEXT).unwrap();
+        let collator = Collator::new(tok, 24, end, end);
+        let long_prompt = example(&"x ".repeat(100), "def test_c(): pass");
+        let (p, t) = collator.tokenize(&long_prompt).unwrap();
+        assert_eq!(p.len() + t.len(), 24);
+        assert_eq!(*t.last().unwrap(), end, "the whole target fits once the prompt is cut");
+        let long_target = example("p", &"assert 1 == 1\n".repeat(40));
+        let (p, t) = collator.tokenize(&long_target).unwrap();
+        assert_eq!(p.len() + t.len(), 24);
+        let full = collator.encode(&long_target.target).unwrap();
+        assert_eq!(&t[..], &full[..t.len()], "the target keeps its start");
+    }
+
+    #[test]
+    fn malformed_rows_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("train.jsonl");
+        std::fs::write(&path, "{\"prompt\": \"p\", \"chosen\": \"c\"}\n{\"prompt\": \"p\"}\n").unwrap();
+        let err = load_jsonl(&path, None).unwrap_err().to_string();
+        assert!(err.contains("train.jsonl:2") && err.contains("no target"), "{err}");
+        std::fs::write(&path, "{\"prompt\": \"p\", \"response\": \"r\"}\nnot json\n").unwrap();
+        assert!(load_jsonl(&path, None).unwrap_err().to_string().contains("train.jsonl:2"));
+        std::fs::write(&path, "{\"code\": \"X = 1\\n\", \"module\": \"m\", \"completion\": \"def test_x(): pass\"}\n").unwrap();
+        let examples = load_jsonl(&path, None).unwrap();
+        assert!(examples[0].prompt.contains("`m`") && examples[0].target.starts_with("def test_x"));
+    }
+}

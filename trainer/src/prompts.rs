@@ -1,0 +1,99 @@
+//! The three prompt templates — generate tests, fix failing tests, diagnose a failure — each a
+//! system part and a user part, rendered into one model input.
+//!
+//! With a tokenizer that has the chat markers (`<|im_start|>`, `<|im_end|>`: Qwen2's ChatML, and
+//! the tiny model's), the rendering is ChatML; otherwise the plain format documented in
+//! `docs/prompts.md`. Both end where the assistant's answer begins.
+
+use tokenizers::Tokenizer;
+
+use crate::tokenizer::{IM_END, IM_START};
+
+pub const SYSTEM: &str = "You are a careful Python engineer. You write pytest unit tests that check behaviour, not implementation details: each test is small, fast, deterministic, and fails if the code under test is wrong.";
+
+/// What to ask of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task<'a> {
+    /// Write a pytest file for `code`, importable as `module`.
+    Generate { module: &'a str, code: &'a str },
+    /// Repair `tests`, which fail against `code` with `failure`.
+    Fix { module: &'a str, code: &'a str, tests: &'a str, failure: &'a str },
+    /// Explain why `tests` fail against `code`.
+    Diagnose { module: &'a str, code: &'a str, tests: &'a str, failure: &'a str },
+}
+
+impl Task<'_> {
+    pub fn user_message(&self) -> String {
+        match self {
+            Task::Generate { module, code } => format!(
+                "Write pytest unit tests for the Python module `{module}` below. Import what you test with `from {module} import ...`. Reply with the test file only.\n\n```python\n{code}\n```"
+            ),
+            Task::Fix { module, code, tests, failure } => format!(
+                "These pytest tests for the module `{module}` fail. Fix the tests (not the module) and reply with the corrected test file only.\n\nModule:\n```python\n{code}\n```\n\nTests:\n```python\n{tests}\n```\n\nFailure:\n```\n{failure}\n```"
+            ),
+            Task::Diagnose { module, code, tests, failure } => format!(
+                "Explain in a few sentences why these pytest tests fail against the module `{module}`, and whether the tests or the module are wrong.\n\nModule:\n```python\n{code}\n```\n\nTests:\n```python\n{tests}\n```\n\nFailure:\n```\n{failure}\n```"
+            ),
+        }
+    }
+}
+
+/// The model input for `task`, up to where the answer starts.
+pub fn render(task: &Task<'_>, tokenizer: Option<&Tokenizer>) -> String {
+    render_messages(SYSTEM, &task.user_message(), tokenizer)
+}
+
+/// A system and a user message in the tokenizer's chat format (ChatML if it has the markers).
+pub fn render_messages(system: &str, user: &str, tokenizer: Option<&Tokenizer>) -> String {
+    let chatml = tokenizer.is_some_and(|t| t.token_to_id(IM_START).is_some() && t.token_to_id(IM_END).is_some());
+    if chatml {
+        format!("{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
+    } else {
+        format!("### System\n{system}\n\n### User\n{user}\n\n### Assistant\n")
+    }
+}
+
+/// The test file in a completion: the first fenced Python block, or the whole text up to the end
+/// marker when there is no fence.
+pub fn extract_tests(completion: &str) -> String {
+    let text = completion.split(IM_END).next().unwrap_or(completion);
+    let text = text.split(crate::tokenizer::END_OF_TEXT).next().unwrap_or(text);
+    for fence in ["```python\n", "```py\n", "```\n"] {
+        if let Some(start) = text.find(fence) {
+            let body = &text[start + fence.len()..];
+            return body.split("```").next().unwrap_or(body).trim_end().to_string() + "\n";
+        }
+    }
+    text.trim().to_string() + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_format_without_chat_markers() {
+        let task = Task::Generate { module: "calc", code: "def add(a, b):\n    return a + b\n" };
+        let text = render(&task, None);
+        assert!(text.starts_with("### System\n"));
+        assert!(text.contains("`calc`") && text.contains("def add(a, b):"));
+        assert!(text.ends_with("### Assistant\n"));
+    }
+
+    #[test]
+    fn fix_and_diagnose_carry_the_failure() {
+        for task in [
+            Task::Fix { module: "m", code: "X = 1\n", tests: "def test_x(): assert X == 2\n", failure: "assert 1 == 2" },
+            Task::Diagnose { module: "m", code: "X = 1\n", tests: "def test_x(): assert X == 2\n", failure: "assert 1 == 2" },
+        ] {
+            let message = task.user_message();
+            assert!(message.contains("assert 1 == 2") && message.contains("def test_x"));
+        }
+    }
+
+    #[test]
+    fn extracting_tests_from_completions() {
+        assert_eq!(extract_tests("Here:\n```python\ndef test_a():\n    assert 1\n```\nDone."), "def test_a():\n    assert 1\n");
+        assert_eq!(extract_tests("def test_b():\n    pass\n<|im_end|>junk"), "def test_b():\n    pass\n");
+    }
+}
