@@ -42,31 +42,62 @@ pub struct Example {
 }
 
 /// Read a JSONL dataset; prompts are rendered with `tokenizer`'s chat format.
-pub fn load_jsonl(path: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<Example>, TrainerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::Io(path.display().to_string(), e))?;
+pub fn load_jsonl(
+    path: &Path,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Example>, TrainerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TrainerError::Io(path.display().to_string(), e))?;
     let mut examples = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), index + 1);
-        let row: Row = serde_json::from_str(line).map_err(|e| TrainerError::Data(format!("{}: {e}", at())))?;
+        let row: Row =
+            serde_json::from_str(line).map_err(|e| TrainerError::Data(format!("{}: {e}", at())))?;
         let target = row
             .chosen
             .or(row.response)
             .or(row.completion)
             .or(row.reference_tests.clone())
-            .ok_or_else(|| TrainerError::Data(format!("{}: no target (`chosen`, `response` or `completion`)", at())))?;
+            .ok_or_else(|| {
+                TrainerError::Data(format!(
+                    "{}: no target (`chosen`, `response` or `completion`)",
+                    at()
+                ))
+            })?;
         let module = row.module.clone().unwrap_or_else(|| "solution".into());
         let prompt = match (&row.prompt, &row.code) {
             (Some(prompt), _) => render_messages(SYSTEM, prompt, tokenizer),
-            (None, Some(code)) => render(&Task::Generate { module: &module, code }, tokenizer),
-            (None, None) => return Err(TrainerError::Data(format!("{}: no `prompt` and no `code`", at()))),
+            (None, Some(code)) => render(
+                &Task::Generate {
+                    module: &module,
+                    code,
+                },
+                tokenizer,
+            ),
+            (None, None) => {
+                return Err(TrainerError::Data(format!(
+                    "{}: no `prompt` and no `code`",
+                    at()
+                )))
+            }
         };
-        examples.push(Example { prompt, target, teacher_logprobs: row.teacher_logprobs, code: row.code, module: row.module, reference_tests: row.reference_tests });
+        examples.push(Example {
+            prompt,
+            target,
+            teacher_logprobs: row.teacher_logprobs,
+            code: row.code,
+            module: row.module,
+            reference_tests: row.reference_tests,
+        });
     }
     if examples.is_empty() {
-        return Err(TrainerError::Data(format!("{} holds no examples", path.display())));
+        return Err(TrainerError::Data(format!(
+            "{} holds no examples",
+            path.display()
+        )));
     }
     Ok(examples)
 }
@@ -93,7 +124,12 @@ const MIN_PROMPT_TOKENS: usize = 8;
 
 impl Collator {
     pub fn new(tokenizer: Tokenizer, max_len: usize, end_id: u32, pad_id: u32) -> Self {
-        Self { tokenizer, max_len: max_len.max(MIN_PROMPT_TOKENS + 2), end_id, pad_id }
+        Self {
+            tokenizer,
+            max_len: max_len.max(MIN_PROMPT_TOKENS + 2),
+            end_id,
+            pad_id,
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -101,7 +137,12 @@ impl Collator {
     }
 
     fn encode(&self, text: &str) -> Result<Vec<u32>, TrainerError> {
-        Ok(self.tokenizer.encode(text, false).map_err(|e| TrainerError::Data(e.to_string()))?.get_ids().to_vec())
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TrainerError::Data(e.to_string()))?
+            .get_ids()
+            .to_vec())
     }
 
     /// Token ids of `prompt + "\n"` and of `target + <end>`, truncated to fit `max_len`.
@@ -124,7 +165,9 @@ impl Collator {
             let (prompt, target) = self.tokenize(example)?;
             let sequence: Vec<u32> = prompt.iter().chain(&target).copied().collect();
             // Position i predicts token i + 1; it counts when token i + 1 belongs to the target.
-            let mask: Vec<f32> = (1..sequence.len()).map(|next| if next >= prompt.len() { 1.0 } else { 0.0 }).collect();
+            let mask: Vec<f32> = (1..sequence.len())
+                .map(|next| if next >= prompt.len() { 1.0 } else { 0.0 })
+                .collect();
             rows.push((sequence, mask));
         }
         let time = rows.iter().map(|(s, _)| s.len() - 1).max().unwrap_or(1);
@@ -133,8 +176,18 @@ impl Collator {
         let mut masks = Vec::new();
         for (sequence, mask) in &rows {
             let pad = time - (sequence.len() - 1);
-            inputs.extend(sequence[..sequence.len() - 1].iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
-            targets.extend(sequence[1..].iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
+            inputs.extend(
+                sequence[..sequence.len() - 1]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(self.pad_id, pad)),
+            );
+            targets.extend(
+                sequence[1..]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(self.pad_id, pad)),
+            );
             masks.extend(mask.iter().copied().chain(std::iter::repeat_n(0.0, pad)));
         }
         let target_tokens = masks.iter().filter(|m| **m > 0.0).count();
@@ -154,12 +207,21 @@ mod tests {
     use super::*;
 
     fn tokenizer() -> Tokenizer {
-        let corpus: Vec<String> = (0..30).map(|i| format!("def f{i}(x):\n    return x * {i}\n")).collect();
+        let corpus: Vec<String> = (0..30)
+            .map(|i| format!("def f{i}(x):\n    return x * {i}\n"))
+            .collect();
         crate::tokenizer::train_bpe(&corpus, 300).unwrap()
     }
 
     fn example(prompt: &str, target: &str) -> Example {
-        Example { prompt: prompt.into(), target: target.into(), teacher_logprobs: None, code: None, module: None, reference_tests: None }
+        Example {
+            prompt: prompt.into(),
+            target: target.into(),
+            teacher_logprobs: None,
+            code: None,
+            module: None,
+            reference_tests: None,
+        }
     }
 
     #[test]
@@ -168,14 +230,20 @@ mod tests {
         let end = crate::tokenizer::token_id(&tok, crate::tokenizer::END_OF_TEXT).unwrap();
         let collator = Collator::new(tok, 512, end, end);
         let short = example("write tests", "def test_a(): pass");
-        let long = example("write tests for this longer prompt please", "def test_b():\n    assert f1(2) == 2");
+        let long = example(
+            "write tests for this longer prompt please",
+            "def test_b():\n    assert f1(2) == 2",
+        );
         let (p, t) = collator.tokenize(&short).unwrap();
         let batch = collator.collate(&[&short, &long], &Device::Cpu).unwrap();
         let inputs: Vec<Vec<u32>> = batch.input_ids.to_vec2().unwrap();
         let targets: Vec<Vec<u32>> = batch.targets.to_vec2().unwrap();
         let mask: Vec<Vec<f32>> = batch.mask.to_vec2().unwrap();
         let sequence: Vec<u32> = p.iter().chain(&t).copied().collect();
-        assert_eq!(&inputs[0][..sequence.len() - 1], &sequence[..sequence.len() - 1]);
+        assert_eq!(
+            &inputs[0][..sequence.len() - 1],
+            &sequence[..sequence.len() - 1]
+        );
         assert_eq!(&targets[0][..sequence.len() - 1], &sequence[1..]);
         // Exactly the target tokens (with the end token) are predicted.
         assert_eq!(mask[0].iter().filter(|m| **m > 0.0).count(), t.len());
@@ -194,7 +262,11 @@ mod tests {
         let long_prompt = example(&"x ".repeat(100), "def test_c(): pass");
         let (p, t) = collator.tokenize(&long_prompt).unwrap();
         assert_eq!(p.len() + t.len(), 24);
-        assert_eq!(*t.last().unwrap(), end, "the whole target fits once the prompt is cut");
+        assert_eq!(
+            *t.last().unwrap(),
+            end,
+            "the whole target fits once the prompt is cut"
+        );
         let long_target = example("p", &"assert 1 == 1\n".repeat(40));
         let (p, t) = collator.tokenize(&long_target).unwrap();
         assert_eq!(p.len() + t.len(), 24);
@@ -206,12 +278,30 @@ mod tests {
     fn malformed_rows_name_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("train.jsonl");
-        std::fs::write(&path, "{\"prompt\": \"p\", \"chosen\": \"c\"}\n{\"prompt\": \"p\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"p\", \"chosen\": \"c\"}\n{\"prompt\": \"p\"}\n",
+        )
+        .unwrap();
         let err = load_jsonl(&path, None).unwrap_err().to_string();
-        assert!(err.contains("train.jsonl:2") && err.contains("no target"), "{err}");
-        std::fs::write(&path, "{\"prompt\": \"p\", \"response\": \"r\"}\nnot json\n").unwrap();
-        assert!(load_jsonl(&path, None).unwrap_err().to_string().contains("train.jsonl:2"));
-        std::fs::write(&path, "{\"code\": \"X = 1\\n\", \"module\": \"m\", \"completion\": \"def test_x(): pass\"}\n").unwrap();
+        assert!(
+            err.contains("train.jsonl:2") && err.contains("no target"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"p\", \"response\": \"r\"}\nnot json\n",
+        )
+        .unwrap();
+        assert!(load_jsonl(&path, None)
+            .unwrap_err()
+            .to_string()
+            .contains("train.jsonl:2"));
+        std::fs::write(
+            &path,
+            "{\"code\": \"X = 1\\n\", \"module\": \"m\", \"completion\": \"def test_x(): pass\"}\n",
+        )
+        .unwrap();
         let examples = load_jsonl(&path, None).unwrap();
         assert!(examples[0].prompt.contains("`m`") && examples[0].target.starts_with("def test_x"));
     }

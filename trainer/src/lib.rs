@@ -10,6 +10,8 @@ pub mod model;
 pub mod optim;
 pub mod prompts;
 pub mod quant;
+pub mod sft;
+pub mod stage_config;
 pub mod tokenizer;
 
 /// Errors of the trainer library.

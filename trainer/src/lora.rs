@@ -9,6 +9,7 @@
 use candle_core::{Module, Result, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
+use unitforge_sandbox::rng::SplitMix64;
 
 use crate::quant::Nf4Tensor;
 
@@ -81,19 +82,32 @@ impl Linear {
 
     /// Attach a fresh LoRA pair whose variables live in `vb` (a VarBuilder over a VarMap), under
     /// `prefix`, the module's path (`model.layers.0.self_attn.q_proj`).
-    pub fn with_lora(mut self, config: &LoraConfig, vb: &VarBuilder, prefix: &str) -> Result<Self> {
+    pub fn with_lora(
+        mut self,
+        config: &LoraConfig,
+        vb: &VarBuilder,
+        prefix: &str,
+        seed: u64,
+    ) -> Result<Self> {
         let (out_dim, in_dim) = self.shape()?;
         let peft = vb.pp(format!("base_model.model.{prefix}"));
-        // PEFT: kaiming_uniform_(a=√5) on A, i.e. U(-1/√in, 1/√in); zeros on B.
+        // PEFT: kaiming_uniform_(a=√5) on A, i.e. U(-1/√in, 1/√in); zeros on B. A is drawn from
+        // `seed` and the module path, so runs are reproducible (candle's CPU generator cannot be
+        // seeded).
         let bound = 1.0 / (in_dim as f64).sqrt();
-        let a = peft.pp("lora_A").get_with_hints(
-            (config.rank, in_dim),
-            "weight",
-            Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
+        let path_hash = prefix.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let mut rng = SplitMix64::new(seed ^ path_hash);
+        let values: Vec<f64> = (0..config.rank * in_dim)
+            .map(|_| (2.0 * rng.uniform() - 1.0) * bound)
+            .collect();
+        let drawn =
+            Tensor::from_vec(values, (config.rank, in_dim), vb.device())?.to_dtype(vb.dtype())?;
+        let a =
+            peft.pp("lora_A")
+                .get_with_hints((config.rank, in_dim), "weight", Init::Const(0.0))?;
+        Var::from_tensor(&a)?.set(&drawn)?;
         let b =
             peft.pp("lora_B")
                 .get_with_hints((out_dim, config.rank), "weight", Init::Const(0.0))?;
@@ -115,6 +129,10 @@ impl Linear {
             BaseWeight::Trainable(w) => w.dims2(),
             BaseWeight::Quantized(q) => Ok(q.shape()),
         }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     pub fn base(&self) -> &BaseWeight {

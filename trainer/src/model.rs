@@ -27,6 +27,8 @@ pub struct LoadOptions {
     pub quantize_base: bool,
     /// Train every weight (no LoRA needed).
     pub full_finetune: bool,
+    /// Seed of the LoRA initialisation.
+    pub seed: u64,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +38,7 @@ impl Default for LoadOptions {
             lora: None,
             quantize_base: false,
             full_finetune: false,
+            seed: 0,
         }
     }
 }
@@ -221,6 +224,21 @@ struct Layer {
     post_attention_norm: Tensor,
 }
 
+impl Layer {
+    /// The layer's linear modules with their paths inside the layer.
+    fn linears(&self) -> [(&'static str, &Linear); 7] {
+        [
+            ("self_attn.q_proj", &self.attention.q),
+            ("self_attn.k_proj", &self.attention.k),
+            ("self_attn.v_proj", &self.attention.v),
+            ("self_attn.o_proj", &self.attention.o),
+            ("mlp.gate_proj", &self.mlp.gate),
+            ("mlp.up_proj", &self.mlp.up),
+            ("mlp.down_proj", &self.mlp.down),
+        ]
+    }
+}
+
 /// A decoder-only language model ready for training or generation.
 pub struct Model {
     config: ModelConfig,
@@ -337,7 +355,7 @@ impl Model {
             if let Some(lora) = &options.lora {
                 let module = name.rsplit('.').next().unwrap_or(name);
                 if adapted && lora.target_modules.iter().any(|t| t == module) {
-                    layer = layer.with_lora(lora, &trainable_vb, name)?;
+                    layer = layer.with_lora(lora, &trainable_vb, name, options.seed)?;
                 }
             }
             Ok(layer)
@@ -462,16 +480,7 @@ impl Model {
     fn collect_lora_vars(&mut self) {
         let mut named = Vec::new();
         for (index, layer) in self.layers.iter().enumerate() {
-            let modules = [
-                ("self_attn.q_proj", &layer.attention.q),
-                ("self_attn.k_proj", &layer.attention.k),
-                ("self_attn.v_proj", &layer.attention.v),
-                ("self_attn.o_proj", &layer.attention.o),
-                ("mlp.gate_proj", &layer.mlp.gate),
-                ("mlp.up_proj", &layer.mlp.up),
-                ("mlp.down_proj", &layer.mlp.down),
-            ];
-            for (path, linear) in modules {
+            for (path, linear) in layer.linears() {
                 if let Some((a, b)) = linear.lora_vars() {
                     let prefix = format!("base_model.model.model.layers.{index}.{path}");
                     named.push((format!("{prefix}.lora_A.weight"), a.clone()));
@@ -497,6 +506,51 @@ impl Model {
     /// Every trainable variable with its checkpoint name.
     pub fn trainable(&self) -> &[(String, Var)] {
         &self.trainable
+    }
+
+    /// Every weight under its Hugging Face name, LoRA updates merged in and 4-bit bases
+    /// dequantised: a plain checkpoint that needs no adapter.
+    pub fn merged_weights(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut weights = std::collections::HashMap::new();
+        let like = &self.embed;
+        weights.insert("model.embed_tokens.weight".to_string(), self.embed.detach());
+        for (index, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{index}");
+            for (path, linear) in layer.linears() {
+                weights.insert(
+                    format!("{p}.{path}.weight"),
+                    linear.merged_weight(like)?.detach(),
+                );
+                if let Some(bias) = linear.bias() {
+                    weights.insert(format!("{p}.{path}.bias"), bias.detach());
+                }
+            }
+            weights.insert(
+                format!("{p}.input_layernorm.weight"),
+                layer.input_norm.detach(),
+            );
+            weights.insert(
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_norm.detach(),
+            );
+        }
+        weights.insert("model.norm.weight".to_string(), self.norm.detach());
+        if !self.config.tie_word_embeddings {
+            weights.insert(
+                "lm_head.weight".to_string(),
+                self.lm_head.merged_weight(like)?.detach(),
+            );
+        }
+        Ok(weights)
+    }
+
+    /// The LoRA variables under their PEFT names (empty without adapters).
+    pub fn adapter_weights(&self) -> std::collections::HashMap<String, Tensor> {
+        self.trainable
+            .iter()
+            .filter(|(name, _)| name.contains(".lora_"))
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect()
     }
 
     pub fn new_cache(&self) -> KvCache {

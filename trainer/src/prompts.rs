@@ -17,9 +17,19 @@ pub enum Task<'a> {
     /// Write a pytest file for `code`, importable as `module`.
     Generate { module: &'a str, code: &'a str },
     /// Repair `tests`, which fail against `code` with `failure`.
-    Fix { module: &'a str, code: &'a str, tests: &'a str, failure: &'a str },
+    Fix {
+        module: &'a str,
+        code: &'a str,
+        tests: &'a str,
+        failure: &'a str,
+    },
     /// Explain why `tests` fail against `code`.
-    Diagnose { module: &'a str, code: &'a str, tests: &'a str, failure: &'a str },
+    Diagnose {
+        module: &'a str,
+        code: &'a str,
+        tests: &'a str,
+        failure: &'a str,
+    },
 }
 
 impl Task<'_> {
@@ -45,7 +55,8 @@ pub fn render(task: &Task<'_>, tokenizer: Option<&Tokenizer>) -> String {
 
 /// A system and a user message in the tokenizer's chat format (ChatML if it has the markers).
 pub fn render_messages(system: &str, user: &str, tokenizer: Option<&Tokenizer>) -> String {
-    let chatml = tokenizer.is_some_and(|t| t.token_to_id(IM_START).is_some() && t.token_to_id(IM_END).is_some());
+    let chatml = tokenizer
+        .is_some_and(|t| t.token_to_id(IM_START).is_some() && t.token_to_id(IM_END).is_some());
     if chatml {
         format!("{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
     } else {
@@ -57,11 +68,20 @@ pub fn render_messages(system: &str, user: &str, tokenizer: Option<&Tokenizer>) 
 /// marker when there is no fence.
 pub fn extract_tests(completion: &str) -> String {
     let text = completion.split(IM_END).next().unwrap_or(completion);
-    let text = text.split(crate::tokenizer::END_OF_TEXT).next().unwrap_or(text);
+    let text = text
+        .split(crate::tokenizer::END_OF_TEXT)
+        .next()
+        .unwrap_or(text);
     for fence in ["```python\n", "```py\n", "```\n"] {
         if let Some(start) = text.find(fence) {
             let body = &text[start + fence.len()..];
-            return body.split("```").next().unwrap_or(body).trim_end().to_string() + "\n";
+            return body
+                .split("```")
+                .next()
+                .unwrap_or(body)
+                .trim_end()
+                .to_string()
+                + "\n";
         }
     }
     text.trim().to_string() + "\n"
@@ -73,7 +93,10 @@ mod tests {
 
     #[test]
     fn plain_format_without_chat_markers() {
-        let task = Task::Generate { module: "calc", code: "def add(a, b):\n    return a + b\n" };
+        let task = Task::Generate {
+            module: "calc",
+            code: "def add(a, b):\n    return a + b\n",
+        };
         let text = render(&task, None);
         assert!(text.starts_with("### System\n"));
         assert!(text.contains("`calc`") && text.contains("def add(a, b):"));
@@ -83,8 +106,18 @@ mod tests {
     #[test]
     fn fix_and_diagnose_carry_the_failure() {
         for task in [
-            Task::Fix { module: "m", code: "X = 1\n", tests: "def test_x(): assert X == 2\n", failure: "assert 1 == 2" },
-            Task::Diagnose { module: "m", code: "X = 1\n", tests: "def test_x(): assert X == 2\n", failure: "assert 1 == 2" },
+            Task::Fix {
+                module: "m",
+                code: "X = 1\n",
+                tests: "def test_x(): assert X == 2\n",
+                failure: "assert 1 == 2",
+            },
+            Task::Diagnose {
+                module: "m",
+                code: "X = 1\n",
+                tests: "def test_x(): assert X == 2\n",
+                failure: "assert 1 == 2",
+            },
         ] {
             let message = task.user_message();
             assert!(message.contains("assert 1 == 2") && message.contains("def test_x"));
@@ -93,7 +126,13 @@ mod tests {
 
     #[test]
     fn extracting_tests_from_completions() {
-        assert_eq!(extract_tests("Here:\n```python\ndef test_a():\n    assert 1\n```\nDone."), "def test_a():\n    assert 1\n");
-        assert_eq!(extract_tests("def test_b():\n    pass\n<|im_end|>junk"), "def test_b():\n    pass\n");
+        assert_eq!(
+            extract_tests("Here:\n```python\ndef test_a():\n    assert 1\n```\nDone."),
+            "def test_a():\n    assert 1\n"
+        );
+        assert_eq!(
+            extract_tests("def test_b():\n    pass\n<|im_end|>junk"),
+            "def test_b():\n    pass\n"
+        );
     }
 }

@@ -332,9 +332,11 @@ fn lora_gradients_match_float64_finite_differences() {
             let numeric = (nudged(epsilon) - nudged(-epsilon)) / (2.0 * epsilon);
             var.set(&Tensor::from_vec(original.clone(), var.shape(), &Device::Cpu).unwrap())
                 .unwrap();
-            let error = (numeric - analytic[index]).abs() / numeric.abs().max(1e-3);
+            // Central differences at ε = 1e-6 carry ~1e-7 absolute rounding error in f64; a wrong
+            // backward is off by percents.
+            let error = (numeric - analytic[index]).abs() / numeric.abs().max(1e-2);
             assert!(
-                error < 1e-6,
+                error < 1e-5,
                 "{name}[{index}]: analytic {} numeric {numeric}",
                 analytic[index]
             );
