@@ -57,6 +57,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Training stages.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// List the mutants of a Python module.
     Mutants(MutantsArgs),
     /// Show semantics-preserving variants of a Python module (used for the robustness reward).
@@ -76,6 +82,42 @@ enum Command {
     /// Benchmarks that print figures side by side with a reference.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Stage 1: supervised fine-tuning (LoRA, QLoRA or full) on (prompt, tests) pairs.
+    Sft(StageArgs),
+}
+
+/// `--config FILE` and `--set key=value` overrides, shared by every stage.
+#[derive(Args)]
+struct StageArgs {
+    /// The stage's YAML config (top-level keys include base_model, output_dir, max_steps,
+    /// train_data, eval_data); unknown keys are an error.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Override a config value; dotted keys reach nested fields (`--set lora.rank=16`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Turn a directory of pairs (<name>/<name>.py + <name>/test_<name>.py) into SFT JSONL rows
+    /// (`module`, `code`, `chosen`), split into train.jsonl and eval.jsonl.
+    FromPairs {
+        #[arg(long, default_value = "data/pairs")]
+        pairs: PathBuf,
+        #[arg(long, default_value = "data/sft")]
+        out: PathBuf,
+        /// Pairs held out for evaluation (the last ones in name order).
+        #[arg(long, default_value_t = 6)]
+        eval: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,6 +271,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
         Command::Mutants(args) => mutants(args),
+        Command::Train(TrainCommand::Sft(args)) => train_sft(&args),
+        Command::Data(DataCommand::FromPairs { pairs, out, eval }) => {
+            data_from_pairs(&pairs, &out, eval)
+        }
         Command::InitModel { config, out, json } => init_model(&config, &out, json),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::Variants(args) => variants(args),
@@ -587,6 +633,56 @@ async fn doctor(image: Option<String>, json: bool) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn train_sft(args: &StageArgs) -> Result<()> {
+    let config: unitforge_trainer::sft::SftConfig =
+        unitforge_trainer::stage_config::load(&args.config, &args.overrides)?;
+    let summary = unitforge_trainer::sft::train(&config, &candle_core::Device::Cpu)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "sft: {} steps, held-out loss {:.3} → {:.3}, {} trainable parameters; model, adapter and metrics.jsonl in {}",
+            summary.steps,
+            summary.first_eval_loss,
+            summary.final_eval_loss,
+            summary.trainable_parameters,
+            summary.output_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn data_from_pairs(pairs: &Path, out: &Path, eval: usize) -> Result<()> {
+    let mut names: Vec<String> = std::fs::read_dir(pairs)
+        .with_context(|| format!("cannot read {}", pairs.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    let mut rows = Vec::new();
+    for name in &names {
+        let dir = pairs.join(name);
+        let code = read_source(&dir.join(format!("{name}.py")))?;
+        let tests = read_source(&dir.join(format!("test_{name}.py")))?;
+        rows.push(serde_json::json!({"module": name, "code": code, "chosen": tests}).to_string());
+    }
+    if rows.len() <= eval {
+        bail!("{} pairs cannot leave {eval} for evaluation", rows.len());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (train, held_out) = rows.split_at(rows.len() - eval);
+    std::fs::write(out.join("train.jsonl"), train.join("\n") + "\n")?;
+    std::fs::write(out.join("eval.jsonl"), held_out.join("\n") + "\n")?;
+    println!(
+        "wrote {} training and {} evaluation rows to {}",
+        train.len(),
+        held_out.len(),
+        out.display()
+    );
     Ok(())
 }
 
