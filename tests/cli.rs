@@ -225,3 +225,79 @@ fn shipped_reward_config_is_the_documented_default() {
     let config = unitforge_sandbox::rewards::RewardConfig::from_yaml_file(&path).unwrap();
     assert_eq!(config, unitforge_sandbox::rewards::RewardConfig::default());
 }
+
+#[test]
+fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outputs() {
+    let out = unitforge(&[
+        "train",
+        "sft",
+        "--config",
+        "configs/sft.yaml",
+        "--set",
+        "lora.rnak=4",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rnak"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let sft = dir.path().join("sft");
+    let init = unitforge(&[
+        "init-model",
+        "--config",
+        "configs/model_tiny.yaml",
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&init)).unwrap();
+    assert!(summary["parameters"].as_u64().unwrap() > 500_000);
+    let run = unitforge(&[
+        "train",
+        "sft",
+        "--config",
+        "configs/sft.yaml",
+        "--json",
+        "--set",
+        &format!("base_model={}", model.display()),
+        "--set",
+        &format!("output_dir={}", sft.display()),
+        "--set",
+        "max_steps=3",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "grad_accum=1",
+        "--set",
+        "max_len=128",
+        "--set",
+        "eval_batches=1",
+        "--set",
+        "progress=false",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(summary["steps"], 3);
+    let metrics = std::fs::read_to_string(sft.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3);
+    for line in metrics.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["step", "loss", "lr", "tokens_per_s"] {
+            assert!(row[key].is_number(), "{key} in {line}");
+        }
+    }
+    assert!(sft.join("model.safetensors").is_file() && sft.join("config.json").is_file());
+}
