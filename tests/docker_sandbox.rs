@@ -5,12 +5,12 @@
 //! sandbox container may be left behind. Needs the Docker engine and the sandbox image, which
 //! `make test` builds.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::{fingerprint, is_running, own_containers, DOCKER};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use unitforge_sandbox::bollard::query_parameters::ListContainersOptionsBuilder;
-use unitforge_sandbox::docker::POOL_LABEL;
 use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::outcome::Verdict;
 use unitforge_sandbox::rewards::RewardConfig;
@@ -18,10 +18,6 @@ use unitforge_sandbox::score::{ScoreInput, ScoreReport, Scorer};
 
 const CLAMP: &str = include_str!("../data/pairs/clamp/clamp.py");
 const CLAMP_TESTS: &str = include_str!("../data/pairs/clamp/test_clamp.py");
-
-/// The Docker tests run one at a time: the leftover-container check counts this process's
-/// containers, and two pools at once would also halve each one's CPU.
-static DOCKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn docker_scorer(workers: usize) -> Scorer {
     let options = ExecutorOptions {
@@ -42,34 +38,6 @@ fn input(tests: &str) -> ScoreInput {
         code: CLAMP.into(),
         tests: tests.into(),
     }
-}
-
-/// What must be identical between two scores of the same pair. Timing-based figures are left
-/// out, and so is *how* a mutant was killed: a failing test or a timeout, whichever comes first,
-/// depends on test order, which follows measured baseline durations.
-fn fingerprint(report: &ScoreReport) -> (f64, f64, f64, f64, BTreeMap<String, String>) {
-    let statuses = report
-        .mutants
-        .results
-        .iter()
-        .map(|r| {
-            (
-                r.mutant.id.clone(),
-                if r.status.is_killed() {
-                    "killed".to_string()
-                } else {
-                    format!("{:?}", r.status)
-                },
-            )
-        })
-        .collect();
-    (
-        report.validity,
-        report.mutant_kill,
-        report.stability,
-        report.robustness,
-        statuses,
-    )
 }
 
 fn corpus() -> Vec<(String, String, String)> {
@@ -179,29 +147,10 @@ async fn adversarial_corpus_gets_no_credit_and_leaves_no_trace() {
     scorer.pool().shutdown(Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
-    let filters =
-        std::collections::HashMap::from([("label".to_string(), vec![format!("{POOL_LABEL}")])]);
-    let mine: Vec<_> = docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .all(true)
-                .filters(&filters)
-                .build(),
-        ))
+    let mine: Vec<_> = own_containers(&docker)
         .await
-        .unwrap()
         .into_iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get(POOL_LABEL))
-                .is_some_and(|v| v.starts_with(&format!("{}-", std::process::id())))
-        })
-        .filter(|c| {
-            c.state
-                .as_ref()
-                .is_some_and(|s| format!("{s:?}").to_lowercase().contains("running"))
-        })
+        .filter(is_running)
         .collect();
     assert!(mine.is_empty(), "containers left running: {mine:?}");
 }
@@ -250,32 +199,15 @@ async fn an_idle_container_killed_meanwhile_is_replaced_before_use() {
         .with_health_check_after(Duration::ZERO);
     let scorer = Scorer::new(std::sync::Arc::new(pool)).await.unwrap();
     let before = scorer.pool().stats();
-    let filters =
-        std::collections::HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
-    let prefix = format!("{}-", std::process::id());
-    for container in docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap()
-    {
-        if container
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(POOL_LABEL))
-            .is_some_and(|v| v.starts_with(&prefix))
-        {
-            docker
-                .kill_container(
-                    container.id.as_deref().unwrap(),
-                    None::<unitforge_sandbox::bollard::query_parameters::KillContainerOptions>,
-                )
-                .await
-                .unwrap();
-        }
+    for container in own_containers(&docker).await.into_iter().filter(is_running) {
+        let id = container.id.expect("listed containers have ids");
+        docker
+            .kill_container(
+                &id,
+                None::<unitforge_sandbox::bollard::query_parameters::KillContainerOptions>,
+            )
+            .await
+            .unwrap();
     }
     let report = scorer
         .score(&input(CLAMP_TESTS), &RewardConfig::default())

@@ -3,27 +3,24 @@
 //! The load and fault tests send bounded numbers of requests to a service on 127.0.0.1 only and
 //! stop by themselves. Figures (latency percentiles) are printed, never asserted.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{fingerprint, is_running, own_containers, DOCKER};
 use futures::stream::{self, StreamExt};
 use unitforge_sandbox::api::{ErrorKind, ScoreRequest};
-use unitforge_sandbox::bollard::query_parameters::{
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder,
-};
+use unitforge_sandbox::bollard::query_parameters::KillContainerOptionsBuilder;
 use unitforge_sandbox::cache::{CacheOutcome, ResultCache};
 use unitforge_sandbox::client::{Client, ClientError, ClientOptions};
-use unitforge_sandbox::docker::POOL_LABEL;
 use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreReport, Scorer};
 use unitforge_sandbox::service::{Service, ServiceLimits};
-
-/// One service at a time: the fault test kills this process's containers.
-static DOCKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Running {
     url: String,
@@ -95,29 +92,6 @@ fn hostile(name: &str) -> ScoreRequest {
         tests: std::fs::read_to_string(path).unwrap(),
         ..pair("clamp")
     }
-}
-
-/// Everything about a score that does not depend on timing.
-fn fingerprint(report: &ScoreReport) -> String {
-    let statuses: BTreeMap<_, _> = report
-        .mutants
-        .results
-        .iter()
-        .map(|r| {
-            (
-                r.mutant.id.clone(),
-                if r.status.is_killed() {
-                    "killed".into()
-                } else {
-                    format!("{:?}", r.status)
-                },
-            )
-        })
-        .collect();
-    format!(
-        "{} {} {} {} {:?}",
-        report.validity, report.mutant_kill, report.stability, report.robustness, statuses
-    )
 }
 
 fn light(mut request: ScoreRequest) -> ScoreRequest {
@@ -302,29 +276,6 @@ async fn a_thousand_mixed_requests_lose_nothing_and_match_a_serial_reference() {
     service.stop().await;
 }
 
-async fn pool_containers(docker: &unitforge_sandbox::bollard::Docker) -> Vec<String> {
-    let filters =
-        std::collections::HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
-    let prefix = format!("{}-", std::process::id());
-    docker
-        .list_containers(Some(
-            ListContainersOptionsBuilder::default()
-                .filters(&filters)
-                .build(),
-        ))
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            c.labels
-                .as_ref()
-                .and_then(|l| l.get(POOL_LABEL))
-                .is_some_and(|v| v.starts_with(&prefix))
-        })
-        .filter_map(|c| c.id)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
     let _one = DOCKER.lock().await;
@@ -337,21 +288,7 @@ async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
         "leap_year",
         "discount",
     ];
-    let serial = Client::new(
-        vec![service.url.clone()],
-        ClientOptions {
-            concurrency: 1,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let mut reference = BTreeMap::new();
-    for name in names {
-        reference.insert(
-            name.to_string(),
-            fingerprint(&serial.score(&pair(name)).await.unwrap().report),
-        );
-    }
+    let (serial, reference) = serial_reference(&service.url, &names).await;
 
     // Kill one sandbox container a second (a fresh one takes ~0.5 s to start) while 40 requests
     // are scored, so kills land in the middle of runs.
@@ -364,7 +301,12 @@ async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
             let mut turn = 0usize;
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
-                let containers = pool_containers(&docker).await;
+                let containers: Vec<String> = own_containers(&docker)
+                    .await
+                    .into_iter()
+                    .filter(is_running)
+                    .filter_map(|c| c.id)
+                    .collect();
                 if let Some(id) = containers.get(turn % containers.len().max(1)) {
                     let options = KillContainerOptionsBuilder::default()
                         .signal("SIGKILL")
@@ -413,6 +355,26 @@ async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
         .unwrap();
     assert_eq!(fingerprint(&after.report), reference["roman"]);
     service.stop().await;
+}
+
+/// A one-at-a-time client, and each pair's score fingerprint computed through it.
+async fn serial_reference(url: &str, names: &[&str]) -> (Client, BTreeMap<String, String>) {
+    let serial = Client::new(
+        vec![url.to_string()],
+        ClientOptions {
+            concurrency: 1,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let mut reference = BTreeMap::new();
+    for name in names {
+        reference.insert(
+            name.to_string(),
+            fingerprint(&serial.score(&pair(name)).await.unwrap().report),
+        );
+    }
+    (serial, reference)
 }
 
 /// `count` uncached requests cycling over `names`, `concurrency` at a time.
@@ -532,21 +494,7 @@ async fn the_engine_restarted_under_the_service() {
     }
     let service = start_service(None, 2).await;
     let names = ["roman", "inventory", "grades"];
-    let serial = Client::new(
-        vec![service.url.clone()],
-        ClientOptions {
-            concurrency: 1,
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap();
-    let mut reference = BTreeMap::new();
-    for name in names {
-        reference.insert(
-            name.to_string(),
-            fingerprint(&serial.score(&pair(name)).await.unwrap().report),
-        );
-    }
+    let (serial, reference) = serial_reference(&service.url, &names).await;
     let client = Arc::new(
         Client::new(
             vec![service.url.clone()],

@@ -301,14 +301,17 @@ pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerE
         metrics.set_len(0).map_err(io(&metrics_path))?;
     }
 
-    let first_eval_loss = evaluate(
-        &model,
-        &collator,
-        &eval_set,
-        config.batch_size,
-        config.eval_batches,
-        device,
-    )?;
+    let held_out_loss = || {
+        evaluate(
+            &model,
+            &collator,
+            &eval_set,
+            config.batch_size,
+            config.eval_batches,
+            device,
+        )
+    };
+    let first_eval_loss = held_out_loss()?;
     let mut last_eval_loss = first_eval_loss;
     let progress = if config.progress {
         indicatif::ProgressBar::new(config.max_steps as u64)
@@ -370,14 +373,7 @@ pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerE
         let loss = loss_sum / config.grad_accum.max(1) as f64;
         let done = step + 1;
         let eval_loss = if done % config.eval_every.max(1) == 0 || done == config.max_steps {
-            last_eval_loss = evaluate(
-                &model,
-                &collator,
-                &eval_set,
-                config.batch_size,
-                config.eval_batches,
-                device,
-            )?;
+            last_eval_loss = held_out_loss()?;
             Some(last_eval_loss)
         } else {
             None
