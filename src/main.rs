@@ -57,6 +57,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate pytest files for a module with a trained model (offline inference).
+    Generate(GenerateArgs),
     /// Training stages.
     #[command(subcommand)]
     Train(TrainCommand),
@@ -82,6 +84,36 @@ enum Command {
     /// Benchmarks that print figures side by side with a reference.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Model directory (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// A PEFT adapter directory to apply on top of --model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// The code under test; its file stem is the module name in the prompt.
+    #[arg(long, value_name = "FILE")]
+    code: PathBuf,
+    /// Completions to sample.
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f64,
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON: each completion and the test file extracted from it.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -272,6 +304,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
         Command::Mutants(args) => mutants(args),
         Command::Train(TrainCommand::Sft(args)) => train_sft(&args),
+        Command::Generate(args) => generate(&args),
         Command::Data(DataCommand::FromPairs { pairs, out, eval }) => {
             data_from_pairs(&pairs, &out, eval)
         }
@@ -630,6 +663,56 @@ async fn doctor(image: Option<String>, json: bool) -> Result<()> {
             println!(
                 "  {}  {protection}",
                 if *holds { "ok  " } else { "MISSING" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    use unitforge_trainer::{generate, model::Model, prompts, tokenizer};
+    let device = candle_core::Device::Cpu;
+    let code = read_source(&args.code)?;
+    let module = module_name(&args.code, None)?;
+    let tokenizer = tokenizer::load(&args.model.join("tokenizer.json"))?;
+    let end = tokenizer::token_id(&tokenizer, tokenizer::END_OF_TEXT)
+        .or_else(|_| tokenizer::token_id(&tokenizer, tokenizer::IM_END))?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let prompt = prompts::render(
+        &prompts::Task::Generate {
+            module: &module,
+            code: &code,
+        },
+        Some(&tokenizer),
+    );
+    let config = generate::SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let completions = generate::generate(
+        &model,
+        &tokenizer,
+        &format!("{prompt}\n"),
+        args.n,
+        end,
+        &config,
+    )?;
+    if args.json {
+        let rows: Vec<serde_json::Value> = completions
+            .iter()
+            .map(|c| serde_json::json!({ "completion": c, "tests": prompts::extract_tests(c) }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for (index, completion) in completions.iter().enumerate() {
+            println!(
+                "# --- completion {} of {} ---\n{}",
+                index + 1,
+                completions.len(),
+                prompts::extract_tests(completion)
             );
         }
     }

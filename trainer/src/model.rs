@@ -298,6 +298,58 @@ impl Model {
         )?)
     }
 
+    /// Load for inference: `dir`'s weights, plus the PEFT adapter in `adapter` if given
+    /// (`adapter_config.json` and `adapter_model.safetensors`, as `train sft` or Python PEFT
+    /// write them).
+    pub fn load_for_inference(
+        dir: &Path,
+        adapter: Option<&Path>,
+        device: &Device,
+    ) -> std::result::Result<Self, TrainerError> {
+        let Some(adapter) = adapter else {
+            return Self::load(dir, device, &LoadOptions::default(), &VarMap::new());
+        };
+        let config_path = adapter.join("adapter_config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| TrainerError::Io(config_path.display().to_string(), e))?;
+        let peft: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| TrainerError::Config(format!("{}: {e}", config_path.display())))?;
+        let lora = LoraConfig {
+            rank: peft["r"]
+                .as_u64()
+                .ok_or_else(|| TrainerError::Config(format!("{}: no `r`", config_path.display())))?
+                as usize,
+            alpha: peft["lora_alpha"].as_f64().unwrap_or(16.0),
+            dropout: 0.0,
+            target_modules: peft["target_modules"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|t| t.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let model = Self::load(
+            dir,
+            device,
+            &LoadOptions {
+                lora: Some(lora),
+                ..LoadOptions::default()
+            },
+            &VarMap::new(),
+        )?;
+        let weights =
+            candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), device)?;
+        for (name, var) in model.trainable() {
+            let value = weights
+                .get(name)
+                .ok_or_else(|| TrainerError::Config(format!("the adapter lacks {name}")))?;
+            var.set(&value.to_dtype(var.dtype())?)?;
+        }
+        Ok(model)
+    }
+
     /// Build from any VarBuilder holding Hugging Face weight names.
     pub fn from_weights(
         config: ModelConfig,

@@ -1,0 +1,210 @@
+//! Generation: n completions of one prompt, sampled together as a batch with the KV cache.
+//!
+//! The prompt is run once for all n rows; each step then feeds one token per row. Sampling is
+//! temperature, then top-k, then top-p (nucleus) on each row's last logits, from a SplitMix64
+//! stream per row, so a seed reproduces the completions; temperature 0 is greedy. A row stops at
+//! the end token; generation stops when every row has, or after `max_new_tokens`. n samples of
+//! one prompt is exactly what GRPO's group needs; different prompts are generated one after
+//! another (the model has no padding mask yet).
+
+use candle_core::{DType, Device, Tensor, D};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+use unitforge_sandbox::rng::SplitMix64;
+
+use crate::model::Model;
+use crate::TrainerError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = all).
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.8,
+            top_k: 50,
+            top_p: 0.95,
+            seed: 0,
+        }
+    }
+}
+
+/// Pick a token from one row of logits.
+pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut SplitMix64) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i as u32)
+    };
+    if config.temperature <= 0.0 || config.top_k == 1 {
+        return argmax();
+    }
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if config.top_k > 0 {
+        order.truncate(config.top_k);
+    }
+    let top = logits[order[0]] as f64;
+    let weights: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - top) / config.temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut kept = 0;
+    let mut mass = 0.0;
+    for weight in &weights {
+        kept += 1;
+        mass += weight / total;
+        if mass >= config.top_p {
+            break;
+        }
+    }
+    let kept_total: f64 = weights[..kept].iter().sum();
+    let mut draw = rng.uniform() * kept_total;
+    for (index, weight) in weights[..kept].iter().enumerate() {
+        if draw < *weight {
+            return order[index] as u32;
+        }
+        draw -= weight;
+    }
+    order[kept - 1] as u32
+}
+
+/// Token ids of `n` completions of `prompt_ids` (each without the prompt; the end token, if
+/// reached, is included).
+pub fn generate_ids(
+    model: &Model,
+    prompt_ids: &[u32],
+    n: usize,
+    end_id: u32,
+    config: &SamplingConfig,
+) -> Result<Vec<Vec<u32>>, TrainerError> {
+    let device: &Device = model.device();
+    let n = n.max(1);
+    let limit = model.config().max_position_embeddings;
+    if prompt_ids.is_empty() || prompt_ids.len() >= limit {
+        return Err(TrainerError::Data(format!(
+            "the prompt has {} tokens; the model takes 1 to {}",
+            prompt_ids.len(),
+            limit - 1
+        )));
+    }
+    let mut rngs: Vec<SplitMix64> = (0..n as u64)
+        .map(|row| SplitMix64::new(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(row)))
+        .collect();
+    let mut cache = model.new_cache();
+    let prompt = Tensor::new(prompt_ids, device)?
+        .unsqueeze(0)?
+        .repeat((n, 1))?;
+    let mut logits = model.forward(&prompt, 0, Some(&mut cache), false)?;
+    let mut outputs = vec![Vec::new(); n];
+    let mut done = vec![false; n];
+    let max_new = config.max_new_tokens.min(limit - prompt_ids.len());
+    for step in 0..max_new {
+        let last = logits
+            .narrow(1, logits.dim(1)? - 1, 1)?
+            .squeeze(1)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        let mut next = Vec::with_capacity(n);
+        for row in 0..n {
+            let token = if done[row] {
+                end_id
+            } else {
+                sample_token(&last[row], config, &mut rngs[row])
+            };
+            if !done[row] {
+                outputs[row].push(token);
+                done[row] = token == end_id;
+            }
+            next.push(token);
+        }
+        if done.iter().all(|d| *d) || step + 1 == max_new {
+            break;
+        }
+        let input = Tensor::new(next.as_slice(), device)?.unsqueeze(D::Minus1)?;
+        logits = model.forward(&input, prompt_ids.len() + step, Some(&mut cache), false)?;
+    }
+    Ok(outputs)
+}
+
+/// `n` completions of `prompt` as text (special tokens kept, so callers can cut at them).
+pub fn generate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    n: usize,
+    end_id: u32,
+    config: &SamplingConfig,
+) -> Result<Vec<String>, TrainerError> {
+    let ids = tokenizer
+        .encode(prompt, false)
+        .map_err(|e| TrainerError::Data(e.to_string()))?
+        .get_ids()
+        .to_vec();
+    generate_ids(model, &ids, n, end_id, config)?
+        .iter()
+        .map(|completion| {
+            tokenizer
+                .decode(completion, false)
+                .map_err(|e| TrainerError::Data(e.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_respects_greedy_top_k_and_top_p() {
+        let logits = [0.0f32, 3.0, 1.0, 2.9];
+        let mut rng = SplitMix64::new(1);
+        let greedy = SamplingConfig {
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        };
+        assert_eq!(sample_token(&logits, &greedy, &mut rng), 1);
+        let top2 = SamplingConfig {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            ..SamplingConfig::default()
+        };
+        let picks: std::collections::BTreeSet<u32> = (0..200)
+            .map(|_| sample_token(&logits, &top2, &mut rng))
+            .collect();
+        assert_eq!(picks, [1, 3].into_iter().collect());
+        // p(1) ≈ 0.49 after softmax of all four; top_p 0.3 keeps only it.
+        let nucleus = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.3,
+            ..SamplingConfig::default()
+        };
+        assert!((0..100).all(|_| sample_token(&logits, &nucleus, &mut rng) == 1));
+        let all = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            ..SamplingConfig::default()
+        };
+        let picks: std::collections::BTreeSet<u32> = (0..2000)
+            .map(|_| sample_token(&logits, &all, &mut rng))
+            .collect();
+        assert_eq!(picks.len(), 4);
+    }
+}
