@@ -671,7 +671,7 @@ async fn doctor(image: Option<String>, json: bool) -> Result<()> {
 
 fn generate(args: &GenerateArgs) -> Result<()> {
     use unitforge_trainer::{generate, model::Model, prompts, tokenizer};
-    let device = candle_core::Device::Cpu;
+    let device = unitforge_trainer::device::select()?;
     let code = read_source(&args.code)?;
     let module = module_name(&args.code, None)?;
     let tokenizer = tokenizer::load(&args.model.join("tokenizer.json"))?;
@@ -722,7 +722,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 fn train_sft(args: &StageArgs) -> Result<()> {
     let config: unitforge_trainer::sft::SftConfig =
         unitforge_trainer::stage_config::load(&args.config, &args.overrides)?;
-    let summary = unitforge_trainer::sft::train(&config, &candle_core::Device::Cpu)?;
+    let summary = unitforge_trainer::sft::train(&config, &unitforge_trainer::device::select()?)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

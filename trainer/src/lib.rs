@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod generate;
 pub mod init;
 pub mod lora;

@@ -250,7 +250,7 @@ fn save_final(
 
 /// Run stage 1.
 pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerError> {
-    let dtype = parse_dtype(&config.dtype)?;
+    let dtype = crate::device::usable_dtype(device, parse_dtype(&config.dtype)?);
     let tokenizer = tokenizer::load(&config.base_model.join("tokenizer.json"))?;
     let end = tokenizer::token_id(&tokenizer, END_OF_TEXT)
         .or_else(|_| tokenizer::token_id(&tokenizer, crate::tokenizer::IM_END))?;
