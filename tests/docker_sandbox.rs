@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{fingerprint, is_running, own_containers, DOCKER};
+use common::{docker_scorer, fingerprint, is_running, own_containers, DOCKER};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,19 +18,6 @@ use unitforge_sandbox::score::{ScoreInput, ScoreReport, Scorer};
 
 const CLAMP: &str = include_str!("../data/pairs/clamp/clamp.py");
 const CLAMP_TESTS: &str = include_str!("../data/pairs/clamp/test_clamp.py");
-
-async fn docker_scorer(workers: usize) -> Scorer {
-    let options = ExecutorOptions {
-        kind: ExecutorKind::Docker,
-        workers,
-        ..ExecutorOptions::default()
-    };
-    let (pool, identity) = start_pool(&options, &|line| eprintln!("{line}"))
-        .await
-        .expect("Docker engine and sandbox image (make test builds it)");
-    assert!(identity.runtime.starts_with("sha256:"));
-    Scorer::new(pool).await.expect("sandbox containers start")
-}
 
 fn input(tests: &str) -> ScoreInput {
     ScoreInput {
@@ -88,7 +75,7 @@ async fn adversarial_corpus_gets_no_credit_and_leaves_no_trace() {
     let _one_at_a_time = DOCKER.lock().await;
     let cases = corpus();
     assert!(cases.len() >= 20, "the corpus has {} cases", cases.len());
-    let fresh = docker_scorer(2).await;
+    let fresh = docker_scorer(2).await.0;
     let reference = fresh
         .score(&input(CLAMP_TESTS), &RewardConfig::default())
         .await
@@ -96,7 +83,7 @@ async fn adversarial_corpus_gets_no_credit_and_leaves_no_trace() {
     assert_eq!(reference.validity, 1.0);
     fresh.pool().shutdown(Duration::from_secs(5)).await;
 
-    let scorer = docker_scorer(2).await;
+    let scorer = docker_scorer(2).await.0;
     let mut hostile = RewardConfig {
         deny_reaches_invalidate: false,
         ..RewardConfig::default()
@@ -158,7 +145,7 @@ async fn adversarial_corpus_gets_no_credit_and_leaves_no_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_and_local_executors_agree() {
     let _one_at_a_time = DOCKER.lock().await;
-    let docker = docker_scorer(2).await;
+    let docker = docker_scorer(2).await.0;
     let options = ExecutorOptions {
         kind: ExecutorKind::Local,
         workers: 2,

@@ -11,15 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{fingerprint, is_running, own_containers, DOCKER};
+use common::{docker_scorer, fingerprint, is_running, own_containers, DOCKER};
 use futures::stream::{self, StreamExt};
 use unitforge_sandbox::api::{ErrorKind, ScoreRequest};
 use unitforge_sandbox::bollard::query_parameters::KillContainerOptionsBuilder;
 use unitforge_sandbox::cache::{CacheOutcome, ResultCache};
 use unitforge_sandbox::client::{Client, ClientError, ClientOptions};
-use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::rewards::RewardConfig;
-use unitforge_sandbox::score::{ScoreReport, Scorer};
+use unitforge_sandbox::score::ScoreReport;
 use unitforge_sandbox::service::{Service, ServiceLimits};
 
 struct Running {
@@ -48,15 +47,7 @@ async fn start_service_with(
     workers: usize,
     limits: ServiceLimits,
 ) -> Running {
-    let options = ExecutorOptions {
-        kind: ExecutorKind::Docker,
-        workers,
-        ..ExecutorOptions::default()
-    };
-    let (pool, identity) = start_pool(&options, &|line| eprintln!("{line}"))
-        .await
-        .expect("Docker engine and sandbox image");
-    let scorer = Scorer::new(pool).await.expect("workers start");
+    let (scorer, identity) = docker_scorer(workers).await;
     let cache = cache
         .map(|dir| ResultCache::open(Some(&dir.join("scores.redb")), 1000).expect("cache opens"));
     let service = Service::new(scorer, identity, cache, RewardConfig::default(), limits);

@@ -7,7 +7,8 @@ use unitforge_sandbox::bollard::models::ContainerSummary;
 use unitforge_sandbox::bollard::query_parameters::ListContainersOptionsBuilder;
 use unitforge_sandbox::bollard::Docker;
 use unitforge_sandbox::docker::POOL_LABEL;
-use unitforge_sandbox::score::ScoreReport;
+use unitforge_sandbox::executor::{start_pool, ExecutorIdentity, ExecutorKind, ExecutorOptions};
+use unitforge_sandbox::score::{ScoreReport, Scorer};
 
 /// The Docker tests of one binary run one at a time: they count and kill this process's
 /// containers, and two pools at once would also halve each one's CPU.
@@ -67,4 +68,21 @@ pub fn is_running(container: &ContainerSummary) -> bool {
         .state
         .as_ref()
         .is_some_and(|s| format!("{s:?}").to_lowercase().contains("running"))
+}
+
+/// A warmed-up scorer on `workers` sandbox containers, and what it runs on (the image id).
+pub async fn docker_scorer(workers: usize) -> (Scorer, ExecutorIdentity) {
+    let options = ExecutorOptions {
+        kind: ExecutorKind::Docker,
+        workers,
+        ..ExecutorOptions::default()
+    };
+    let (pool, identity) = start_pool(&options, &|line| eprintln!("{line}"))
+        .await
+        .expect("Docker engine and sandbox image (make test builds it)");
+    assert!(identity.runtime.starts_with("sha256:"));
+    (
+        Scorer::new(pool).await.expect("sandbox containers start"),
+        identity,
+    )
 }

@@ -2,35 +2,18 @@
 //! on the same random weights, exact LoRA identities, float64 finite differences, NF4 dequantised
 //! weights.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use common::{max_abs_diff, randn};
 use unitforge_trainer::config::ModelConfig;
 use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::quant::Nf4Tensor;
-
-/// Deterministic normal samples (candle's CPU device cannot be seeded): SplitMix64 + Box-Muller.
-fn randn(seed: u64, shape: &[usize], scale: f64) -> Tensor {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let count: usize = shape.iter().product();
-    let values: Vec<f64> = (0..count)
-        .map(|_| {
-            let (u, v) = (uniform().max(1e-300), uniform());
-            scale * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-}
 
 fn tiny_config() -> serde_json::Value {
     serde_json::json!({
@@ -121,19 +104,6 @@ fn ids() -> Tensor {
         &Device::Cpu,
     )
     .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

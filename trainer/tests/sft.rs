@@ -1,10 +1,13 @@
 //! Stage 1 on the tiny model: real gradients, falling held-out loss, checkpoints that resume
 //! exactly, and an output directory the next stage can load.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
+use common::max_abs_diff;
 use unitforge_trainer::init::{init_model, read_init_config};
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::sft::{read_metrics, train, SftConfig};
@@ -130,16 +133,7 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
     let a = candle_core::safetensors::load(straight.join("model.safetensors"), &device).unwrap();
     let b = candle_core::safetensors::load(resumed.join("model.safetensors"), &device).unwrap();
     for (name, tensor) in &a {
-        let diff = (tensor - &b[name])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(tensor, &b[name]);
         assert!(diff < 1e-6, "{name}: {diff}");
     }
     let resumed_metrics = read_metrics(&resumed.join("metrics.jsonl")).unwrap();
@@ -155,15 +149,6 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
     let ids = Tensor::new(&[[5u32, 9, 200, 17, 3]], &device).unwrap();
     let a = merged.forward(&ids, 0, None, false).unwrap();
     let b = with_adapter.forward(&ids, 0, None, false).unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b);
     assert!(diff < 1e-4, "merged vs base + adapter: {diff}");
 }
