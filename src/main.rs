@@ -4,6 +4,7 @@
 //! this binary only wires them to files, flags, progress bars and exit codes.
 
 mod bench;
+mod data;
 mod render;
 
 use std::path::{Path, PathBuf};
@@ -64,7 +65,7 @@ enum Command {
     Train(TrainCommand),
     /// Datasets.
     #[command(subcommand)]
-    Data(DataCommand),
+    Data(data::DataCommand),
     /// List the mutants of a Python module.
     Mutants(MutantsArgs),
     /// Show semantics-preserving variants of a Python module (used for the robustness reward).
@@ -138,21 +139,6 @@ struct StageArgs {
 }
 
 #[derive(Subcommand)]
-enum DataCommand {
-    /// Turn a directory of pairs (<name>/<name>.py + <name>/test_<name>.py) into SFT JSONL rows
-    /// (`module`, `code`, `chosen`), split into train.jsonl and eval.jsonl.
-    FromPairs {
-        #[arg(long, default_value = "data/pairs")]
-        pairs: PathBuf,
-        #[arg(long, default_value = "data/sft")]
-        out: PathBuf,
-        /// Pairs held out for evaluation (the last ones in name order).
-        #[arg(long, default_value_t = 6)]
-        eval: usize,
-    },
-}
-
-#[derive(Subcommand)]
 enum ImageCommand {
     /// Print the image tag this build uses and whether the engine has it.
     Status,
@@ -162,7 +148,7 @@ enum ImageCommand {
 
 /// Options that choose and size the executor.
 #[derive(Args, Clone)]
-struct ExecutorArgs {
+pub(crate) struct ExecutorArgs {
     /// Where tests run: `docker` (hardened containers, the default) or `local` (processes on
     /// this machine, for development only: untrusted code then runs on the host).
     #[arg(long, value_enum, default_value = "docker")]
@@ -305,9 +291,7 @@ fn main() -> std::process::ExitCode {
         Command::Mutants(args) => mutants(args),
         Command::Train(TrainCommand::Sft(args)) => train_sft(&args),
         Command::Generate(args) => generate(&args),
-        Command::Data(DataCommand::FromPairs { pairs, out, eval }) => {
-            data_from_pairs(&pairs, &out, eval)
-        }
+        Command::Data(command) => data::run(command),
         Command::InitModel { config, out, json } => init_model(&config, &out, json),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::Variants(args) => variants(args),
@@ -326,14 +310,14 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-fn read_source(path: &Path) -> Result<String> {
+pub(crate) fn read_source(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
@@ -376,7 +360,7 @@ impl Drop for ScorerHandle {
 }
 
 /// A scorer on the chosen executor, warmed up and calibrated.
-async fn start_scorer(args: &ExecutorArgs) -> Result<ScorerHandle> {
+pub(crate) async fn start_scorer(args: &ExecutorArgs) -> Result<ScorerHandle> {
     let options = args.options();
     if options.kind == ExecutorKind::Local {
         eprintln!("WARNING: --executor local runs untrusted test code directly on this machine, guarded only by");
@@ -735,37 +719,6 @@ fn train_sft(args: &StageArgs) -> Result<()> {
             summary.output_dir.display()
         );
     }
-    Ok(())
-}
-
-fn data_from_pairs(pairs: &Path, out: &Path, eval: usize) -> Result<()> {
-    let mut names: Vec<String> = std::fs::read_dir(pairs)
-        .with_context(|| format!("cannot read {}", pairs.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    let mut rows = Vec::new();
-    for name in &names {
-        let dir = pairs.join(name);
-        let code = read_source(&dir.join(format!("{name}.py")))?;
-        let tests = read_source(&dir.join(format!("test_{name}.py")))?;
-        rows.push(serde_json::json!({"module": name, "code": code, "chosen": tests}).to_string());
-    }
-    if rows.len() <= eval {
-        bail!("{} pairs cannot leave {eval} for evaluation", rows.len());
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let (train, held_out) = rows.split_at(rows.len() - eval);
-    std::fs::write(out.join("train.jsonl"), train.join("\n") + "\n")?;
-    std::fs::write(out.join("eval.jsonl"), held_out.join("\n") + "\n")?;
-    println!(
-        "wrote {} training and {} evaluation rows to {}",
-        train.len(),
-        held_out.len(),
-        out.display()
-    );
     Ok(())
 }
 

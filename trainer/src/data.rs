@@ -5,6 +5,9 @@
 //! `reference_tests` where known. A row without a prompt but with `code` gets the generate-tests
 //! prompt. A malformed row is an error naming its file and line.
 //!
+//! Augmentation (`with_code_variant`) swaps a prompt's code for a semantics-preserving variant,
+//! so the model learns tests from what the code does rather than from its exact spelling.
+//!
 //! The collator tokenises `prompt + "\n" + target + <end>`, predicts each next token, and masks
 //! prompt and padding positions out of the loss. Over `max_len`, the prompt loses tokens from its
 //! start (so the target's start is always kept); a target too long on its own keeps its start.
@@ -14,6 +17,9 @@ use std::path::Path;
 use candle_core::{Device, Result as CandleResult, Tensor};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
+
+use unitforge_sandbox::source::PythonSource;
+use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 
 use crate::prompts::{render, render_messages, Task, SYSTEM};
 use crate::TrainerError;
@@ -39,6 +45,8 @@ pub struct Example {
     pub code: Option<String>,
     pub module: Option<String>,
     pub reference_tests: Option<String>,
+    /// The prompt was rendered from `code` (so a variant of the code can replace it).
+    pub prompt_from_code: bool,
 }
 
 /// Read a JSONL dataset; prompts are rendered with `tokenizer`'s chat format.
@@ -91,6 +99,7 @@ pub fn load_jsonl(
             code: row.code,
             module: row.module,
             reference_tests: row.reference_tests,
+            prompt_from_code: row.prompt.is_none(),
         });
     }
     if examples.is_empty() {
@@ -100,6 +109,35 @@ pub fn load_jsonl(
         )));
     }
     Ok(examples)
+}
+
+/// Robust augmentation: `example` with its prompt rendered from a semantics-preserving variant
+/// of its code (renamed locals, perturbed comments; the sandbox's variant rewrites), chosen by
+/// `seed`. `None` when the prompt was not made from code or the code has nothing to rewrite.
+pub fn with_code_variant(
+    example: &Example,
+    tokenizer: Option<&Tokenizer>,
+    seed: u64,
+) -> Option<Example> {
+    let code = example
+        .code
+        .as_deref()
+        .filter(|_| example.prompt_from_code)?;
+    let source = PythonSource::parse("code", code).ok()?;
+    let variant = generate_variants(&source, &VariantConfig { count: 1, seed })
+        .into_iter()
+        .next()?;
+    let module = example.module.as_deref().unwrap_or("solution");
+    Some(Example {
+        prompt: render(
+            &Task::Generate {
+                module,
+                code: &variant.source,
+            },
+            tokenizer,
+        ),
+        ..example.clone()
+    })
 }
 
 /// A padded batch: inputs, next-token targets and the loss mask, all [batch, time].
@@ -221,7 +259,37 @@ mod tests {
             code: None,
             module: None,
             reference_tests: None,
+            prompt_from_code: false,
         }
+    }
+
+    #[test]
+    fn a_code_variant_changes_only_the_prompt_and_keeps_the_code_working() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        let code = "def total(values):\n    running = 0\n    for item in values:\n        running += item\n    return running\n";
+        let row =
+            serde_json::json!({"module": "m", "code": code, "chosen": "def test_x(): pass\n"});
+        let explicit = serde_json::json!({"prompt": "p", "code": code, "chosen": "t"});
+        std::fs::write(&path, format!("{row}\n{explicit}\n")).unwrap();
+        let examples = load_jsonl(&path, None).unwrap();
+        let variant = with_code_variant(&examples[0], None, 3).unwrap();
+        assert_ne!(variant.prompt, examples[0].prompt);
+        assert_eq!(variant.target, examples[0].target);
+        assert_eq!(variant.code, examples[0].code);
+        // Still the same function, by name, in a prompt that parses as the template's code block.
+        assert!(variant.prompt.contains("def total("), "{}", variant.prompt);
+        let shown = variant
+            .prompt
+            .split("```python\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap();
+        assert!(unitforge_sandbox::source::parses_cleanly(shown), "{shown}");
+        // A row with its own prompt is left alone: its prompt was not made from the code.
+        assert!(with_code_variant(&examples[1], None, 3).is_none());
     }
 
     #[test]

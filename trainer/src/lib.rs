@@ -2,6 +2,7 @@
 //! evaluation and generation follow (see ARCHITECTURE.md).
 
 pub mod config;
+pub mod corpus;
 pub mod data;
 pub mod device;
 pub mod generate;
@@ -10,6 +11,7 @@ pub mod lora;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod prompts;
 pub mod quant;
 pub mod sft;

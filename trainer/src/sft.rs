@@ -6,7 +6,8 @@
 //! rate. Every `eval_every` steps the held-out loss is measured; every `save_every` steps a
 //! checkpoint (adapter, optimiser state, step) is written, from which `resume: true` continues.
 //! The output directory ends up holding the merged model in Hugging Face layout (what the next
-//! stage names as `base_model`), the PEFT adapter, and `metrics.jsonl`.
+//! stage names as `base_model`), the PEFT adapter, `metrics.jsonl` and `loss_curve.png`.
+//! With `augment_variants > 0`, prompts show semantics-preserving variants of their code.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,11 +18,12 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::data::{load_jsonl, Collator, Example};
+use crate::data::{load_jsonl, with_code_variant, Collator, Example};
 use crate::lora::LoraConfig;
 use crate::loss::masked_cross_entropy;
 use crate::model::{LoadOptions, Model};
 use crate::optim::{accumulate, clip_grad_norm, learning_rate, scale_grads, AdamW, AdamWConfig};
+use crate::plot::{line_chart, Series};
 use crate::tokenizer::{self, END_OF_TEXT};
 use crate::TrainerError;
 
@@ -79,6 +81,14 @@ pub struct SftConfig {
     /// Show a progress bar.
     #[serde(default = "yes")]
     pub progress: bool,
+    /// Chance that a training example's prompt shows a semantics-preserving variant of its code
+    /// (renamed locals, perturbed comments) instead of the code itself; 0 turns it off.
+    #[serde(default)]
+    pub augment_variants: f64,
+    /// Also write the merged model (base + adapter) in Hugging Face layout. Full fine-tuning
+    /// always writes it (there is no adapter).
+    #[serde(default = "yes")]
+    pub save_merged: bool,
 }
 
 fn one() -> usize {
@@ -220,8 +230,8 @@ fn save_trainable(
     Ok(())
 }
 
-/// Write the final model: merged weights in Hugging Face layout, the tokenizer, and (with LoRA)
-/// the PEFT adapter.
+/// Write the final model: merged weights in Hugging Face layout (unless `save_merged` is off and
+/// there is an adapter), the tokenizer, and (with LoRA) the PEFT adapter.
 fn save_final(
     model: &Model,
     config: &SftConfig,
@@ -229,14 +239,16 @@ fn save_final(
 ) -> Result<(), TrainerError> {
     let out = &config.output_dir;
     std::fs::create_dir_all(out).map_err(io(out))?;
-    candle_core::safetensors::save(&model.merged_weights()?, out.join("model.safetensors"))?;
-    std::fs::write(
-        out.join("config.json"),
-        serde_json::to_string_pretty(model.config()).expect("config serialises"),
-    )
-    .map_err(io(out))?;
-    tokenizer::save(tokenizer, &out.join("tokenizer.json"))?;
     let adapter = model.adapter_weights();
+    if config.save_merged || adapter.is_empty() {
+        candle_core::safetensors::save(&model.merged_weights()?, out.join("model.safetensors"))?;
+        std::fs::write(
+            out.join("config.json"),
+            serde_json::to_string_pretty(model.config()).expect("config serialises"),
+        )
+        .map_err(io(out))?;
+    }
+    tokenizer::save(tokenizer, &out.join("tokenizer.json"))?;
     if !adapter.is_empty() {
         candle_core::safetensors::save(&adapter, out.join("adapter_model.safetensors"))?;
         std::fs::write(
@@ -328,14 +340,23 @@ pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerE
 
     // A deterministic order of micro-batches: epoch e shuffles with seed + e.
     let micro_batches_per_epoch = train_set.len().div_ceil(config.batch_size.max(1));
-    let micro_batch = |index: usize| -> Vec<&Example> {
+    // With augmentation, each drawn example may show a variant of its code, also by seed.
+    let micro_batch = |index: usize| -> Vec<Example> {
         let epoch = index / micro_batches_per_epoch;
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         SplitMix64::new(config.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
         let start = (index % micro_batches_per_epoch) * config.batch_size;
+        let mut draw = SplitMix64::new(config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9));
         order[start..(start + config.batch_size).min(order.len())]
             .iter()
-            .map(|&i| &train_set[i])
+            .map(|&i| {
+                let example = &train_set[i];
+                let seed = draw.next_u64();
+                (draw.uniform() < config.augment_variants)
+                    .then(|| with_code_variant(example, Some(&tokenizer), seed))
+                    .flatten()
+                    .unwrap_or_else(|| example.clone())
+            })
             .collect()
     };
 
@@ -349,10 +370,8 @@ pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerE
         let mut loss_sum = 0.0;
         let mut tokens = 0usize;
         for micro in 0..config.grad_accum.max(1) {
-            let batch = collator.collate(
-                &micro_batch(step * config.grad_accum.max(1) + micro),
-                device,
-            )?;
+            let examples = micro_batch(step * config.grad_accum.max(1) + micro);
+            let batch = collator.collate(&examples.iter().collect::<Vec<_>>(), device)?;
             let logits = model.forward(&batch.input_ids, 0, None, true)?;
             let loss = masked_cross_entropy(&logits, &batch.targets, &batch.mask)?;
             loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -408,6 +427,11 @@ pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerE
     if end == config.max_steps {
         save_final(&model, config, &tokenizer)?;
     }
+    plot_metrics(
+        &metrics_path,
+        &config.output_dir.join("loss_curve.png"),
+        "SFT",
+    )?;
     Ok(SftSummary {
         steps: end,
         first_eval_loss,
@@ -415,6 +439,32 @@ pub fn train(config: &SftConfig, device: &Device) -> Result<SftSummary, TrainerE
         trainable_parameters,
         output_dir: config.output_dir.clone(),
     })
+}
+
+/// Draw the training loss (line) and eval loss (points) of a metrics file into a PNG.
+pub fn plot_metrics(metrics: &Path, png: &Path, stage: &str) -> Result<(), TrainerError> {
+    let lines = read_metrics(metrics)?;
+    let train = lines.iter().map(|m| (m.step as f64, m.loss)).collect();
+    let eval = lines
+        .iter()
+        .filter_map(|m| Some((m.step as f64, m.eval_loss?)))
+        .collect();
+    line_chart(
+        png,
+        &format!("{stage} loss"),
+        &[
+            Series {
+                name: "train loss",
+                points: train,
+                markers: false,
+            },
+            Series {
+                name: "eval loss",
+                points: eval,
+                markers: true,
+            },
+        ],
+    )
 }
 
 /// Read `metrics.jsonl`.

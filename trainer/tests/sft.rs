@@ -104,6 +104,7 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
         "tokenizer.json",
         "adapter_model.safetensors",
         "adapter_config.json",
+        "loss_curve.png",
     ] {
         assert!(straight.join(file).is_file(), "{file}");
     }
@@ -117,6 +118,20 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
             .unwrap();
     assert!(adapter_weights
         .contains_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"));
+
+    // Augmented prompts (every one a variant of its code) train as well; without the merged
+    // model only the adapter is written.
+    let adapter_only = dir.path().join("adapter-only");
+    let mut augmented = config(&model, &train_data, &eval_data, &adapter_only, 3);
+    augmented.augment_variants = 1.0;
+    augmented.save_merged = false;
+    train(&augmented, &device).unwrap();
+    assert!(adapter_only.join("adapter_model.safetensors").is_file());
+    assert!(!adapter_only.join("model.safetensors").exists());
+    assert!(read_metrics(&adapter_only.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .all(|m| m.loss.is_finite()));
 
     // A 40-step run stopped after step 33 and resumed: the same weights as the uninterrupted run.
     let resumed = dir.path().join("resumed");
