@@ -58,11 +58,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Precompute the offline teacher field: add `teacher_logprobs` (the teacher's log-prob of
+    /// each target token, end token included) to every row of a JSONL dataset.
+    TeacherLogprobs {
+        /// The teacher checkpoint (Hugging Face layout; it must share the student's tokenizer).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Input JSONL (the SFT format).
+        #[arg(long)]
+        data: PathBuf,
+        /// Output JSONL: the input rows, each with `teacher_logprobs` added.
+        #[arg(long)]
+        out: PathBuf,
+        /// Token budget of prompt + target, as in the distillation config (at least its max_len).
+        #[arg(long, default_value_t = 512)]
+        max_len: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate pytest files for a module with a trained model (offline inference).
     Generate(GenerateArgs),
     /// Training stages.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -118,9 +139,37 @@ struct GenerateArgs {
 }
 
 #[derive(Subcommand)]
+enum EvalCommand {
+    /// Greedy samples for held-out prompts: the fraction that is syntactically valid pytest
+    /// (parses, defines a test) and that imports the module under test. Nothing is run.
+    Samples {
+        /// Model directory (Hugging Face layout).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        /// A PEFT adapter directory to apply on top of --model.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        /// Held-out JSONL (the SFT format).
+        #[arg(long, default_value = "data/corpus/eval.jsonl")]
+        data: PathBuf,
+        /// Prompts to sample (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        #[arg(long, default_value_t = 384)]
+        max_new_tokens: usize,
+        /// Print the whole report, every sample included, as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum TrainCommand {
     /// Stage 1: supervised fine-tuning (LoRA, QLoRA or full) on (prompt, tests) pairs.
     Sft(StageArgs),
+    /// Stage 2: GKD distillation from a teacher (online checkpoint, or the data's
+    /// teacher_logprobs): CE + λ_jsd·JSD + λ_rkl·RKL, optionally on the student's own samples.
+    Distill(StageArgs),
 }
 
 /// `--config FILE` and `--set key=value` overrides, shared by every stage.
@@ -289,7 +338,30 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
         Command::Mutants(args) => mutants(args),
-        Command::Train(TrainCommand::Sft(args)) => train_sft(&args),
+        Command::Train(TrainCommand::Sft(args)) => train_stage("sft", &args),
+        Command::Eval(EvalCommand::Samples {
+            model,
+            adapter,
+            data,
+            limit,
+            max_new_tokens,
+            json,
+        }) => eval_samples(
+            &model,
+            adapter.as_deref(),
+            &data,
+            limit,
+            max_new_tokens,
+            json,
+        ),
+        Command::Train(TrainCommand::Distill(args)) => train_stage("distill", &args),
+        Command::TeacherLogprobs {
+            teacher,
+            data,
+            out,
+            max_len,
+            json,
+        } => teacher_logprobs(&teacher, &data, &out, max_len, json),
         Command::Generate(args) => generate(&args),
         Command::Data(command) => data::run(command),
         Command::InitModel { config, out, json } => init_model(&config, &out, json),
@@ -703,20 +775,120 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn train_sft(args: &StageArgs) -> Result<()> {
-    let config: unitforge_trainer::sft::SftConfig =
+fn train_stage(stage: &str, args: &StageArgs) -> Result<()> {
+    let config: unitforge_trainer::train_loop::StageConfig =
         unitforge_trainer::stage_config::load(&args.config, &args.overrides)?;
-    let summary = unitforge_trainer::sft::train(&config, &unitforge_trainer::device::select()?)?;
+    let device = unitforge_trainer::device::select()?;
+    let summary = match stage {
+        "sft" => unitforge_trainer::sft::train(&config, &device)?,
+        _ => unitforge_trainer::distill::train(&config, &device)?,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "sft: {} steps, held-out loss {:.3} → {:.3}, {} trainable parameters; model, adapter and metrics.jsonl in {}",
+            "{stage}: {} steps, held-out loss {:.3} → {:.3}, {} trainable parameters; model, adapter, metrics.jsonl and loss_curve.png in {}",
             summary.steps,
             summary.first_eval_loss,
             summary.final_eval_loss,
             summary.trainable_parameters,
             summary.output_dir.display()
+        );
+        for (key, before) in &summary.first_eval {
+            if let Some(after) = summary.final_eval.get(key) {
+                println!("  {key}: {before:.3} → {after:.3}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn eval_samples(
+    model_dir: &Path,
+    adapter: Option<&Path>,
+    data: &Path,
+    limit: usize,
+    max_new_tokens: usize,
+    json: bool,
+) -> Result<()> {
+    use unitforge_trainer::{data::load_jsonl, eval, model::Model, tokenizer};
+    let device = unitforge_trainer::device::select()?;
+    let tok = tokenizer::load(&model_dir.join("tokenizer.json"))?;
+    let end = tokenizer::token_id(&tok, tokenizer::END_OF_TEXT)
+        .or_else(|_| tokenizer::token_id(&tok, tokenizer::IM_END))?;
+    let model = Model::load_for_inference(model_dir, adapter, &device)?;
+    let examples = load_jsonl(data, Some(&tok))?;
+    let total = if limit == 0 {
+        examples.len()
+    } else {
+        limit.min(examples.len())
+    };
+    let progress = ProgressBar::new(total as u64);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} prompts  {elapsed} elapsed, ~{eta} left",
+        )
+        .expect("valid template"),
+    );
+    let report = eval::sample_report(
+        &model,
+        &tok,
+        end,
+        &examples,
+        limit,
+        max_new_tokens,
+        &progress,
+    )?;
+    progress.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let pct = |n: usize| 100.0 * n as f64 / report.prompts.max(1) as f64;
+        println!(
+            "{} greedy samples from {} on {}",
+            report.prompts,
+            model_dir.display(),
+            data.display()
+        );
+        println!(
+            "  valid pytest     {:>4}  ({:.1}%)  parses and defines a test",
+            report.valid_pytest,
+            pct(report.valid_pytest)
+        );
+        println!(
+            "  parses           {:>4}  ({:.1}%)",
+            report.parses,
+            pct(report.parses)
+        );
+        println!(
+            "  imports module   {:>4}  ({:.1}%)",
+            report.imports_module,
+            pct(report.imports_module)
+        );
+        println!("  tests per sample {:.2}", report.mean_test_functions);
+    }
+    Ok(())
+}
+
+fn teacher_logprobs(
+    teacher: &Path,
+    data: &Path,
+    out: &Path,
+    max_len: usize,
+    json: bool,
+) -> Result<()> {
+    let device = unitforge_trainer::device::select()?;
+    let summary =
+        unitforge_trainer::distill::teacher_logprobs(teacher, data, out, max_len, &device)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {}: {} rows, {} target tokens, teacher's mean log-prob {:.3}",
+            out.display(),
+            summary.rows,
+            summary.tokens,
+            summary.mean_logprob
         );
     }
     Ok(())

@@ -140,6 +140,28 @@ pub fn with_code_variant(
     })
 }
 
+/// `example.teacher_logprobs` (one per target token, the end token included, as
+/// `unitforge teacher-logprobs` writes them) placed at the positions that predict those tokens.
+fn aligned_teacher_logprobs(
+    example: &Example,
+    prompt_len: usize,
+    target: &[u32],
+) -> Result<Vec<f32>, TrainerError> {
+    let given = example.teacher_logprobs.as_deref().unwrap_or_default();
+    // Truncation keeps the target's start, so the first target.len() values belong to it.
+    if given.len() < target.len() {
+        return Err(TrainerError::Data(format!(
+            "teacher_logprobs has {} values but the target has {} tokens (with the end token); \
+             were they computed with this tokenizer? (`unitforge teacher-logprobs`)",
+            given.len(),
+            target.len()
+        )));
+    }
+    let mut row = vec![0.0; prompt_len - 1];
+    row.extend_from_slice(&given[..target.len()]);
+    Ok(row)
+}
+
 /// A padded batch: inputs, next-token targets and the loss mask, all [batch, time].
 #[derive(Debug)]
 pub struct Batch {
@@ -148,6 +170,9 @@ pub struct Batch {
     pub mask: Tensor,
     /// Target tokens in the batch (the mask's sum).
     pub target_tokens: usize,
+    /// The teacher's log-prob of each target token, aligned with `targets` (0 elsewhere), when
+    /// every example carries `teacher_logprobs`.
+    pub teacher_logprobs: Option<Tensor>,
 }
 
 pub struct Collator {
@@ -199,6 +224,8 @@ impl Collator {
 
     pub fn collate(&self, examples: &[&Example], device: &Device) -> Result<Batch, TrainerError> {
         let mut rows = Vec::with_capacity(examples.len());
+        let with_teacher = examples.iter().all(|e| e.teacher_logprobs.is_some());
+        let mut teacher = Vec::new();
         for example in examples {
             let (prompt, target) = self.tokenize(example)?;
             let sequence: Vec<u32> = prompt.iter().chain(&target).copied().collect();
@@ -206,6 +233,9 @@ impl Collator {
             let mask: Vec<f32> = (1..sequence.len())
                 .map(|next| if next >= prompt.len() { 1.0 } else { 0.0 })
                 .collect();
+            if with_teacher {
+                teacher.push(aligned_teacher_logprobs(example, prompt.len(), &target)?);
+            }
             rows.push((sequence, mask));
         }
         let time = rows.iter().map(|(s, _)| s.len() - 1).max().unwrap_or(1);
@@ -228,6 +258,13 @@ impl Collator {
             );
             masks.extend(mask.iter().copied().chain(std::iter::repeat_n(0.0, pad)));
         }
+        let teacher: Vec<f32> = teacher
+            .into_iter()
+            .flat_map(|mut row| {
+                row.resize(time, 0.0);
+                row
+            })
+            .collect();
         let target_tokens = masks.iter().filter(|m| **m > 0.0).count();
         let shape = (rows.len(), time);
         let tensor = |result: CandleResult<Tensor>| result.map_err(TrainerError::from);
@@ -236,6 +273,11 @@ impl Collator {
             targets: tensor(Tensor::from_vec(targets, shape, device))?,
             mask: tensor(Tensor::from_vec(masks, shape, device))?,
             target_tokens,
+            teacher_logprobs: if with_teacher {
+                Some(tensor(Tensor::from_vec(teacher, shape, device))?)
+            } else {
+                None
+            },
         })
     }
 }

@@ -14,9 +14,15 @@ use crate::TrainerError;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenizerSpec {
+    #[serde(default)]
     pub vocab_size: usize,
-    /// Directories whose `.py` files (recursively) and `.jsonl` rows train the tokenizer.
+    /// Files, or directories whose `.py` files (recursively), and `.jsonl` rows that train the
+    /// tokenizer.
+    #[serde(default)]
     pub corpus: Vec<PathBuf>,
+    /// Copy this `tokenizer.json` instead of training one (a teacher must share its student's).
+    #[serde(default)]
+    pub from: Option<PathBuf>,
 }
 
 /// `configs/model_tiny.yaml`: the model's shape, its initialisation and its tokenizer.
@@ -60,7 +66,10 @@ fn corpus_texts(roots: &[PathBuf]) -> Result<(Vec<String>, usize), TrainerError>
         Ok(())
     }
     let mut files = Vec::new();
-    for root in roots {
+    for root in roots.iter().filter(|r| r.is_file()) {
+        files.push(root.clone());
+    }
+    for root in roots.iter().filter(|r| !r.is_file()) {
         walk(root, &mut files).map_err(|e| TrainerError::Io(root.display().to_string(), e))?;
     }
     files.sort();
@@ -156,8 +165,16 @@ pub fn random_weights(
 /// Train the tokenizer, initialise the weights and write `config.json`, `model.safetensors` and
 /// `tokenizer.json` to `out`.
 pub fn init_model(config: &InitConfig, out: &Path) -> Result<InitSummary, TrainerError> {
-    let (texts, corpus_files) = corpus_texts(&config.tokenizer.corpus)?;
-    let tokenizer = crate::tokenizer::train_bpe(&texts, config.tokenizer.vocab_size)?;
+    let (tokenizer, corpus_files) = match &config.tokenizer.from {
+        Some(path) => (crate::tokenizer::load(path)?, 0),
+        None => {
+            let (texts, files) = corpus_texts(&config.tokenizer.corpus)?;
+            (
+                crate::tokenizer::train_bpe(&texts, config.tokenizer.vocab_size)?,
+                files,
+            )
+        }
+    };
     let vocab_size = tokenizer.get_vocab_size(true);
     let eos = crate::tokenizer::token_id(&tokenizer, crate::tokenizer::END_OF_TEXT)?;
     let mut extra = serde_json::Map::new();

@@ -1,10 +1,13 @@
-//! unitforge's candle trainer: the model and its LoRA/QLoRA layers today; data, SFT, GKD, GRPO,
-//! evaluation and generation follow (see ARCHITECTURE.md).
+//! unitforge's candle trainer: the model with its LoRA/QLoRA layers, tokenizer, data and corpus,
+//! the shared training loop with the SFT and GKD-distillation stages, and generation (see
+//! ARCHITECTURE.md).
 
 pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod device;
+pub mod distill;
+pub mod eval;
 pub mod generate;
 pub mod init;
 pub mod lora;
@@ -17,6 +20,7 @@ pub mod quant;
 pub mod sft;
 pub mod stage_config;
 pub mod tokenizer;
+pub mod train_loop;
 
 /// Errors of the trainer library.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,8 @@ use candle_nn::VarMap;
 use common::max_abs_diff;
 use unitforge_trainer::init::{init_model, read_init_config};
 use unitforge_trainer::model::{LoadOptions, Model};
-use unitforge_trainer::sft::{read_metrics, train, SftConfig};
+use unitforge_trainer::sft::train;
+use unitforge_trainer::train_loop::{read_metrics, StageConfig};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -55,7 +56,7 @@ fn config(
     eval_data: &Path,
     output: &Path,
     steps: usize,
-) -> SftConfig {
+) -> StageConfig {
     let yaml = format!(
         "base_model: {}\noutput_dir: {}\ntrain_data: {}\neval_data: {}\nmax_steps: {steps}\nbatch_size: 4\nlearning_rate: 0.03\nwarmup_steps: 2\nmax_len: 200\neval_every: 10\nsave_every: 10\nprogress: false\nlora: {{rank: 8, alpha: 16, dropout: 0.0}}\n",
         model.display(),

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The training demo on the tiny models (stages 1 and 2), on CPU: writes runs/ and prints the
+# figures README.md quotes. About an hour on 2 cores. `make demo` runs it.
+set -euo pipefail
+UF=${UF:-./target/release/unitforge}
+mkdir -p runs/demo
+[ -f data/corpus/train.jsonl ] || $UF data generate --out data/corpus
+$UF init-model --config configs/model_tiny.yaml --out models/tiny
+$UF init-model --config configs/model_tiny_teacher.yaml --out models/tiny-teacher
+
+# Stage 1: the student and (larger) the teacher, both by SFT.
+$UF train sft --config configs/sft.yaml --json | tee runs/demo/sft.json
+$UF eval samples --model models/tiny --limit 40 --json > runs/demo/samples_before.json
+$UF eval samples --model runs/sft --json > runs/demo/samples_after.json
+$UF train sft --config configs/sft.yaml --set base_model=models/tiny-teacher \
+  --set output_dir=runs/sft-teacher --json | tee runs/demo/sft_teacher.json
+
+# Stage 2: JSD-heavy and RKL-heavy distillation of the teacher into the SFT student.
+$UF train distill --config configs/distill_gkd.yaml --set output_dir=runs/distill-jsd \
+  --set distill.jsd_weight=1.0 --set distill.rkl_weight=0.1 --json | tee runs/demo/distill_jsd.json
+$UF train distill --config configs/distill_gkd.yaml --set output_dir=runs/distill-rkl \
+  --set distill.jsd_weight=0.1 --set distill.rkl_weight=1.0 --json | tee runs/demo/distill_rkl.json
+
+python3 - <<'PY'
+import json
+load = lambda n: json.load(open(f"runs/demo/{n}.json"))
+sft, before, after = load("sft"), load("samples_before"), load("samples_after")
+print(f"SFT student: held-out loss {sft['first_eval_loss']:.3f} -> {sft['final_eval_loss']:.3f}")
+print(f"valid pytest from greedy samples: {before['valid_fraction']:.1%} before, "
+      f"{after['valid_fraction']:.1%} after ({after['valid_pytest']}/{after['prompts']} held-out prompts)")
+t = load("sft_teacher")
+print(f"SFT teacher: held-out loss {t['first_eval_loss']:.3f} -> {t['final_eval_loss']:.3f}")
+for name in ("distill_jsd", "distill_rkl"):
+    d = load(name)
+    a, b = d["first_eval"], d["final_eval"]
+    print(f"{name}: student loss {d['first_eval_loss']:.3f} -> {d['final_eval_loss']:.3f}, "
+          f"top-1 agreement {a['teacher_top1_agreement']:.3f} -> {b['teacher_top1_agreement']:.3f}, "
+          f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}")
+PY
