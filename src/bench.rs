@@ -28,6 +28,10 @@ pub enum BenchCommand {
     /// p50/p99 latency for: a warm container pool, a fresh container per run, the local
     /// executor, and cache hits.
     Serve(BenchServeArgs),
+    /// Time SFT steps (full, LoRA, QLoRA) and generation on the tiny and a 0.5B-shaped model:
+    /// tokens/s, achieved FLOP/s against this CPU's matmul peak, peak memory (bf16 vs 4-bit
+    /// base); with torch installed, PyTorch's figures beside them.
+    Train(crate::bench_train::BenchTrainArgs),
 }
 
 #[derive(Args)]
@@ -71,6 +75,9 @@ pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Score(args) => bench_score(args).await,
         BenchCommand::Serve(args) => bench_serve(args).await,
+        BenchCommand::Train(args) => {
+            tokio::task::block_in_place(|| crate::bench_train::bench_train(args))
+        }
     }
 }
 

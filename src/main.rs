@@ -4,6 +4,7 @@
 //! this binary only wires them to files, flags, progress bars and exit codes.
 
 mod bench;
+mod bench_train;
 mod data;
 mod render;
 

@@ -300,4 +300,235 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
         }
     }
     assert!(sft.join("model.safetensors").is_file() && sft.join("config.json").is_file());
+    assert!(sft.join("loss_curve.png").is_file());
+
+    // Greedy samples are checked, not run.
+    let samples = unitforge(&[
+        "eval",
+        "samples",
+        "--model",
+        sft.to_str().unwrap(),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    ]);
+    assert!(
+        samples.status.success(),
+        "{}",
+        String::from_utf8_lossy(&samples.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&samples)).unwrap();
+    assert_eq!(report["prompts"], 2);
+    assert_eq!(report["samples"].as_array().unwrap().len(), 2);
+
+    // Stage 2 from the SFT output, with the SFT output as an online teacher, then offline from
+    // precomputed teacher log-probs.
+    let distill = dir.path().join("distill");
+    let short = |out: &std::path::Path| {
+        vec![
+            format!("base_model={}", model.display()),
+            format!("output_dir={}", out.display()),
+            "max_steps=2".into(),
+            "batch_size=2".into(),
+            "grad_accum=1".into(),
+            "max_len=128".into(),
+            "eval_batches=1".into(),
+            "progress=false".into(),
+        ]
+    };
+    let stage = |extra: Vec<String>| {
+        let mut args = vec![
+            "train".to_string(),
+            "distill".into(),
+            "--config".into(),
+            "configs/distill_gkd.yaml".into(),
+            "--json".into(),
+        ];
+        for set in extra {
+            args.push("--set".into());
+            args.push(set);
+        }
+        unitforge(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut sets = short(&distill);
+    sets.push(format!("teacher_model={}", sft.display()));
+    let run = stage(sets);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert!(
+        summary["final_eval"]["teacher_top1_agreement"].is_number(),
+        "{summary}"
+    );
+    for line in std::fs::read_to_string(distill.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["loss", "ce", "jsd", "rkl"] {
+            assert!(row[key].is_number(), "{key} in {line}");
+        }
+    }
+    let with_teacher = dir.path().join("eval-teacher.jsonl");
+    let logprobs = unitforge(&[
+        "teacher-logprobs",
+        "--teacher",
+        sft.to_str().unwrap(),
+        "--data",
+        "data/corpus/eval.jsonl",
+        "--out",
+        with_teacher.to_str().unwrap(),
+        "--max-len",
+        "128",
+        "--json",
+    ]);
+    assert!(
+        logprobs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&logprobs.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(&stdout(&logprobs)).unwrap();
+    assert_eq!(summary["rows"], 120);
+    let offline = dir.path().join("offline");
+    let mut sets = short(&offline);
+    sets.extend([
+        "teacher_model=null".to_string(),
+        format!("train_data={}", with_teacher.display()),
+    ]);
+    let run = stage(sets);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let first = std::fs::read_to_string(offline.join("metrics.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert!(row["rkl"].is_number() && row.get("jsd").is_none(), "{row}");
+}
+
+#[test]
+fn data_generate_keeps_only_suites_the_scorer_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = unitforge(&[
+        "data",
+        "generate",
+        "--out",
+        dir.path().to_str().unwrap(),
+        "--train",
+        "12",
+        "--held-out",
+        "4",
+        "--seed",
+        "5",
+        "--executor",
+        "local",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["train"], 12);
+    assert_eq!(report["held_out"], 4);
+    assert_eq!(report["infra_errors"], 0);
+    assert_eq!(
+        report["valid"].as_u64().unwrap() + report["rejected"].as_u64().unwrap(),
+        report["candidates"].as_u64().unwrap()
+    );
+    let rows = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (train, held_out) = (rows("train.jsonl"), rows("eval.jsonl"));
+    assert_eq!((train.len(), held_out.len()), (12, 4));
+    for row in train.iter().chain(&held_out) {
+        for key in ["family", "module", "code", "chosen"] {
+            assert!(row[key].is_string(), "{key}");
+        }
+        let kill = row["reference_kill_rate"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&kill));
+    }
+    // No held-out module's code is also a training module's.
+    for row in &held_out {
+        assert!(train.iter().all(|t| t["code"] != row["code"]));
+    }
+    // What the generator wrote really passes: score one training pair again.
+    let pair = dir.path().join("pair");
+    std::fs::create_dir_all(&pair).unwrap();
+    let module = train[0]["module"].as_str().unwrap();
+    let code = pair.join(format!("{module}.py"));
+    let tests = pair.join(format!("test_{module}.py"));
+    std::fs::write(&code, train[0]["code"].as_str().unwrap()).unwrap();
+    std::fs::write(&tests, train[0]["chosen"].as_str().unwrap()).unwrap();
+    let scored = unitforge(&[
+        "score",
+        "--code",
+        code.to_str().unwrap(),
+        "--tests",
+        tests.to_str().unwrap(),
+        "--json",
+        "--executor",
+        "local",
+    ]);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&scored)).unwrap();
+    assert_eq!(value["validity"], 1.0);
+}
+
+#[test]
+fn bench_train_measures_every_mode_of_the_tiny_shape() {
+    let out = unitforge(&[
+        "bench",
+        "train",
+        "--shapes",
+        "tiny",
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--seq-len",
+        "8",
+        "--gen-tokens",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(report["matmul_peak_gflops"].as_f64().unwrap() > 0.0);
+    let rows = report["candle"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        assert!(row["error"].is_null(), "{row}");
+        assert!(row["peak_rss_mb"].as_f64().unwrap() > 0.0, "{row}");
+        if row["mode"] == "generate" {
+            assert!(row["gen_tokens_per_s_b8"].as_f64().unwrap() > 0.0, "{row}");
+        } else {
+            assert!(row["tokens_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        }
+    }
+    // The 4-bit base holds well under a third of the f32 base's bytes (f32 → 4.5 bits).
+    let bytes = |mode: &str| {
+        rows.iter().find(|r| r["mode"] == mode).unwrap()["decoder_linear_mb"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        bytes("qlora") < 0.2 * bytes("lora"),
+        "{} vs {}",
+        bytes("qlora"),
+        bytes("lora")
+    );
 }

@@ -71,7 +71,24 @@ pub struct Linear {
     lora: Option<LoraPair>,
 }
 
+impl BaseWeight {
+    /// Bytes the base weight holds (4-bit codes and scales when quantised).
+    pub fn bytes(&self) -> usize {
+        let dense = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        match self {
+            BaseWeight::Frozen(t) => dense(t),
+            BaseWeight::Quantized(q) => q.bytes(),
+            BaseWeight::Trainable(v) => dense(v.as_tensor()),
+        }
+    }
+}
+
 impl Linear {
+    /// Bytes of the base weight (not the bias or adapters).
+    pub fn base_bytes(&self) -> usize {
+        self.base.bytes()
+    }
+
     pub fn new(base: BaseWeight, bias: Option<Tensor>) -> Self {
         Self {
             base,

@@ -556,6 +556,15 @@ impl Model {
     }
 
     /// Every trainable variable with its checkpoint name.
+    /// Bytes held by the decoder layers' linear weights: the part QLoRA stores in 4 bits.
+    pub fn decoder_linear_bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|layer| layer.linears())
+            .map(|(_, linear)| linear.base_bytes())
+            .sum()
+    }
+
     pub fn trainable(&self) -> &[(String, Var)] {
         &self.trainable
     }

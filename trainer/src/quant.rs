@@ -88,6 +88,11 @@ impl Nf4Tensor {
         })
     }
 
+    /// Bytes held: the packed codes and the per-block scales.
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + self.scales.len() * std::mem::size_of::<f32>()
+    }
+
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
         let count = self.rows * self.cols;
         let values: Vec<f32> = (0..count)

@@ -1,0 +1,441 @@
+//! `unitforge bench train`: training and generation throughput of the candle trainer.
+//!
+//! Each configuration runs in a child process of its own (`--probe`), so its peak resident
+//! memory (VmHWM) is its own: random weights are drawn tensor by tensor straight into the model
+//! (never a whole f32 copy), then a few timed SFT steps (masked CE, backward, AdamW) and greedy
+//! generation at batch 1 and 8. Achieved FLOP/s are set against this CPU's f32 matmul peak,
+//! measured here with candle. With `--python` pointing at an interpreter that has torch +
+//! transformers (+ peft), benches/train_reference.py measures the same shapes for comparison.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{VarBuilder, VarMap};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use unitforge_trainer::config::ModelConfig;
+use unitforge_trainer::generate::{generate_ids, SamplingConfig};
+use unitforge_trainer::lora::LoraConfig;
+use unitforge_trainer::loss::masked_cross_entropy;
+use unitforge_trainer::model::{LoadOptions, Model};
+use unitforge_trainer::optim::{AdamW, AdamWConfig};
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// Model shapes: `tiny` (configs/model_tiny.yaml) and `0.5b` (Qwen2-0.5B's shape).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
+    shapes: Vec<String>,
+    /// Timed training steps per configuration (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Tokens generated per measurement.
+    #[arg(long, default_value_t = 32)]
+    gen_tokens: usize,
+    /// Python with torch + transformers (+ peft) for the PyTorch reference (skipped if absent).
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+    /// Internal: run one configuration (JSON) and print its figures.
+    #[arg(long, hide = true)]
+    probe: Option<String>,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Probe {
+    shape: String,
+    /// `full` (f32), `lora` (f32 base), `lora-bf16` (bf16 base), `qlora` (NF4 base), `generate`.
+    mode: String,
+    batch: usize,
+    seq_len: usize,
+    steps: usize,
+    gen_tokens: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Figures {
+    shape: String,
+    mode: String,
+    parameters: usize,
+    step_s: Option<f64>,
+    tokens_per_s: Option<f64>,
+    gflop_per_step: Option<f64>,
+    achieved_gflops: Option<f64>,
+    decoder_linear_mb: f64,
+    peak_rss_mb: f64,
+    gen_tokens_per_s_b1: Option<f64>,
+    gen_tokens_per_s_b8: Option<f64>,
+    error: Option<String>,
+}
+
+fn shape(name: &str) -> Result<ModelConfig> {
+    let (h, i, layers, heads, kv, vocab, bias) = match name {
+        "tiny" => (128, 384, 4, 4, 2, 2048, true),
+        "0.5b" => (896, 4864, 24, 14, 2, 151_936, true),
+        other => bail!("unknown shape `{other}` (tiny, 0.5b)"),
+    };
+    Ok(serde_json::from_value(serde_json::json!({
+        "model_type": "qwen2",
+        "vocab_size": vocab,
+        "hidden_size": h,
+        "intermediate_size": i,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "max_position_embeddings": 4096,
+        "rope_theta": 1_000_000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": true,
+        "attention_bias": bias,
+    }))?)
+}
+
+/// Weights drawn on request, N(0, 0.02²) matrices, unit norms, zero biases: a model of any
+/// size without a checkpoint or a full f32 copy in memory.
+struct RandomWeights;
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if name.ends_with("norm.weight") {
+            Tensor::ones(s, dtype, dev)
+        } else if name.ends_with(".bias") {
+            Tensor::zeros(s, dtype, dev)
+        } else {
+            Tensor::randn(0f32, 0.02, s, dev)?.to_dtype(dtype)
+        }
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("random weights have no unchecked {name}")
+    }
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// FLOPs of one training step: each token passes every decoder linear and the LM head
+/// (2·N multiply-adds forward); backward costs 2·N again for input gradients and, when the base
+/// trains (full fine-tuning), 2·N more for weight gradients. Attention scores add 4·t·h per
+/// token and layer forward, doubled in backward. LoRA's own matrices are negligible.
+fn step_flops(config: &ModelConfig, tokens: usize, seq_len: usize, full: bool) -> f64 {
+    let h = config.hidden_size as f64;
+    let kv = (config
+        .num_key_value_heads
+        .unwrap_or(config.num_attention_heads)
+        * config.head_dim()) as f64;
+    let per_layer = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * config.intermediate_size as f64;
+    let n = per_layer * config.num_hidden_layers as f64 + h * config.vocab_size as f64;
+    let linear = 2.0 * n * tokens as f64 * if full { 3.0 } else { 2.0 };
+    let attention =
+        4.0 * seq_len as f64 * h * config.num_hidden_layers as f64 * tokens as f64 * 2.0;
+    linear + attention
+}
+
+fn run_probe(probe: &Probe) -> Result<Figures> {
+    let config = shape(&probe.shape)?;
+    let device = Device::Cpu;
+    let (dtype, quantize, lora, full) = match probe.mode.as_str() {
+        "full" => (DType::F32, false, None, true),
+        "lora" => (DType::F32, false, Some(LoraConfig::default()), false),
+        "lora-bf16" => (DType::BF16, false, Some(LoraConfig::default()), false),
+        "qlora" => (DType::F32, true, Some(LoraConfig::default()), false),
+        "generate" => (DType::F32, false, None, false),
+        other => bail!("unknown mode {other}"),
+    };
+    let options = LoadOptions {
+        dtype,
+        lora: lora.clone(),
+        quantize_base: quantize,
+        full_finetune: full,
+        seed: 0,
+    };
+    let weights = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
+    let model = Model::from_weights(config.clone(), &weights, &device, &options, &VarMap::new())?;
+    let mut figures = Figures {
+        shape: probe.shape.clone(),
+        mode: probe.mode.clone(),
+        decoder_linear_mb: model.decoder_linear_bytes() as f64 / 1e6,
+        ..Figures::default()
+    };
+    let mut rng = unitforge_sandbox::rng::SplitMix64::new(1);
+    let mut ids = |rows: usize, cols: usize| {
+        let values: Vec<u32> = (0..rows * cols)
+            .map(|_| rng.below(config.vocab_size) as u32)
+            .collect();
+        Tensor::from_vec(values, (rows, cols), &device)
+    };
+    if probe.mode == "generate" {
+        let prompt: Vec<u32> = ids(1, 16)?.flatten_all()?.to_vec1()?;
+        let greedy = SamplingConfig {
+            max_new_tokens: probe.gen_tokens,
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        };
+        // An end token nothing emits, so every row generates the full count.
+        let never = u32::MAX;
+        for (n, slot) in [
+            (1, &mut figures.gen_tokens_per_s_b1),
+            (8, &mut figures.gen_tokens_per_s_b8),
+        ] {
+            generate_ids(
+                &model,
+                &prompt,
+                n,
+                never,
+                &SamplingConfig {
+                    max_new_tokens: 2,
+                    ..greedy.clone()
+                },
+            )?;
+            let started = Instant::now();
+            let out = generate_ids(&model, &prompt, n, never, &greedy)?;
+            let produced: usize = out.iter().map(Vec::len).sum();
+            *slot = Some(produced as f64 / started.elapsed().as_secs_f64());
+        }
+    } else {
+        let params = model.trainable().to_vec();
+        let mut optimizer = AdamW::new(params, AdamWConfig::default())?;
+        let inputs = ids(probe.batch, probe.seq_len)?;
+        let targets = ids(probe.batch, probe.seq_len)?;
+        let mask = Tensor::ones((probe.batch, probe.seq_len), DType::F32, &device)?;
+        let mut times = Vec::new();
+        for step in 0..=probe.steps {
+            let started = Instant::now();
+            let logits = model.forward(&inputs, 0, None, true)?;
+            let loss = masked_cross_entropy(&logits, &targets, &mask.to_dtype(logits.dtype())?)?;
+            let grads = loss.backward()?;
+            optimizer.step(&grads, 1e-4)?;
+            if step > 0 {
+                times.push(started.elapsed().as_secs_f64());
+            }
+        }
+        let step_s = times.iter().sum::<f64>() / times.len().max(1) as f64;
+        let tokens = probe.batch * probe.seq_len;
+        let flops = step_flops(&config, tokens, probe.seq_len, full);
+        figures.step_s = Some(step_s);
+        figures.tokens_per_s = Some(tokens as f64 / step_s);
+        figures.gflop_per_step = Some(flops / 1e9);
+        figures.achieved_gflops = Some(flops / step_s / 1e9);
+    }
+    figures.parameters = model
+        .merged_weights()?
+        .values()
+        .map(|t| t.elem_count())
+        .sum();
+    figures.peak_rss_mb = peak_rss_mb();
+    Ok(figures)
+}
+
+/// This CPU's f32 matmul rate with candle (GFLOP/s): the best of a few 1024³ products.
+fn matmul_peak_gflops() -> Result<f64> {
+    let device = Device::Cpu;
+    let n = 1024;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &device)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &device)?;
+    a.matmul(&b)?;
+    let mut best = f64::INFINITY;
+    for _ in 0..8 {
+        let started = Instant::now();
+        a.matmul(&b)?;
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * (n as f64).powi(3) / best / 1e9)
+}
+
+fn spawn_probe(probe: &Probe) -> Figures {
+    let run = || -> Result<Figures> {
+        let output = Command::new(std::env::current_exe()?)
+            .args(["bench", "train", "--probe", &serde_json::to_string(probe)?])
+            .output()
+            .context("cannot start the probe process")?;
+        if !output.status.success() {
+            bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    };
+    run().unwrap_or_else(|e| Figures {
+        shape: probe.shape.clone(),
+        mode: probe.mode.clone(),
+        error: Some(format!("{e:#}")),
+        ..Figures::default()
+    })
+}
+
+#[derive(Serialize)]
+struct Report {
+    matmul_peak_gflops: f64,
+    candle: Vec<Figures>,
+    pytorch: Option<serde_json::Value>,
+    pytorch_note: Option<String>,
+}
+
+pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
+    if let Some(spec) = &args.probe {
+        let probe: Probe = serde_json::from_str(spec)?;
+        println!("{}", serde_json::to_string(&run_probe(&probe)?)?);
+        return Ok(());
+    }
+    let peak = matmul_peak_gflops()?;
+    let mut candle = Vec::new();
+    for shape_name in &args.shapes {
+        shape(shape_name)?;
+        let modes: &[&str] = if shape_name == "tiny" {
+            &["full", "lora", "qlora", "generate"]
+        } else {
+            &["lora", "lora-bf16", "qlora", "generate"]
+        };
+        for mode in modes {
+            eprintln!("  measuring {shape_name} {mode} …");
+            let steps = if *mode == "lora-bf16" { 1 } else { args.steps };
+            candle.push(spawn_probe(&Probe {
+                shape: shape_name.clone(),
+                mode: mode.to_string(),
+                batch: args.batch,
+                seq_len: args.seq_len,
+                steps,
+                gen_tokens: args.gen_tokens,
+            }));
+        }
+    }
+    let (pytorch, pytorch_note) = pytorch_reference(&args);
+    let report = Report {
+        matmul_peak_gflops: peak,
+        candle,
+        pytorch,
+        pytorch_note,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "bench train: batch {} × {} tokens, {} timed steps; f32 matmul peak {:.1} GFLOP/s (candle, 1024³)",
+        args.batch, args.seq_len, args.steps, peak
+    );
+    println!(
+        "{:<6} {:<10} {:>9} {:>10} {:>10} {:>9} {:>7} {:>13} {:>10} {:>11} {:>11}",
+        "shape",
+        "mode",
+        "params",
+        "step s",
+        "tokens/s",
+        "GFLOP/s",
+        "% peak",
+        "decoder MB",
+        "peak RSS",
+        "gen tok/s 1",
+        "gen tok/s 8"
+    );
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    for f in &report.candle {
+        if let Some(error) = &f.error {
+            println!(
+                "{:<6} {:<10} failed: {}",
+                f.shape,
+                f.mode,
+                error.lines().last().unwrap_or("")
+            );
+            continue;
+        }
+        println!(
+            "{:<6} {:<10} {:>8.1}M {:>10} {:>10} {:>9} {:>7} {:>13.1} {:>8.0}MB {:>11} {:>11}",
+            f.shape,
+            f.mode,
+            f.parameters as f64 / 1e6,
+            opt(f.step_s, 3),
+            opt(f.tokens_per_s, 0),
+            opt(f.achieved_gflops, 1),
+            opt(f.achieved_gflops.map(|g| 100.0 * g / peak), 0),
+            f.decoder_linear_mb,
+            f.peak_rss_mb,
+            opt(f.gen_tokens_per_s_b1, 1),
+            opt(f.gen_tokens_per_s_b8, 1),
+        );
+    }
+    match (&report.pytorch, &report.pytorch_note) {
+        (Some(figures), _) => println!(
+            "PyTorch reference (benches/train_reference.py):\n{}",
+            serde_json::to_string_pretty(figures)?
+        ),
+        (None, Some(note)) => println!("PyTorch reference: not measured ({note})"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Run benches/train_reference.py with `--python` if torch imports there.
+fn pytorch_reference(args: &BenchTrainArgs) -> (Option<serde_json::Value>, Option<String>) {
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let has_torch = Command::new(&python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_torch {
+        return (
+            None,
+            Some(format!(
+                "{} cannot import torch and transformers",
+                python.display()
+            )),
+        );
+    }
+    let output = Command::new(&python)
+        .arg("benches/train_reference.py")
+        .args(["--shapes", &args.shapes.join(",")])
+        .args([
+            "--batch",
+            &args.batch.to_string(),
+            "--seq-len",
+            &args.seq_len.to_string(),
+        ])
+        .args([
+            "--steps",
+            &args.steps.to_string(),
+            "--gen-tokens",
+            &args.gen_tokens.to_string(),
+        ])
+        .output();
+    match output {
+        Ok(o) if o.status.success() => match serde_json::from_slice(&o.stdout) {
+            Ok(v) => (Some(v), None),
+            Err(e) => (None, Some(format!("unreadable output: {e}"))),
+        },
+        Ok(o) => (
+            None,
+            Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        ),
+        Err(e) => (None, Some(e.to_string())),
+    }
+}
