@@ -69,6 +69,10 @@ struct Figures {
     mode: String,
     parameters: usize,
     step_s: Option<f64>,
+    /// The step's parts: forward (with the loss), backward, optimiser.
+    forward_s: Option<f64>,
+    backward_s: Option<f64>,
+    optimizer_s: Option<f64>,
     tokens_per_s: Option<f64>,
     gflop_per_step: Option<f64>,
     achieved_gflops: Option<f64>,
@@ -226,18 +230,25 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
         let inputs = ids(probe.batch, probe.seq_len)?;
         let targets = ids(probe.batch, probe.seq_len)?;
         let mask = Tensor::ones((probe.batch, probe.seq_len), DType::F32, &device)?;
-        let mut times = Vec::new();
+        let mut times = [0.0f64; 3];
         for step in 0..=probe.steps {
             let started = Instant::now();
             let logits = model.forward(&inputs, 0, None, true)?;
             let loss = masked_cross_entropy(&logits, &targets, &mask.to_dtype(logits.dtype())?)?;
+            let forward = started.elapsed().as_secs_f64();
             let grads = loss.backward()?;
+            let backward = started.elapsed().as_secs_f64();
             optimizer.step(&grads, 1e-4)?;
+            let total = started.elapsed().as_secs_f64();
             if step > 0 {
-                times.push(started.elapsed().as_secs_f64());
+                for (slot, value) in times.iter_mut().zip([forward, backward - forward, total - backward]) {
+                    *slot += value / probe.steps.max(1) as f64;
+                }
             }
         }
-        let step_s = times.iter().sum::<f64>() / times.len().max(1) as f64;
+        let step_s: f64 = times.iter().sum();
+        (figures.forward_s, figures.backward_s, figures.optimizer_s) =
+            (Some(times[0]), Some(times[1]), Some(times[2]));
         let tokens = probe.batch * probe.seq_len;
         let flops = step_flops(&config, tokens, probe.seq_len, full);
         figures.step_s = Some(step_s);
