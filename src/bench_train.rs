@@ -241,7 +241,11 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
             optimizer.step(&grads, 1e-4)?;
             let total = started.elapsed().as_secs_f64();
             if step > 0 {
-                for (slot, value) in times.iter_mut().zip([forward, backward - forward, total - backward]) {
+                for (slot, value) in
+                    times
+                        .iter_mut()
+                        .zip([forward, backward - forward, total - backward])
+                {
                     *slot += value / probe.steps.max(1) as f64;
                 }
             }

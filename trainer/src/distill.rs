@@ -183,33 +183,39 @@ fn sample_targets(
         .collect()
 }
 
-/// The divergence terms of one batch: (jsd, rkl), each `None` where it cannot be computed.
+/// The divergence terms of one batch, each `None` where it cannot be computed.
+struct Divergences {
+    jsd: Option<Tensor>,
+    rkl: Option<Tensor>,
+    teacher_logits: Option<Tensor>,
+}
+
 fn divergences(
     student_logits: &Tensor,
     batch: &Batch,
     teacher: Option<&Model>,
     settings: &DistillSettings,
-) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>), TrainerError> {
+) -> Result<Divergences, TrainerError> {
     match teacher {
         Some(teacher) => {
             let teacher_logits = teacher.forward(&batch.input_ids, 0, None, false)?.detach();
             let t = settings.temperature;
-            Ok((
-                Some(jsd_loss(
+            Ok(Divergences {
+                jsd: Some(jsd_loss(
                     student_logits,
                     &teacher_logits,
                     &batch.mask,
                     settings.beta,
                     t,
                 )?),
-                Some(reverse_kl_on_logits(
+                rkl: Some(reverse_kl_on_logits(
                     student_logits,
                     &teacher_logits,
                     &batch.mask,
                     t,
                 )?),
-                Some(teacher_logits),
-            ))
+                teacher_logits: Some(teacher_logits),
+            })
         }
         None => {
             let rkl = match &batch.teacher_logprobs {
@@ -222,7 +228,11 @@ fn divergences(
                 )?),
                 None => None,
             };
-            Ok((None, rkl, None))
+            Ok(Divergences {
+                jsd: None,
+                rkl,
+                teacher_logits: None,
+            })
         }
     }
 }
@@ -290,7 +300,7 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
         let batch = collator.collate(&examples.iter().collect::<Vec<_>>(), device)?;
         let logits = model.forward(&batch.input_ids, 0, None, true)?;
         let ce = masked_cross_entropy(&logits, &batch.targets, &batch.mask)?;
-        let (jsd, rkl, _) = divergences(&logits, &batch, teacher, settings)?;
+        let Divergences { jsd, rkl, .. } = divergences(&logits, &batch, teacher, settings)?;
         let mut parts = vec![
             ("ce", scalar(&ce)?),
             ("on_policy", f64::from(u8::from(on_policy))),
@@ -356,7 +366,11 @@ pub fn evaluate(
         }
         let batch = collator.collate(&chunk.iter().collect::<Vec<_>>(), model.device())?;
         let logits = model.forward(&batch.input_ids, 0, None, false)?;
-        let (jsd, rkl, teacher_logits) = divergences(&logits, &batch, teacher, settings)?;
+        let Divergences {
+            jsd,
+            rkl,
+            teacher_logits,
+        } = divergences(&logits, &batch, teacher, settings)?;
         let weight = batch.target_tokens as f64;
         let mut add =
             |key: &str, value: f64| *sums.entry(key.to_string()).or_default() += value * weight;

@@ -263,6 +263,10 @@ pub struct Evaluation {
     pub parts: BTreeMap<String, f64>,
 }
 
+/// A stage's loss for one micro-batch; the stream is seeded per micro-batch (on-policy draws).
+pub type MicroLossFn<'a> =
+    dyn FnMut(&[Example], &mut SplitMix64) -> Result<MicroLoss, TrainerError> + 'a;
+
 /// What a stage brings to the loop.
 pub struct Stage<'a> {
     /// `sft`, `distill`: the progress bar and the plot's title.
@@ -276,7 +280,7 @@ pub struct Stage<'a> {
 /// Run the optimisation loop: `micro_loss` for each micro-batch, `evaluate` on held-out data.
 pub fn run(
     stage: Stage,
-    micro_loss: &mut dyn FnMut(&[Example], &mut SplitMix64) -> Result<MicroLoss, TrainerError>,
+    micro_loss: &mut MicroLossFn,
     evaluate: &mut dyn FnMut() -> Result<Evaluation, TrainerError>,
 ) -> Result<StageSummary, TrainerError> {
     let Stage {
