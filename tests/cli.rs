@@ -14,6 +14,16 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The JSON a successful command printed (panicking with its stderr otherwise).
+fn json_of(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout(output)).expect("one JSON document")
+}
+
 #[test]
 fn score_json_has_the_six_rewards_at_top_level() {
     let out = unitforge(&[
@@ -254,12 +264,7 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
         model.to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(&stdout(&init)).unwrap();
+    let summary = json_of(&init);
     assert!(summary["parameters"].as_u64().unwrap() > 500_000);
     let run = unitforge(&[
         "train",
@@ -284,12 +289,7 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
         "--set",
         "progress=false",
     ]);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let summary = json_of(&run);
     assert_eq!(summary["steps"], 3);
     let metrics = std::fs::read_to_string(sft.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3);
@@ -314,12 +314,7 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
         "16",
         "--json",
     ]);
-    assert!(
-        samples.status.success(),
-        "{}",
-        String::from_utf8_lossy(&samples.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout(&samples)).unwrap();
+    let report = json_of(&samples);
     assert_eq!(report["prompts"], 2);
     assert_eq!(report["samples"].as_array().unwrap().len(), 2);
 
@@ -355,12 +350,7 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
     let mut sets = short(&distill);
     sets.push(format!("teacher_model={}", sft.display()));
     let run = stage(sets);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    let summary = json_of(&run);
     assert!(
         summary["final_eval"]["teacher_top1_agreement"].is_number(),
         "{summary}"
@@ -387,12 +377,7 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
         "128",
         "--json",
     ]);
-    assert!(
-        logprobs.status.success(),
-        "{}",
-        String::from_utf8_lossy(&logprobs.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(&stdout(&logprobs)).unwrap();
+    let summary = json_of(&logprobs);
     assert_eq!(summary["rows"], 120);
     let offline = dir.path().join("offline");
     let mut sets = short(&offline);
@@ -429,12 +414,7 @@ fn data_generate_keeps_only_suites_the_scorer_validates() {
         "local",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let report = json_of(&out);
     assert_eq!(report["train"], 12);
     assert_eq!(report["held_out"], 4);
     assert_eq!(report["infra_errors"], 0);
@@ -501,12 +481,7 @@ fn bench_train_measures_every_mode_of_the_tiny_shape() {
         "2",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let report = json_of(&out);
     assert!(report["matmul_peak_gflops"].as_f64().unwrap() > 0.0);
     let rows = report["candle"].as_array().unwrap();
     assert_eq!(rows.len(), 4);

@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
+use common::max_abs_diff;
 use unitforge_trainer::data::{load_jsonl, Collator};
 use unitforge_trainer::distill::teacher_logprobs;
 use unitforge_trainer::init::{init_model, read_init_config};
@@ -131,16 +132,8 @@ fn online_offline_on_policy_and_refusals() {
         .unwrap();
     let direct = chosen_logprobs(&logits, &batch.targets, 1.0).unwrap();
     let stored = batch.teacher_logprobs.clone().unwrap();
-    let gap = ((direct - stored).unwrap() * batch.mask.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let mask = batch.mask.to_dtype(DType::F32).unwrap();
+    let gap = max_abs_diff(&(direct * &mask).unwrap(), &(stored * &mask).unwrap());
     assert!(gap < 1e-4, "stored vs recomputed teacher log-probs: {gap}");
     let offline = dir.path().join("offline");
     let mut cfg = config(&student, &offline_data, &eval, &offline, 3);

@@ -129,20 +129,8 @@ fn random_cases_match_a_float64_computation_and_masking_is_honoured() {
         .map(|i| if i % 3 == 1 { 0.0 } else { 1.0 })
         .collect();
     let mask = Tensor::from_vec(mask_values.clone(), (b, t), &Device::Cpu).unwrap();
-    let s_rows: Vec<Vec<f64>> = student
-        .reshape((b * t, v))
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
-    let t_rows: Vec<Vec<f64>> = teacher
-        .reshape((b * t, v))
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let rows = |x: &Tensor| -> Vec<Vec<f64>> { x.reshape((b * t, v)).unwrap().to_vec2().unwrap() };
+    let (s_rows, t_rows) = (rows(&student), rows(&teacher));
     let counted = mask_values.iter().sum::<f64>();
     for temperature in [1.0, 0.7, 2.0] {
         for beta in [0.0, 0.1, 0.5, 0.9, 1.0] {
