@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv image lint bench
+.PHONY: test venv image lint bench demo
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -32,3 +32,8 @@ lint:
 
 bench: venv
 	cargo run --release --locked -- bench score
+
+# The training demo: tiny student and teacher, SFT, samples, JSD- and RKL-heavy distillation.
+demo:
+	cargo build --release --locked
+	scripts/demo-train.sh
