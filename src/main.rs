@@ -117,10 +117,11 @@ struct GenerateArgs {
     /// A PEFT adapter directory to apply on top of --model.
     #[arg(long, value_name = "DIR")]
     adapter: Option<PathBuf>,
-    /// The code under test; its file stem is the module name in the prompt.
-    #[arg(long, value_name = "FILE")]
-    code: PathBuf,
-    /// Completions to sample.
+    /// The code under test; its file stem is the module name in the prompt. Repeat for several
+    /// modules: all their prompts are generated as one batch.
+    #[arg(long, value_name = "FILE", required = true)]
+    code: Vec<PathBuf>,
+    /// Completions to sample per module.
     #[arg(long, default_value_t = 1)]
     n: usize,
     #[arg(long, default_value_t = 256)]
@@ -729,19 +730,24 @@ async fn doctor(image: Option<String>, json: bool) -> Result<()> {
 fn generate(args: &GenerateArgs) -> Result<()> {
     use unitforge_trainer::{generate, model::Model, prompts, tokenizer};
     let device = unitforge_trainer::device::select()?;
-    let code = read_source(&args.code)?;
-    let module = module_name(&args.code, None)?;
     let tokenizer = tokenizer::load(&args.model.join("tokenizer.json"))?;
     let end = tokenizer::token_id(&tokenizer, tokenizer::END_OF_TEXT)
         .or_else(|_| tokenizer::token_id(&tokenizer, tokenizer::IM_END))?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
-    let prompt = prompts::render(
-        &prompts::Task::Generate {
-            module: &module,
-            code: &code,
-        },
-        Some(&tokenizer),
-    );
+    // Every file's prompt n times, all generated as one batch.
+    let mut prompt_texts = Vec::new();
+    for path in &args.code {
+        let code = read_source(path)?;
+        let module = module_name(path, None)?;
+        let prompt = prompts::render(
+            &prompts::Task::Generate {
+                module: &module,
+                code: &code,
+            },
+            Some(&tokenizer),
+        );
+        prompt_texts.extend(std::iter::repeat_n(format!("{prompt}\n"), args.n.max(1)));
+    }
     let config = generate::SamplingConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -749,26 +755,28 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    let completions = generate::generate(
-        &model,
-        &tokenizer,
-        &format!("{prompt}\n"),
-        args.n,
-        end,
-        &config,
-    )?;
+    let completions = generate::generate(&model, &tokenizer, &prompt_texts, end, &config)?;
+    let per_file = args.n.max(1);
     if args.json {
         let rows: Vec<serde_json::Value> = completions
             .iter()
-            .map(|c| serde_json::json!({ "completion": c, "tests": prompts::extract_tests(c) }))
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({
+                    "code": args.code[i / per_file].display().to_string(),
+                    "completion": c,
+                    "tests": prompts::extract_tests(c),
+                })
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         for (index, completion) in completions.iter().enumerate() {
             println!(
-                "# --- completion {} of {} ---\n{}",
-                index + 1,
-                completions.len(),
+                "# --- {}: completion {} of {} ---\n{}",
+                args.code[index / per_file].display(),
+                index % per_file + 1,
+                per_file,
                 prompts::extract_tests(completion)
             );
         }

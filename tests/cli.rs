@@ -318,6 +318,37 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
     assert_eq!(report["prompts"], 2);
     assert_eq!(report["samples"].as_array().unwrap().len(), 2);
 
+    // Offline inference: two modules, two samples each, one batch.
+    let generated = json_of(&unitforge(&[
+        "generate",
+        "--model",
+        sft.to_str().unwrap(),
+        "--code",
+        "data/pairs/clamp/clamp.py",
+        "--code",
+        "data/pairs/gcd_lcm/gcd_lcm.py",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]));
+    let codes: Vec<&str> = generated
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "data/pairs/clamp/clamp.py",
+            "data/pairs/clamp/clamp.py",
+            "data/pairs/gcd_lcm/gcd_lcm.py",
+            "data/pairs/gcd_lcm/gcd_lcm.py"
+        ]
+    );
+
     // Stage 2 from the SFT output, with the SFT output as an online teacher, then offline from
     // precomputed teacher log-probs.
     let distill = dir.path().join("distill");

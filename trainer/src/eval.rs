@@ -58,7 +58,10 @@ pub struct SampleReport {
     pub samples: Vec<SampleCheck>,
 }
 
-/// Greedy samples for up to `limit` examples (all if 0), checked.
+/// Prompts generated together.
+const BATCH: usize = 8;
+
+/// Greedy samples for up to `limit` examples (all if 0), checked; prompts are batched.
 pub fn sample_report(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -79,19 +82,14 @@ pub fn sample_report(
         limit.min(examples.len())
     };
     let mut samples = Vec::with_capacity(chosen);
-    for example in &examples[..chosen] {
-        let completion = generate(
-            model,
-            tokenizer,
-            &format!("{}\n", example.prompt),
-            1,
-            end_id,
-            &greedy,
-        )?
-        .remove(0);
-        let module = example.module.as_deref().unwrap_or("solution");
-        samples.push(check_tests(&extract_tests(&completion), module));
-        progress.inc(1);
+    for batch in examples[..chosen].chunks(BATCH) {
+        let prompts: Vec<String> = batch.iter().map(|e| format!("{}\n", e.prompt)).collect();
+        let completions = generate(model, tokenizer, &prompts, end_id, &greedy)?;
+        for (example, completion) in batch.iter().zip(completions) {
+            let module = example.module.as_deref().unwrap_or("solution");
+            samples.push(check_tests(&extract_tests(&completion), module));
+        }
+        progress.inc(batch.len() as u64);
     }
     let count = |f: &dyn Fn(&SampleCheck) -> bool| samples.iter().filter(|s| f(s)).count();
     let valid_pytest = count(&|s| s.valid_pytest());

@@ -1,18 +1,19 @@
-//! Generation: n completions of one prompt, sampled together as a batch with the KV cache.
+//! Generation: completions sampled together as a batch with the KV cache — n of one prompt, or
+//! one each of several prompts.
 //!
-//! The prompt is run once for all n rows; each step then feeds one token per row. Sampling is
+//! The prompts are run once for all rows; each step then feeds one token per row. Sampling is
 //! temperature, then top-k, then top-p (nucleus) on each row's last logits, from a SplitMix64
 //! stream per row, so a seed reproduces the completions; temperature 0 is greedy. A row stops at
 //! the end token; generation stops when every row has, or after `max_new_tokens`. n samples of
-//! one prompt is exactly what GRPO's group needs; different prompts are generated one after
-//! another (the model has no padding mask yet).
+//! one prompt is exactly what GRPO's group needs. Prompts of different lengths are left-padded and
+//! their padding masked out of attention.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::model::Model;
+use crate::model::{padding_mask, Model};
 use crate::TrainerError;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -92,27 +93,64 @@ pub fn generate_ids(
     end_id: u32,
     config: &SamplingConfig,
 ) -> Result<Vec<Vec<u32>>, TrainerError> {
+    let prompts = vec![prompt_ids.to_vec(); n.max(1)];
+    generate_batch(model, &prompts, end_id, config)
+}
+
+/// One completion of each prompt, all rows sampled together: prompts of different lengths are
+/// left-padded (with `end_id`) and their padding masked out of attention. Row r draws from its
+/// own stream, seeded by `config.seed` and r.
+pub fn generate_batch(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    end_id: u32,
+    config: &SamplingConfig,
+) -> Result<Vec<Vec<u32>>, TrainerError> {
     let device: &Device = model.device();
-    let n = n.max(1);
+    let n = prompts.len();
     let limit = model.config().max_position_embeddings;
-    if prompt_ids.is_empty() || prompt_ids.len() >= limit {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if let Some(bad) = prompts.iter().find(|p| p.is_empty() || p.len() >= limit) {
         return Err(TrainerError::Data(format!(
-            "the prompt has {} tokens; the model takes 1 to {}",
-            prompt_ids.len(),
+            "a prompt has {} tokens; the model takes 1 to {}",
+            bad.len(),
             limit - 1
         )));
     }
     let mut rngs: Vec<SplitMix64> = (0..n as u64)
         .map(|row| SplitMix64::new(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(row)))
         .collect();
+    let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
+    let padded: Vec<u32> = prompts
+        .iter()
+        .zip(&pads)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(end_id, pad).chain(p.iter().copied()))
+        .collect();
+    let ragged = pads.iter().any(|&p| p > 0);
+    let max_new = config.max_new_tokens.min(limit - longest);
+    // Keys of the prompt and of every token still to come; each step uses its prefix.
+    let key_mask = if ragged {
+        Some(padding_mask(&pads, longest + max_new, device)?)
+    } else {
+        None
+    };
+    let mask_for = |keys: usize| -> Result<Option<Tensor>, TrainerError> {
+        Ok(match &key_mask {
+            Some(mask) => Some(mask.narrow(3, 0, keys)?),
+            None => None,
+        })
+    };
     let mut cache = model.new_cache();
-    let prompt = Tensor::new(prompt_ids, device)?
-        .unsqueeze(0)?
-        .repeat((n, 1))?;
-    let mut logits = model.forward(&prompt, 0, Some(&mut cache), false)?;
+    let prompt = Tensor::from_vec(padded, (n, longest), device)?;
+    let mut logits = model.forward_masked(
+        &prompt,
+        0,
+        Some(&mut cache),
+        mask_for(longest)?.as_ref(),
+        false,
+    )?;
     let mut outputs = vec![Vec::new(); n];
     let mut done = vec![false; n];
-    let max_new = config.max_new_tokens.min(limit - prompt_ids.len());
     for step in 0..max_new {
         let last = logits
             .narrow(1, logits.dim(1)? - 1, 1)?
@@ -136,26 +174,38 @@ pub fn generate_ids(
             break;
         }
         let input = Tensor::new(next.as_slice(), device)?.unsqueeze(D::Minus1)?;
-        logits = model.forward(&input, prompt_ids.len() + step, Some(&mut cache), false)?;
+        let offset = longest + step;
+        logits = model.forward_masked(
+            &input,
+            offset,
+            Some(&mut cache),
+            mask_for(offset + 1)?.as_ref(),
+            false,
+        )?;
     }
     Ok(outputs)
 }
 
-/// `n` completions of `prompt` as text (special tokens kept, so callers can cut at them).
+/// One completion of each prompt, as text (special tokens kept, so callers can cut at them),
+/// generated as one batch.
 pub fn generate(
     model: &Model,
     tokenizer: &Tokenizer,
-    prompt: &str,
-    n: usize,
+    prompts: &[String],
     end_id: u32,
     config: &SamplingConfig,
 ) -> Result<Vec<String>, TrainerError> {
-    let ids = tokenizer
-        .encode(prompt, false)
-        .map_err(|e| TrainerError::Data(e.to_string()))?
-        .get_ids()
-        .to_vec();
-    generate_ids(model, &ids, n, end_id, config)?
+    let ids = prompts
+        .iter()
+        .map(|prompt| {
+            Ok(tokenizer
+                .encode(prompt.as_str(), false)
+                .map_err(|e| TrainerError::Data(e.to_string()))?
+                .get_ids()
+                .to_vec())
+        })
+        .collect::<Result<Vec<_>, TrainerError>>()?;
+    generate_batch(model, &ids, end_id, config)?
         .iter()
         .map(|completion| {
             tokenizer

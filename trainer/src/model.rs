@@ -145,6 +145,7 @@ impl Attention {
         rope: &Rope,
         offset: usize,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        key_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
         let (batch, time, _) = x.dims3()?;
@@ -178,6 +179,10 @@ impl Attention {
         let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
         let scores =
             scores.broadcast_add(&causal_mask(time, offset, scores.dtype(), scores.device())?)?;
+        let scores = match key_mask {
+            Some(mask) => scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?,
+            None => scores,
+        };
         let attended = softmax_last_dim(&scores)?.matmul(&v)?;
         let merged =
             attended
@@ -185,6 +190,18 @@ impl Attention {
                 .reshape((batch, time, self.heads * self.head_dim))?;
         self.o.forward_t(&merged, train)
     }
+}
+
+/// Additive key mask [batch, 1, 1, keys] for rows left-padded by `pads[row]` positions. Padding
+/// keys get a large finite penalty rather than −∞: a padding query, which sees only padding keys,
+/// then still has a finite softmax (its output is never used), and exp(−10⁴) is exactly 0 for
+/// every real query.
+pub fn padding_mask(pads: &[usize], keys: usize, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = pads
+        .iter()
+        .flat_map(|&pad| (0..keys).map(move |j| if j < pad { -1e4 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (pads.len(), 1, 1, keys), device)
 }
 
 /// Additive mask [time, offset + time]: position i sees keys 0..=offset + i.
@@ -625,7 +642,22 @@ impl Model {
         &self,
         input_ids: &Tensor,
         offset: usize,
+        cache: Option<&mut KvCache>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.forward_masked(input_ids, offset, cache, None, train)
+    }
+
+    /// `forward` for left-padded rows: `key_mask` [batch, 1, 1, keys] is added to the attention
+    /// scores (`padding_mask` makes it), so no query attends to a padding key. RoPE needs no
+    /// per-row positions: attention scores depend only on the distance between positions, which
+    /// left padding does not change.
+    pub fn forward_masked(
+        &self,
+        input_ids: &Tensor,
+        offset: usize,
         mut cache: Option<&mut KvCache>,
+        key_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
         let (batch, time) = input_ids.dims2()?;
@@ -641,6 +673,7 @@ impl Model {
                 &self.rope,
                 offset,
                 slot,
+                key_mask,
                 train,
             )?;
             x = (x + attended)?;
