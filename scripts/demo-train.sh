@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The training demo on the tiny models (stages 1 and 2), on CPU: writes runs/ and prints the
-# figures README.md quotes. About 40 minutes on 2 cores. `make demo` runs it.
+# figures README.md quotes. About an hour on 2 cores. `make demo` runs it.
 set -euo pipefail
 UF=${UF:-./target/release/unitforge}
 mkdir -p runs/demo
@@ -21,6 +21,10 @@ wait
 $UF eval samples --model models/tiny --limit 40 --json > runs/demo/samples_before.json &
 $UF eval samples --model runs/sft --json > runs/demo/samples_after.json &
 wait
+# The teacher gets 500 more steps (both cores) so that it is ahead of the student.
+RAYON_NUM_THREADS=2 $UF train sft --config configs/sft.yaml --set base_model=runs/sft-teacher \
+  --set output_dir=runs/sft-teacher-more --set max_steps=500 --set learning_rate=0.0015 \
+  --set warmup_steps=0 --set progress=false --json > runs/demo/sft_teacher_more.json
 
 # Stage 2: JSD-heavy and RKL-heavy distillation of the teacher into the SFT student.
 $UF train distill --config configs/distill_gkd.yaml --set output_dir=runs/distill-jsd \
@@ -30,6 +34,9 @@ $UF train distill --config configs/distill_gkd.yaml --set output_dir=runs/distil
   --set distill.jsd_weight=0.1 --set distill.rkl_weight=1.0 --set progress=false --json \
   > runs/demo/distill_rkl.json &
 wait
+$UF eval samples --model runs/distill-jsd --json > runs/demo/samples_distill_jsd.json &
+$UF eval samples --model runs/distill-rkl --json > runs/demo/samples_distill_rkl.json &
+wait
 
 python3 - <<'PY'
 import json
@@ -38,12 +45,14 @@ sft, before, after = load("sft"), load("samples_before"), load("samples_after")
 print(f"SFT student: held-out loss {sft['first_eval_loss']:.3f} -> {sft['final_eval_loss']:.3f}")
 print(f"valid pytest from greedy samples: {before['valid_fraction']:.1%} before, "
       f"{after['valid_fraction']:.1%} after ({after['valid_pytest']}/{after['prompts']} held-out prompts)")
-t = load("sft_teacher")
-print(f"SFT teacher: held-out loss {t['first_eval_loss']:.3f} -> {t['final_eval_loss']:.3f}")
+t, t2 = load("sft_teacher"), load("sft_teacher_more")
+print(f"SFT teacher: held-out loss {t['first_eval_loss']:.3f} -> {t['final_eval_loss']:.3f} "
+      f"-> {t2['final_eval_loss']:.3f} (500 more steps)")
 for name in ("distill_jsd", "distill_rkl"):
     d = load(name)
     a, b = d["first_eval"], d["final_eval"]
     print(f"{name}: student loss {d['first_eval_loss']:.3f} -> {d['final_eval_loss']:.3f}, "
           f"top-1 agreement {a['teacher_top1_agreement']:.3f} -> {b['teacher_top1_agreement']:.3f}, "
-          f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}")
+          f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}, "
+          f"valid pytest {load('samples_' + name)['valid_fraction']:.1%}")
 PY
