@@ -19,7 +19,7 @@ $UF train sft --config configs/sft.yaml --set base_model=models/tiny-teacher \
   > runs/demo/sft_teacher.json &
 wait
 $UF eval samples --model models/tiny --limit 40 --json > runs/demo/samples_before.json &
-$UF eval samples --model runs/sft --json > runs/demo/samples_after.json &
+$UF eval samples --model runs/sft --score --json > runs/demo/samples_after.json &
 wait
 # The teacher gets 500 more steps (both cores) so that it is ahead of the student.
 RAYON_NUM_THREADS=2 $UF train sft --config configs/sft.yaml --set base_model=runs/sft-teacher \
@@ -34,8 +34,8 @@ $UF train distill --config configs/distill_gkd.yaml --set output_dir=runs/distil
   --set distill.jsd_weight=0.1 --set distill.rkl_weight=1.0 --set progress=false --json \
   > runs/demo/distill_rkl.json &
 wait
-$UF eval samples --model runs/distill-jsd --json > runs/demo/samples_distill_jsd.json &
-$UF eval samples --model runs/distill-rkl --json > runs/demo/samples_distill_rkl.json &
+$UF eval samples --model runs/distill-jsd --score --json > runs/demo/samples_distill_jsd.json &
+$UF eval samples --model runs/distill-rkl --score --json > runs/demo/samples_distill_rkl.json &
 wait
 
 python3 - <<'PY'
@@ -44,7 +44,9 @@ load = lambda n: json.load(open(f"runs/demo/{n}.json"))
 sft, before, after = load("sft"), load("samples_before"), load("samples_after")
 print(f"SFT student: held-out loss {sft['first_eval_loss']:.3f} -> {sft['final_eval_loss']:.3f}")
 print(f"valid pytest from greedy samples: {before['valid_fraction']:.1%} before, "
-      f"{after['valid_fraction']:.1%} after ({after['valid_pytest']}/{after['prompts']} held-out prompts)")
+      f"{after['valid_fraction']:.1%} after ({after['valid_pytest']}/{after['prompts']} held-out prompts); "
+      f"{after['scores']['passing_fraction']:.1%} pass on their code, mean kill rate "
+      f"{after['scores']['mean_kill_rate']:.3f}")
 t, t2 = load("sft_teacher"), load("sft_teacher_more")
 print(f"SFT teacher: held-out loss {t['first_eval_loss']:.3f} -> {t['final_eval_loss']:.3f} "
       f"-> {t2['final_eval_loss']:.3f} (500 more steps)")
@@ -54,5 +56,6 @@ for name in ("distill_jsd", "distill_rkl"):
     print(f"{name}: student loss {d['first_eval_loss']:.3f} -> {d['final_eval_loss']:.3f}, "
           f"top-1 agreement {a['teacher_top1_agreement']:.3f} -> {b['teacher_top1_agreement']:.3f}, "
           f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}, "
-          f"valid pytest {load('samples_' + name)['valid_fraction']:.1%}")
+          f"valid pytest {load('samples_' + name)['valid_fraction']:.1%}, "
+          f"passing {load('samples_' + name)['scores']['passing_fraction']:.1%}")
 PY

@@ -144,25 +144,37 @@ struct GenerateArgs {
 enum EvalCommand {
     /// Greedy samples for held-out prompts: the fraction that is syntactically valid pytest
     /// (parses, defines a test) and that imports the module under test. Nothing is run.
-    Samples {
-        /// Model directory (Hugging Face layout).
-        #[arg(long, value_name = "DIR")]
-        model: PathBuf,
-        /// A PEFT adapter directory to apply on top of --model.
-        #[arg(long, value_name = "DIR")]
-        adapter: Option<PathBuf>,
-        /// Held-out JSONL (the SFT format).
-        #[arg(long, default_value = "data/corpus/eval.jsonl")]
-        data: PathBuf,
-        /// Prompts to sample (0 = all).
-        #[arg(long, default_value_t = 0)]
-        limit: usize,
-        #[arg(long, default_value_t = 384)]
-        max_new_tokens: usize,
-        /// Print the whole report, every sample included, as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Samples(EvalSamplesArgs),
+}
+
+#[derive(Args)]
+struct EvalSamplesArgs {
+    /// Model directory (Hugging Face layout).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// A PEFT adapter directory to apply on top of --model.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Held-out JSONL (the SFT format).
+    #[arg(long, default_value = "data/corpus/eval.jsonl")]
+    data: PathBuf,
+    /// Prompts to sample (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 384)]
+    max_new_tokens: usize,
+    /// Also run each valid sample in the sandbox against its code: the share that passes, and
+    /// the mean kill rate (default reward config).
+    #[arg(long)]
+    score: bool,
+    /// Pairs scored at once (with --score).
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+    #[command(flatten)]
+    executor: ExecutorArgs,
+    /// Print the whole report, every sample included, as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -341,21 +353,7 @@ fn main() -> std::process::ExitCode {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(score(args))),
         Command::Mutants(args) => mutants(args),
         Command::Train(TrainCommand::Sft(args)) => train_stage("sft", &args),
-        Command::Eval(EvalCommand::Samples {
-            model,
-            adapter,
-            data,
-            limit,
-            max_new_tokens,
-            json,
-        }) => eval_samples(
-            &model,
-            adapter.as_deref(),
-            &data,
-            limit,
-            max_new_tokens,
-            json,
-        ),
+        Command::Eval(EvalCommand::Samples(args)) => eval_samples(&args),
         Command::Train(TrainCommand::Distill(args)) => train_stage("distill", &args),
         Command::TeacherLogprobs {
             teacher,
@@ -812,25 +810,29 @@ fn train_stage(stage: &str, args: &StageArgs) -> Result<()> {
     Ok(())
 }
 
-fn eval_samples(
-    model_dir: &Path,
-    adapter: Option<&Path>,
-    data: &Path,
-    limit: usize,
-    max_new_tokens: usize,
-    json: bool,
-) -> Result<()> {
+/// What the sandbox made of the samples (`eval samples --score`).
+#[derive(Serialize)]
+struct SampleScores {
+    scored: usize,
+    /// Samples whose tests pass on their code (a valid suite), over all prompts.
+    passing: usize,
+    passing_fraction: f64,
+    /// Mean kill rate over all prompts (0 for a sample that is invalid or fails).
+    mean_kill_rate: f64,
+}
+
+fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
     use unitforge_trainer::{data::load_jsonl, eval, model::Model, tokenizer};
     let device = unitforge_trainer::device::select()?;
-    let tok = tokenizer::load(&model_dir.join("tokenizer.json"))?;
+    let tok = tokenizer::load(&args.model.join("tokenizer.json"))?;
     let end = tokenizer::token_id(&tok, tokenizer::END_OF_TEXT)
         .or_else(|_| tokenizer::token_id(&tok, tokenizer::IM_END))?;
-    let model = Model::load_for_inference(model_dir, adapter, &device)?;
-    let examples = load_jsonl(data, Some(&tok))?;
-    let total = if limit == 0 {
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let examples = load_jsonl(&args.data, Some(&tok))?;
+    let total = if args.limit == 0 {
         examples.len()
     } else {
-        limit.min(examples.len())
+        args.limit.min(examples.len())
     };
     let progress = ProgressBar::new(total as u64);
     progress.set_style(
@@ -844,39 +846,91 @@ fn eval_samples(
         &tok,
         end,
         &examples,
-        limit,
-        max_new_tokens,
+        args.limit,
+        args.max_new_tokens,
         &progress,
     )?;
     progress.finish_and_clear();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let scores = if args.score {
+        Some(runtime()?.block_on(score_samples(args, &examples, &report))?)
     } else {
-        let pct = |n: usize| 100.0 * n as f64 / report.prompts.max(1) as f64;
+        None
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["scores"] = serde_json::to_value(&scores)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let pct = |n: usize| 100.0 * n as f64 / report.prompts.max(1) as f64;
+    println!(
+        "{} greedy samples from {} on {}",
+        report.prompts,
+        args.model.display(),
+        args.data.display()
+    );
+    println!(
+        "  valid pytest     {:>4}  ({:.1}%)  parses and defines a test",
+        report.valid_pytest,
+        pct(report.valid_pytest)
+    );
+    println!(
+        "  parses           {:>4}  ({:.1}%)",
+        report.parses,
+        pct(report.parses)
+    );
+    println!(
+        "  imports module   {:>4}  ({:.1}%)",
+        report.imports_module,
+        pct(report.imports_module)
+    );
+    println!("  tests per sample {:.2}", report.mean_test_functions);
+    if let Some(scores) = scores {
         println!(
-            "{} greedy samples from {} on {}",
-            report.prompts,
-            model_dir.display(),
-            data.display()
+            "  pass on the code {:>4}  ({:.1}%)  in the sandbox; mean kill rate {:.3}",
+            scores.passing,
+            pct(scores.passing),
+            scores.mean_kill_rate
         );
-        println!(
-            "  valid pytest     {:>4}  ({:.1}%)  parses and defines a test",
-            report.valid_pytest,
-            pct(report.valid_pytest)
-        );
-        println!(
-            "  parses           {:>4}  ({:.1}%)",
-            report.parses,
-            pct(report.parses)
-        );
-        println!(
-            "  imports module   {:>4}  ({:.1}%)",
-            report.imports_module,
-            pct(report.imports_module)
-        );
-        println!("  tests per sample {:.2}", report.mean_test_functions);
     }
     Ok(())
+}
+
+/// Score every valid sample against its example's code.
+async fn score_samples(
+    args: &EvalSamplesArgs,
+    examples: &[unitforge_trainer::data::Example],
+    report: &unitforge_trainer::eval::SampleReport,
+) -> Result<SampleScores> {
+    let scorer = start_scorer(&args.executor).await?;
+    let config = RewardConfig::default();
+    let inputs: Vec<ScoreInput> = report
+        .samples
+        .iter()
+        .zip(examples)
+        .filter(|(sample, example)| sample.valid_pytest() && example.code.is_some())
+        .map(|(sample, example)| ScoreInput {
+            module: example.module.clone().unwrap_or_else(|| "solution".into()),
+            code: example.code.clone().unwrap_or_default(),
+            tests: sample.tests.clone(),
+        })
+        .collect();
+    let (scorer, config) = (&scorer, &config);
+    let reports: Vec<ScoreReport> = stream::iter(&inputs)
+        .map(|input| async move { scorer.score(input, config).await })
+        .buffer_unordered(args.jobs.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let passing = reports.iter().filter(|r| r.valid).count();
+    let prompts = report.prompts.max(1) as f64;
+    Ok(SampleScores {
+        scored: reports.len(),
+        passing,
+        passing_fraction: passing as f64 / prompts,
+        mean_kill_rate: reports.iter().map(|r| r.mutant_kill).sum::<f64>() / prompts,
+    })
 }
 
 fn teacher_logprobs(

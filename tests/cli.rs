@@ -302,7 +302,7 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
     assert!(sft.join("model.safetensors").is_file() && sft.join("config.json").is_file());
     assert!(sft.join("loss_curve.png").is_file());
 
-    // Greedy samples are checked, not run.
+    // Greedy samples are checked, and with --score the valid ones run in the sandbox.
     let samples = unitforge(&[
         "eval",
         "samples",
@@ -312,11 +312,19 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
         "2",
         "--max-new-tokens",
         "16",
+        "--score",
+        "--executor",
+        "local",
+        "--workers",
+        "1",
         "--json",
     ]);
     let report = json_of(&samples);
     assert_eq!(report["prompts"], 2);
     assert_eq!(report["samples"].as_array().unwrap().len(), 2);
+    let scores = &report["scores"];
+    assert_eq!(scores["scored"], report["valid_pytest"], "{scores}");
+    assert!(scores["passing"].as_u64().unwrap() <= scores["scored"].as_u64().unwrap());
 
     // Offline inference: two modules, two samples each, one batch.
     let generated = json_of(&unitforge(&[
