@@ -11,7 +11,9 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::quant::Nf4Tensor;
+use std::sync::Arc;
+
+use crate::quant::{nf4_matmul, Nf4Tensor};
 
 /// LoRA hyper-parameters (the `lora` section of a training config).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -51,7 +53,7 @@ pub enum BaseWeight {
     /// Frozen: a plain tensor, no gradient.
     Frozen(Tensor),
     /// Frozen and stored in 4 bits; dequantised at each forward.
-    Quantized(Nf4Tensor),
+    Quantized(Arc<Nf4Tensor>),
     /// Full fine-tuning: a variable.
     Trainable(Var),
 }
@@ -175,10 +177,12 @@ impl Linear {
 
     /// Forward; dropout on the LoRA branch only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let w = self.weight(x)?;
         let (leading, in_dim) = (&x.dims()[..x.rank() - 1], x.dim(candle_core::D::Minus1)?);
         let flat = x.reshape(((), in_dim))?;
-        let mut y = flat.matmul(&w.t()?)?;
+        let mut y = match &self.base {
+            BaseWeight::Quantized(q) => nf4_matmul(&flat, q)?,
+            _ => flat.matmul(&self.weight(x)?.t()?)?,
+        };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }

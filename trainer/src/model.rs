@@ -416,7 +416,7 @@ impl Model {
                 trainable.push((format!("{name}.weight"), var.clone()));
                 BaseWeight::Trainable(var)
             } else if options.quantize_base && adapted {
-                BaseWeight::Quantized(Nf4Tensor::quantize(&weight)?)
+                BaseWeight::Quantized(std::sync::Arc::new(Nf4Tensor::quantize(&weight)?))
             } else {
                 BaseWeight::Frozen(weight)
             };

@@ -2,12 +2,16 @@
 //!
 //! Each block of `BLOCK` consecutive weights stores a 4-bit index into the NF4 codebook (the 16
 //! quantiles of a normal distribution that QLoRA uses) and one f32 scale, its absolute maximum:
-//! 0.5 + 4 / BLOCK bytes a weight, about ¼ of bf16. The base is dequantised on the fly in
-//! forward into an ordinary tensor that is not a variable, so autograd carries gradients to the
-//! input (grad_x = grad_y · dequant(W)) and on to the LoRA weights, and none to the base. candle's
-//! own `QMatMul` has no backward, which is why it is not used here.
+//! 0.5 + 4 / BLOCK bytes a weight, about ¼ of bf16. On the CPU, `nf4_matmul` is one graph node
+//! (a candle custom op) that dequantises in forward and again in backward (grad_x = grad_y ·
+//! dequant(W)), so the backward graph holds only the 4-bit weight — a plain matmul with the
+//! dequantised tensor would keep a dense copy of every layer alive until backward, undoing the
+//! memory saving. The base gets no gradient; LoRA weights and the input do. candle's own
+//! `QMatMul` has no backward, which is why it is not used here.
 
-use candle_core::{Device, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
 /// NF4 levels, ascending (Dettmers et al., QLoRA, appendix E).
 pub const NF4: [f32; 16] = [
@@ -106,10 +110,60 @@ impl Nf4Tensor {
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
+}
 
-    /// Bytes this weight occupies.
-    pub fn storage_bytes(&self) -> usize {
-        self.codes.len() + 4 * self.scales.len()
+/// y = x · dequant(W)ᵀ for x [n, in] and W [out, in]; see the module comment.
+pub fn nf4_matmul(x: &Tensor, weight: &Arc<Nf4Tensor>) -> Result<Tensor> {
+    if !x.device().is_cpu() {
+        // No GPU kernel for the custom op: the dense path (more memory, same numbers).
+        let w = weight.dequantize(x.device())?.to_dtype(x.dtype())?;
+        return x.matmul(&w.t()?);
+    }
+    x.contiguous()?.apply_op1(Nf4MatMul(weight.clone()))
+}
+
+struct Nf4MatMul(Arc<Nf4Tensor>);
+
+impl Nf4MatMul {
+    fn dense(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        self.0.dequantize(device)?.to_dtype(dtype)
+    }
+}
+
+impl CustomOp1 for Nf4MatMul {
+    fn name(&self) -> &'static str {
+        "nf4-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("nf4-matmul needs a contiguous input".into()))?;
+        let device = Device::Cpu;
+        let x = match storage {
+            CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], layout.shape(), &device)?,
+            CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &device)?,
+            CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], layout.shape(), &device)?,
+            CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], layout.shape(), &device)?,
+            _ => candle_core::bail!("nf4-matmul takes float inputs"),
+        };
+        let y = x.matmul(&self.dense(x.dtype(), &device)?.t()?)?;
+        let shape = y.shape().clone();
+        let flat = y.flatten_all()?;
+        let out = match flat.dtype() {
+            DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+            DType::F64 => CpuStorage::F64(flat.to_vec1()?),
+            DType::BF16 => CpuStorage::BF16(flat.to_vec1()?),
+            DType::F16 => CpuStorage::F16(flat.to_vec1()?),
+            other => candle_core::bail!("nf4-matmul: unexpected {other:?}"),
+        };
+        Ok((out, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            grad_res.matmul(&self.dense(arg.dtype(), arg.device())?)?,
+        ))
     }
 }
 
@@ -162,7 +216,7 @@ mod tests {
         let weight = Tensor::zeros((256, 256), candle_core::DType::F32, &Device::Cpu).unwrap();
         let quantized = Nf4Tensor::quantize(&weight).unwrap();
         let bf16_bytes = 256 * 256 * 2;
-        let ratio = quantized.storage_bytes() as f64 / bf16_bytes as f64;
+        let ratio = quantized.bytes() as f64 / bf16_bytes as f64;
         assert!((ratio - (0.5 + 4.0 / 64.0) / 2.0).abs() < 1e-9, "{ratio}");
         assert!(ratio < 0.3);
     }

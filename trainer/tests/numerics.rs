@@ -415,7 +415,7 @@ fn a_quantized_layer_passes_the_input_gradient_through_the_dequantised_weight() 
     let weight = randn(13, &[6, 128], 0.3).to_dtype(DType::F32).unwrap();
     let quantized = Nf4Tensor::quantize(&weight).unwrap();
     let layer = unitforge_trainer::lora::Linear::new(
-        unitforge_trainer::lora::BaseWeight::Quantized(quantized.clone()),
+        unitforge_trainer::lora::BaseWeight::Quantized(std::sync::Arc::new(quantized.clone())),
         None,
     );
     let x = Var::from_tensor(&randn(14, &[3, 128], 1.0).to_dtype(DType::F32).unwrap()).unwrap();
