@@ -34,6 +34,10 @@ $UF train distill --config configs/distill_gkd.yaml --set output_dir=runs/distil
   --set distill.jsd_weight=0.1 --set distill.rkl_weight=1.0 --set progress=false --json \
   > runs/demo/distill_rkl.json &
 wait
+# Control: the same 150 steps with CE alone (the teacher only measured).
+RAYON_NUM_THREADS=2 $UF train distill --config configs/distill_gkd.yaml \
+  --set output_dir=runs/distill-ce --set distill.jsd_weight=0 --set distill.rkl_weight=0 \
+  --set progress=false --json > runs/demo/distill_ce.json
 $UF eval samples --model runs/distill-jsd --score --json > runs/demo/samples_distill_jsd.json &
 $UF eval samples --model runs/distill-rkl --score --json > runs/demo/samples_distill_rkl.json &
 wait
@@ -50,12 +54,13 @@ print(f"valid pytest from greedy samples: {before['valid_fraction']:.1%} before,
 t, t2 = load("sft_teacher"), load("sft_teacher_more")
 print(f"SFT teacher: held-out loss {t['first_eval_loss']:.3f} -> {t['final_eval_loss']:.3f} "
       f"-> {t2['final_eval_loss']:.3f} (500 more steps)")
-for name in ("distill_jsd", "distill_rkl"):
+for name in ("distill_jsd", "distill_rkl", "distill_ce"):
     d = load(name)
     a, b = d["first_eval"], d["final_eval"]
     print(f"{name}: student loss {d['first_eval_loss']:.3f} -> {d['final_eval_loss']:.3f}, "
           f"top-1 agreement {a['teacher_top1_agreement']:.3f} -> {b['teacher_top1_agreement']:.3f}, "
-          f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}, "
-          f"valid pytest {load('samples_' + name)['valid_fraction']:.1%}, "
-          f"passing {load('samples_' + name)['scores']['passing_fraction']:.1%}")
+          f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}"
+          + ("" if name == "distill_ce" else
+             f", valid pytest {load('samples_' + name)['valid_fraction']:.1%}, "
+             f"passing {load('samples_' + name)['scores']['passing_fraction']:.1%}"))
 PY
