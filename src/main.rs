@@ -729,8 +729,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     use unitforge_trainer::{generate, model::Model, prompts, tokenizer};
     let device = unitforge_trainer::device::select()?;
     let tokenizer = tokenizer::load(&args.model.join("tokenizer.json"))?;
-    let end = tokenizer::token_id(&tokenizer, tokenizer::END_OF_TEXT)
-        .or_else(|_| tokenizer::token_id(&tokenizer, tokenizer::IM_END))?;
+    let end = tokenizer::end_token(&tokenizer)?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
     // Every file's prompt n times, all generated as one batch.
     let mut prompt_texts = Vec::new();
@@ -825,8 +824,7 @@ fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
     use unitforge_trainer::{data::load_jsonl, eval, model::Model, tokenizer};
     let device = unitforge_trainer::device::select()?;
     let tok = tokenizer::load(&args.model.join("tokenizer.json"))?;
-    let end = tokenizer::token_id(&tok, tokenizer::END_OF_TEXT)
-        .or_else(|_| tokenizer::token_id(&tok, tokenizer::IM_END))?;
+    let end = tokenizer::end_token(&tok)?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
     let examples = load_jsonl(&args.data, Some(&tok))?;
     let total = if args.limit == 0 {

@@ -414,8 +414,7 @@ pub fn teacher_logprobs(
     device: &Device,
 ) -> Result<TeacherLogprobsSummary, TrainerError> {
     let tokenizer = crate::tokenizer::load(&teacher_dir.join("tokenizer.json"))?;
-    let end_id = crate::tokenizer::token_id(&tokenizer, crate::tokenizer::END_OF_TEXT)
-        .or_else(|_| crate::tokenizer::token_id(&tokenizer, crate::tokenizer::IM_END))?;
+    let end_id = crate::tokenizer::end_token(&tokenizer)?;
     let teacher = Model::load_for_inference(teacher_dir, None, device)?;
     let examples = load_jsonl(data, Some(&tokenizer))?;
     let text = std::fs::read_to_string(data)

@@ -71,6 +71,11 @@ pub fn token_id(tokenizer: &Tokenizer, token: &str) -> Result<u32, TrainerError>
         .ok_or_else(|| TrainerError::Config(format!("the tokenizer has no {token} token")))
 }
 
+/// The token that ends a completion: `<|endoftext|>`, or `<|im_end|>` in chat-only vocabularies.
+pub fn end_token(tokenizer: &Tokenizer) -> Result<u32, TrainerError> {
+    token_id(tokenizer, END_OF_TEXT).or_else(|_| token_id(tokenizer, IM_END))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -506,8 +506,7 @@ pub struct Student {
 pub fn load_student(config: &StageConfig, device: &Device) -> Result<Student, TrainerError> {
     let dtype = crate::device::usable_dtype(device, parse_dtype(&config.dtype)?);
     let tokenizer = tokenizer::load(&config.base_model.join("tokenizer.json"))?;
-    let end_id = tokenizer::token_id(&tokenizer, tokenizer::END_OF_TEXT)
-        .or_else(|_| tokenizer::token_id(&tokenizer, tokenizer::IM_END))?;
+    let end_id = tokenizer::end_token(&tokenizer)?;
     let train_set = load_jsonl(&config.train_data, Some(&tokenizer))?;
     let eval_set = load_jsonl(&config.eval_data, Some(&tokenizer))?;
     let options = LoadOptions {
