@@ -27,9 +27,9 @@ use crate::loss::{
     top1_agreement,
 };
 use crate::model::{LoadOptions, Model};
-use crate::sft::held_out_loss;
 use crate::train_loop::{
-    load_student, parse_dtype, run, Evaluation, MicroLoss, Stage, StageConfig, StageSummary,
+    held_out, load_student, parse_dtype, run, Evaluation, MicroLoss, Stage, StageConfig,
+    StageSummary,
 };
 use crate::TrainerError;
 
@@ -357,42 +357,34 @@ pub fn evaluate(
     batch_size: usize,
     limit: usize,
 ) -> Result<Evaluation, TrainerError> {
-    let loss = held_out_loss(model, collator, examples, batch_size, limit)?;
-    let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-    let mut tokens = 0usize;
-    for (index, chunk) in examples.chunks(batch_size.max(1)).enumerate() {
-        if limit > 0 && index >= limit {
-            break;
-        }
-        let batch = collator.collate(&chunk.iter().collect::<Vec<_>>(), model.device())?;
-        let logits = model.forward(&batch.input_ids, 0, None, false)?;
-        let Divergences {
-            jsd,
-            rkl,
-            teacher_logits,
-        } = divergences(&logits, &batch, teacher, settings)?;
-        let weight = batch.target_tokens as f64;
-        let mut add =
-            |key: &str, value: f64| *sums.entry(key.to_string()).or_default() += value * weight;
-        if let Some(jsd) = jsd {
-            add("eval_jsd", scalar(&jsd)?);
-        }
-        if let Some(rkl) = rkl {
-            add("eval_rkl", scalar(&rkl)?);
-        }
-        if let Some(t) = teacher_logits {
-            add(
-                "teacher_top1_agreement",
-                top1_agreement(&logits, &t, &batch.mask)?,
-            );
-        }
-        tokens += batch.target_tokens;
-    }
-    let parts = sums
-        .into_iter()
-        .map(|(k, v)| (k, v / tokens.max(1) as f64))
-        .collect();
-    Ok(Evaluation { loss, parts })
+    held_out(
+        model,
+        collator,
+        examples,
+        batch_size,
+        limit,
+        &mut |batch, logits| {
+            let Divergences {
+                jsd,
+                rkl,
+                teacher_logits,
+            } = divergences(logits, batch, teacher, settings)?;
+            let mut parts = Vec::new();
+            if let Some(jsd) = jsd {
+                parts.push(("eval_jsd", scalar(&jsd)?));
+            }
+            if let Some(rkl) = rkl {
+                parts.push(("eval_rkl", scalar(&rkl)?));
+            }
+            if let Some(t) = teacher_logits {
+                parts.push((
+                    "teacher_top1_agreement",
+                    top1_agreement(logits, &t, &batch.mask)?,
+                ));
+            }
+            Ok(parts)
+        },
+    )
 }
 
 /// Summary of `teacher_logprobs`.

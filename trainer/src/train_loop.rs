@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::data::{load_jsonl, with_code_variant, Collator, Example};
+use crate::data::{load_jsonl, with_code_variant, Batch, Collator, Example};
 use crate::distill::DistillSettings;
 use crate::lora::LoraConfig;
+use crate::loss::masked_cross_entropy;
 use crate::model::{LoadOptions, Model};
 use crate::optim::{accumulate, clip_grad_norm, learning_rate, scale_grads, AdamW, AdamWConfig};
 use crate::plot::{line_chart, Series};
@@ -248,12 +249,15 @@ fn save_final(
     Ok(())
 }
 
+/// Named figures a stage reports (`ce`, `jsd`, `teacher_top1_agreement`, …).
+pub type Figures = Vec<(&'static str, f64)>;
+
 /// One micro-batch's contribution: the loss to differentiate, its target tokens, and named
 /// parts to log (averaged over the step's micro-batches).
 pub struct MicroLoss {
     pub loss: Tensor,
     pub tokens: usize,
-    pub parts: Vec<(&'static str, f64)>,
+    pub parts: Figures,
 }
 
 /// A held-out evaluation: the loss stages compare, and other named figures.
@@ -489,6 +493,43 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, TrainerError> {
                 .map_err(|e| TrainerError::Data(format!("{}: {e}", path.display())))
         })
         .collect()
+}
+
+/// One pass over `limit` held-out batches (all if 0): the masked cross-entropy, and the named
+/// figures `extra` computes from each batch and its logits; every figure is a mean per target
+/// token (each batch weighted by its target tokens).
+pub fn held_out(
+    model: &Model,
+    collator: &Collator,
+    examples: &[Example],
+    batch_size: usize,
+    limit: usize,
+    extra: &mut dyn FnMut(&Batch, &Tensor) -> Result<Figures, TrainerError>,
+) -> Result<Evaluation, TrainerError> {
+    let mut loss = 0.0;
+    let mut parts: BTreeMap<String, f64> = BTreeMap::new();
+    let mut tokens = 0usize;
+    for (index, chunk) in examples.chunks(batch_size.max(1)).enumerate() {
+        if limit > 0 && index >= limit {
+            break;
+        }
+        let batch = collator.collate(&chunk.iter().collect::<Vec<_>>(), model.device())?;
+        let logits = model.forward(&batch.input_ids, 0, None, false)?;
+        let weight = batch.target_tokens as f64;
+        loss += masked_cross_entropy(&logits, &batch.targets, &batch.mask)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            * weight;
+        for (key, value) in extra(&batch, &logits)? {
+            *parts.entry(key.to_string()).or_default() += value * weight;
+        }
+        tokens += batch.target_tokens;
+    }
+    let per_token = |sum: f64| sum / tokens.max(1) as f64;
+    Ok(Evaluation {
+        loss: per_token(loss),
+        parts: parts.into_iter().map(|(k, v)| (k, per_token(v))).collect(),
+    })
 }
 
 /// What every stage starts from: the tokenizer, its end token, the datasets and the model being
