@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
 use crate::data::{load_jsonl, Batch, Collator, Example};
-use crate::generate::{generate_ids, SamplingConfig};
+use crate::generate::{generate_batch, SamplingConfig};
 use crate::loss::{
     chosen_logprobs, jsd_loss, masked_cross_entropy, reverse_kl_on_chosen, reverse_kl_on_logits,
     top1_agreement,
@@ -151,7 +151,8 @@ pub fn load_teacher(
     Ok(teacher)
 }
 
-/// Replace each example's target with a completion the student samples for its prompt.
+/// Replace each example's target with a completion the student samples for its prompt; the
+/// prompts are sampled together as one batch.
 fn sample_targets(
     model: &Model,
     collator: &Collator,
@@ -160,15 +161,19 @@ fn sample_targets(
     sampling: &SamplingConfig,
     rng: &mut SplitMix64,
 ) -> Result<Vec<Example>, TrainerError> {
+    let prompts = examples
+        .iter()
+        .map(|example| Ok(collator.tokenize(example)?.0))
+        .collect::<Result<Vec<_>, TrainerError>>()?;
+    let config = SamplingConfig {
+        seed: rng.next_u64(),
+        ..sampling.clone()
+    };
+    let completions = generate_batch(model, &prompts, end_id, &config)?;
     examples
         .iter()
-        .map(|example| {
-            let (prompt, _) = collator.tokenize(example)?;
-            let config = SamplingConfig {
-                seed: rng.next_u64(),
-                ..sampling.clone()
-            };
-            let ids = generate_ids(model, &prompt, 1, end_id, &config)?.remove(0);
+        .zip(completions)
+        .map(|(example, ids)| {
             let ids: Vec<u32> = ids.into_iter().take_while(|&t| t != end_id).collect();
             let text = collator
                 .tokenizer()
