@@ -56,6 +56,16 @@ pub fn load_jsonl(
 ) -> Result<Vec<Example>, TrainerError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TrainerError::Io(path.display().to_string(), e))?;
+    parse_jsonl(&text, path, tokenizer)
+}
+
+/// `load_jsonl` on text already read from `path` (named in errors); one example per non-blank
+/// line, in order.
+pub fn parse_jsonl(
+    text: &str,
+    path: &Path,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<Vec<Example>, TrainerError> {
     let mut examples = Vec::new();
     for (index, line) in text.lines().enumerate() {
         if line.trim().is_empty() {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::data::{load_jsonl, Batch, Collator, Example};
+use crate::data::{parse_jsonl, Batch, Collator, Example};
 use crate::generate::{generate_batch, SamplingConfig};
 use crate::loss::{
     chosen_logprobs, jsd_loss, masked_cross_entropy, reverse_kl_on_chosen, reverse_kl_on_logits,
@@ -413,9 +413,9 @@ pub fn teacher_logprobs(
     let tokenizer = crate::tokenizer::load(&teacher_dir.join("tokenizer.json"))?;
     let end_id = crate::tokenizer::end_token(&tokenizer)?;
     let teacher = Model::load_for_inference(teacher_dir, None, device)?;
-    let examples = load_jsonl(data, Some(&tokenizer))?;
     let text = std::fs::read_to_string(data)
         .map_err(|e| TrainerError::Io(data.display().to_string(), e))?;
+    let examples = parse_jsonl(&text, data, Some(&tokenizer))?;
     let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let collator = Collator::new(tokenizer, max_len, end_id, end_id);
     let mut file =
