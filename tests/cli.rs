@@ -197,6 +197,79 @@ fn batch_scores_every_line() {
         .contains("syntax error"));
 }
 
+/// A score without what depends on the clock: times, the speed reward and the composite built
+/// on it, and which test killed a mutant first (the order follows measured durations).
+fn without_timing(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|key, _| {
+                !(key.ends_with("_ms")
+                    || key.ends_with("_s")
+                    || ["timing", "output", "speed", "composite", "detail"].contains(&key.as_str()))
+            });
+            map.values_mut().for_each(without_timing);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_timing),
+        _ => {}
+    }
+}
+
+#[test]
+fn score_through_a_server_prints_what_an_in_process_score_prints() {
+    use std::io::BufRead;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the unitforge binary runs");
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split("listening on ")
+                .nth(1)
+                .map(|rest| rest.split_whitespace().next().unwrap().to_string())
+        })
+        .expect("the service says where it listens");
+    let score = |extra: &[&str]| {
+        let mut args = vec![
+            "score",
+            "--code",
+            "data/pairs/gcd_lcm/gcd_lcm.py",
+            "--tests",
+            "data/pairs/gcd_lcm/test_gcd_lcm.py",
+            "--json",
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let mut value = json_of(&unitforge(&args));
+        without_timing(&mut value);
+        value
+    };
+    let remote = score(&["--server", &url]);
+    let local = score(&[]);
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    assert_eq!(remote["validity"], 1.0);
+    assert_eq!(remote, local);
+}
+
 #[test]
 fn mutants_and_variants_listings() {
     let out = unitforge(&["mutants", "data/pairs/clamp/clamp.py"]);

@@ -5,10 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheOutcome;
 use crate::rewards::RewardConfig;
-use crate::score::{ScoreInput, ScoreReport};
+use crate::score::{ScoreInput, ScoreReport, DEFAULT_MODULE};
 
 fn default_module() -> String {
-    "solution".into()
+    DEFAULT_MODULE.into()
 }
 
 /// One pair to score. `config` defaults to the server's reward config.

@@ -5,9 +5,11 @@
 //! [`mutant`] (with [`operator`]) and [`variant`] rewrite the code under test; [`suite`] reads
 //! the test file statically; [`worker`] drives the Python fork-server runner over the
 //! [`protocol`]; [`outcome`] classifies each run; [`timeouts`] derives mutant time limits;
-//! [`rewards`] holds the formulas; [`score`] orchestrates one score.
+//! [`rewards`] holds the formulas; [`score`] orchestrates one score; [`backend`] is how every
+//! caller scores many (an in-process pool or the [`service`] through the [`client`]).
 
 pub mod api;
+pub mod backend;
 pub mod cache;
 pub mod client;
 pub mod docker;
@@ -25,6 +27,7 @@ pub mod score;
 pub mod service;
 pub mod source;
 pub mod suite;
+pub mod tally;
 pub mod timeouts;
 pub mod variant;
 pub mod worker;

@@ -15,12 +15,15 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use crate::mutant::{generate_mutants, Mutant, MutantCensus};
-use crate::outcome::{judge_run, mutant_status, JudgedRun, MutantStatus, Verdict};
-use crate::protocol::{RunReply, RunRequest, TestReport, PROTOCOL_VERSION};
-use crate::rewards::{composite_reward, median, speed_reward, RewardConfig};
+use crate::outcome::{judge_run, mutant_status, MutantStatus, Verdict};
+use crate::protocol::{RunLimits, RunRequest, TestReport, PROTOCOL_VERSION};
+use crate::rewards::{composite_reward, median, RewardConfig};
 use crate::source::{PythonSource, SourceError};
 use crate::suite::{suite_facts, SuiteFacts};
-use crate::variant::{generate_variants, Rewrite, Variant};
+use crate::tally::{
+    baseline_summary, tally_mutants, tally_stability, tally_variants, MutantOutcomes,
+};
+use crate::variant::{generate_variants, Rewrite};
 use crate::worker::{InfraError, WorkerPool};
 
 /// Input that cannot be scored at all (as opposed to tests that score badly).
@@ -35,6 +38,9 @@ pub enum ScoreError {
     #[error("the sandbox failed: {0}")]
     Infra(#[from] InfraError),
 }
+
+/// The module name of a code under test when none is given.
+pub const DEFAULT_MODULE: &str = "solution";
 
 /// One pair to score.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -196,27 +202,20 @@ impl Scorer {
             pool,
             overhead_ms: 0.0,
         };
-        let request = |seed| {
-            RunRequest {
-            op: "run",
-            id: format!("calibrate-{seed}"),
+        let calibration = ScoreInput {
             module: "unitforge_calibration".into(),
-            source: "VALUE = 1\n".into(),
+            code: "VALUE = 1\n".into(),
             tests: "from unitforge_calibration import VALUE\n\ndef test_value():\n    assert VALUE == 1\n".into(),
-            test_file: "test_unitforge_calibration.py".into(),
-            seed,
-            shuffle: false,
-            timeout_s: 30.0,
-            tracebacks: false,
-            stop_on_first_failure: false,
-            run_first: Vec::new(),
-            test_budget_s: None,
-            limits: Default::default(),
-        }
         };
+        let limits = RunLimits::default();
         let mut cpu = Vec::new();
         for seed in 0..CALIBRATION_RUNS as u64 {
-            let reply = scorer.pool.run(&request(seed)).await?;
+            let request = RunRequest {
+                id: format!("calibrate-{seed}"),
+                shuffle: false,
+                ..run_request(&calibration, &limits, calibration.code.clone(), seed, 30.0)
+            };
+            let reply = scorer.pool.run(&request).await?;
             cpu.push(reply.cpu_s.unwrap_or(0.0) * 1000.0);
         }
         scorer.overhead_ms = median(&cpu);
@@ -237,32 +236,6 @@ impl Scorer {
 
     pub fn environment(&self) -> &Environment {
         &self.environment
-    }
-
-    fn request(
-        &self,
-        input: &ScoreInput,
-        config: &RewardConfig,
-        source: String,
-        seed: u64,
-        timeout_s: f64,
-    ) -> RunRequest {
-        RunRequest {
-            op: "run",
-            id: String::new(),
-            module: input.module.clone(),
-            source,
-            tests: input.tests.clone(),
-            test_file: format!("test_{}.py", input.module),
-            seed,
-            shuffle: seed != 0,
-            timeout_s,
-            tracebacks: false,
-            stop_on_first_failure: false,
-            run_first: Vec::new(),
-            test_budget_s: None,
-            limits: config.limits.clone(),
-        }
     }
 
     /// Score one pair under `config`.
@@ -336,9 +309,9 @@ impl Scorer {
             report.suite.tests.iter().map(|t| t.name.clone()).collect();
 
         // Baseline: decides validity, and is the first stability run.
-        let mut request = self.request(
+        let mut request = run_request(
             input,
-            config,
+            &config.limits,
             input.code.clone(),
             0,
             config.timeouts.baseline_s,
@@ -368,9 +341,9 @@ impl Scorer {
         // Stability runs, variant runs and mutant runs, all at once over the pool.
         let variants = generate_variants(&cut, &config.variants);
         let stability_futures = (1..config.runs as u64).map(|seed| {
-            let request = self.request(
+            let request = run_request(
                 input,
-                config,
+                &config.limits,
                 input.code.clone(),
                 seed,
                 config.timeouts.baseline_s,
@@ -378,9 +351,9 @@ impl Scorer {
             async move { (seed, self.pool.run(&request).await) }
         });
         let variant_futures = variants.iter().map(|variant| {
-            let request = self.request(
+            let request = run_request(
                 input,
-                config,
+                &config.limits,
                 variant.source.clone(),
                 0,
                 config.timeouts.baseline_s,
@@ -458,7 +431,7 @@ impl Scorer {
                 stop_on_first_failure: true,
                 run_first: run_first.clone(),
                 test_budget_s: Some(test_budget_s),
-                ..self.request(input, config, source, 0, timeout_s)
+                ..run_request(input, &config.limits, source, 0, timeout_s)
             };
             async move {
                 match precheck {
@@ -492,137 +465,30 @@ impl Scorer {
     }
 }
 
-/// What `run_mutants` found: per mutant (status, detail, wall ms), in order.
-struct MutantOutcomes {
-    outcomes: Vec<(MutantStatus, String, f64)>,
+/// A run of `source` (the original, a variant or a mutant) under `input`'s tests; seed 0 keeps
+/// the file's test order, any other seed shuffles it.
+fn run_request(
+    input: &ScoreInput,
+    limits: &RunLimits,
+    source: String,
+    seed: u64,
     timeout_s: f64,
-    notes: Vec<String>,
-}
-
-/// Stability and speed from the baseline and the reseeded, shuffled runs.
-fn tally_stability(
-    report: &mut ScoreReport,
-    baseline: &JudgedRun,
-    replies: Vec<(u64, Result<RunReply, InfraError>)>,
-    static_tests: &BTreeSet<String>,
-    overhead_ms: f64,
-    config: &RewardConfig,
-) {
-    let mut cpu = vec![baseline.cpu_ms];
-    let mut matching = 1usize;
-    for (seed, reply) in replies {
-        match reply.and_then(|r| judge_run(&r, static_tests)) {
-            Ok(run) => {
-                let matches_first = run.verdict == baseline.verdict && run.tests == baseline.tests;
-                matching += usize::from(matches_first);
-                cpu.push(run.cpu_ms);
-                report.stability_runs.push(StabilityRun {
-                    seed,
-                    shuffled: true,
-                    verdict: run.verdict,
-                    matches_first,
-                    cpu_ms: run.cpu_ms,
-                });
-            }
-            Err(err) => {
-                report.infra_errors += 1;
-                report
-                    .exclusions
-                    .push(format!("stability run {seed} excluded: {err}"));
-            }
-        }
-    }
-    report.stability = matching as f64 / cpu.len() as f64;
-    report.timing.suite_cpu_ms = (median(&cpu) - overhead_ms).max(0.0);
-    report.speed = speed_reward(report.timing.suite_cpu_ms, config.speed.reference_ms);
-}
-
-/// Robustness: the share of variants on which the suite passes.
-fn tally_variants(
-    report: &mut ScoreReport,
-    variants: &[Variant],
-    replies: Vec<Result<RunReply, InfraError>>,
-    static_tests: &BTreeSet<String>,
-) {
-    for (variant, reply) in variants.iter().zip(replies) {
-        match reply.and_then(|r| judge_run(&r, static_tests)) {
-            Ok(run) => report.variants.push(VariantResult {
-                id: variant.id.clone(),
-                rewrites: variant.rewrites.clone(),
-                renamed: variant.renamed.clone(),
-                passed: run.passed(),
-                detail: run.detail,
-            }),
-            Err(err) => {
-                report.infra_errors += 1;
-                report
-                    .exclusions
-                    .push(format!("variant {} excluded: {err}", variant.id));
-            }
-        }
-    }
-    report.robustness = if report.variants.is_empty() {
-        report
-            .exclusions
-            .push("no variant could be run; robustness counts as 1".into());
-        1.0
-    } else {
-        report.variants.iter().filter(|v| v.passed).count() as f64 / report.variants.len() as f64
-    };
-}
-
-/// Mutant counts and the kill rate.
-fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, found: MutantOutcomes) {
-    report.exclusions.extend(found.notes);
-    let summary = &mut report.mutants;
-    summary.timeout_s = found.timeout_s;
-    for (mutant, (status, detail, wall_ms)) in mutants.into_iter().zip(found.outcomes) {
-        match status {
-            MutantStatus::Killed => summary.killed += 1,
-            MutantStatus::Timeout => summary.timeout += 1,
-            MutantStatus::Survived => summary.survived += 1,
-            MutantStatus::Equivalent => summary.equivalent += 1,
-            MutantStatus::Unviable => summary.unviable += 1,
-            MutantStatus::Excluded => {
-                summary.excluded += 1;
-                report.infra_errors += 1;
-                report.exclusions.push(format!(
-                    "mutant {} excluded after a retry: {detail}",
-                    mutant.id
-                ));
-            }
-        }
-        summary.results.push(MutantResult {
-            mutant,
-            status,
-            detail,
-            wall_ms,
-        });
-    }
-    summary.scored = summary.killed + summary.timeout + summary.survived;
-    report.mutant_kill = if summary.scored == 0 {
-        report
-            .exclusions
-            .push("no mutant could be scored; mutant_kill counts as 0".into());
-        0.0
-    } else {
-        (summary.killed + summary.timeout) as f64 / summary.scored as f64
-    };
-}
-
-fn baseline_summary(reply: &RunReply, judged: &JudgedRun) -> BaselineRun {
-    BaselineRun {
-        verdict: judged.verdict,
-        detail: judged.detail.clone(),
-        tests: reply
-            .report
-            .as_ref()
-            .map(|r| r.tests.clone())
-            .unwrap_or_default(),
-        violations: judged.violations.clone(),
-        cpu_ms: judged.cpu_ms,
-        wall_ms: judged.wall_ms,
-        output: reply.output.clone(),
+) -> RunRequest {
+    RunRequest {
+        op: "run",
+        id: String::new(),
+        module: input.module.clone(),
+        source,
+        tests: input.tests.clone(),
+        test_file: format!("test_{}.py", input.module),
+        seed,
+        shuffle: seed != 0,
+        timeout_s,
+        tracebacks: false,
+        stop_on_first_failure: false,
+        run_first: Vec::new(),
+        test_budget_s: None,
+        limits: limits.clone(),
     }
 }
 

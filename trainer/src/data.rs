@@ -3,7 +3,8 @@
 //! Rows are JSON lines with the seed's fields: `prompt`, the target in `chosen` (or `response` /
 //! `completion`), optional `teacher_logprobs`; and `code` (the CUT), `module` and
 //! `reference_tests` where known. A row without a prompt but with `code` gets the generate-tests
-//! prompt. A malformed row is an error naming its file and line.
+//! prompt. The supervised stages need a target in every row; GRPO reads prompts alone. A
+//! malformed row is an error naming its file and line.
 //!
 //! Augmentation (`with_code_variant`) swaps a prompt's code for a semantics-preserving variant,
 //! so the model learns tests from what the code does rather than from its exact spelling.
@@ -18,6 +19,7 @@ use candle_core::{Device, Result as CandleResult, Tensor};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use unitforge_sandbox::score::DEFAULT_MODULE;
 use unitforge_sandbox::source::PythonSource;
 use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 
@@ -40,23 +42,35 @@ struct Row {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
     pub prompt: String,
-    pub target: String,
+    /// What the model should answer (absent in prompt-only rows).
+    pub target: Option<String>,
     pub teacher_logprobs: Option<Vec<f32>>,
     pub code: Option<String>,
-    pub module: Option<String>,
+    /// The module the prompt names (`solution` when the row gives none).
+    pub module: String,
     pub reference_tests: Option<String>,
     /// The prompt was rendered from `code` (so a variant of the code can replace it).
     pub prompt_from_code: bool,
+}
+
+/// Whether every row must carry a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Targets {
+    /// Supervised stages: a row without one is an error.
+    Required,
+    /// Prompt-only rows load too (GRPO, evaluation).
+    Optional,
 }
 
 /// Read a JSONL dataset; prompts are rendered with `tokenizer`'s chat format.
 pub fn load_jsonl(
     path: &Path,
     tokenizer: Option<&Tokenizer>,
+    targets: Targets,
 ) -> Result<Vec<Example>, TrainerError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TrainerError::Io(path.display().to_string(), e))?;
-    parse_jsonl(&text, path, tokenizer)
+    parse_jsonl(&text, path, tokenizer, targets)
 }
 
 /// `load_jsonl` on text already read from `path` (named in errors); one example per non-blank
@@ -65,6 +79,7 @@ pub fn parse_jsonl(
     text: &str,
     path: &Path,
     tokenizer: Option<&Tokenizer>,
+    targets: Targets,
 ) -> Result<Vec<Example>, TrainerError> {
     let mut examples = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -78,14 +93,14 @@ pub fn parse_jsonl(
             .chosen
             .or(row.response)
             .or(row.completion)
-            .or(row.reference_tests.clone())
-            .ok_or_else(|| {
-                TrainerError::Data(format!(
-                    "{}: no target (`chosen`, `response` or `completion`)",
-                    at()
-                ))
-            })?;
-        let module = row.module.clone().unwrap_or_else(|| "solution".into());
+            .or(row.reference_tests.clone());
+        if target.is_none() && targets == Targets::Required {
+            return Err(TrainerError::Data(format!(
+                "{}: no target (`chosen`, `response` or `completion`)",
+                at()
+            )));
+        }
+        let module = row.module.unwrap_or_else(|| DEFAULT_MODULE.into());
         let prompt = match (&row.prompt, &row.code) {
             (Some(prompt), _) => render_messages(SYSTEM, prompt, tokenizer),
             (None, Some(code)) => render(
@@ -107,7 +122,7 @@ pub fn parse_jsonl(
             target,
             teacher_logprobs: row.teacher_logprobs,
             code: row.code,
-            module: row.module,
+            module,
             reference_tests: row.reference_tests,
             prompt_from_code: row.prompt.is_none(),
         });
@@ -137,11 +152,10 @@ pub fn with_code_variant(
     let variant = generate_variants(&source, &VariantConfig { count: 1, seed })
         .into_iter()
         .next()?;
-    let module = example.module.as_deref().unwrap_or("solution");
     Some(Example {
         prompt: render(
             &Task::Generate {
-                module,
+                module: &example.module,
                 code: &variant.source,
             },
             tokenizer,
@@ -220,8 +234,26 @@ impl Collator {
 
     /// Token ids of `prompt + "\n"` and of `target + <end>`, truncated to fit `max_len`.
     pub fn tokenize(&self, example: &Example) -> Result<(Vec<u32>, Vec<u32>), TrainerError> {
-        let mut prompt = self.encode(&format!("{}\n", example.prompt))?;
-        let mut target = self.encode(&example.target)?;
+        let target = example.target.as_deref().ok_or_else(|| {
+            TrainerError::Data(format!(
+                "an example has no target to train on (prompt starts {:?})",
+                example.prompt.chars().take(60).collect::<String>()
+            ))
+        })?;
+        self.fit(&example.prompt, target)
+    }
+
+    /// The prompt's token ids as `tokenize` cuts them (for an example without a target, as if
+    /// the target were empty): what generation starts from.
+    pub fn tokenize_prompt(&self, example: &Example) -> Result<Vec<u32>, TrainerError> {
+        Ok(self
+            .fit(&example.prompt, example.target.as_deref().unwrap_or(""))?
+            .0)
+    }
+
+    fn fit(&self, prompt: &str, target: &str) -> Result<(Vec<u32>, Vec<u32>), TrainerError> {
+        let mut prompt = self.encode(&format!("{prompt}\n"))?;
+        let mut target = self.encode(target)?;
         target.push(self.end_id);
         let target_budget = self.max_len - MIN_PROMPT_TOKENS.min(prompt.len());
         target.truncate(target_budget);
@@ -306,10 +338,10 @@ mod tests {
     fn example(prompt: &str, target: &str) -> Example {
         Example {
             prompt: prompt.into(),
-            target: target.into(),
+            target: Some(target.into()),
             teacher_logprobs: None,
             code: None,
-            module: None,
+            module: DEFAULT_MODULE.into(),
             reference_tests: None,
             prompt_from_code: false,
         }
@@ -324,7 +356,7 @@ mod tests {
             serde_json::json!({"module": "m", "code": code, "chosen": "def test_x(): pass\n"});
         let explicit = serde_json::json!({"prompt": "p", "code": code, "chosen": "t"});
         std::fs::write(&path, format!("{row}\n{explicit}\n")).unwrap();
-        let examples = load_jsonl(&path, None).unwrap();
+        let examples = load_jsonl(&path, None, Targets::Required).unwrap();
         let variant = with_code_variant(&examples[0], None, 3).unwrap();
         assert_ne!(variant.prompt, examples[0].prompt);
         assert_eq!(variant.target, examples[0].target);
@@ -390,7 +422,9 @@ mod tests {
         let long_target = example("p", &"assert 1 == 1\n".repeat(40));
         let (p, t) = collator.tokenize(&long_target).unwrap();
         assert_eq!(p.len() + t.len(), 24);
-        let full = collator.encode(&long_target.target).unwrap();
+        let full = collator
+            .encode(long_target.target.as_deref().unwrap())
+            .unwrap();
         assert_eq!(&t[..], &full[..t.len()], "the target keeps its start");
     }
 
@@ -403,7 +437,9 @@ mod tests {
             "{\"prompt\": \"p\", \"chosen\": \"c\"}\n{\"prompt\": \"p\"}\n",
         )
         .unwrap();
-        let err = load_jsonl(&path, None).unwrap_err().to_string();
+        let err = load_jsonl(&path, None, Targets::Required)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("train.jsonl:2") && err.contains("no target"),
             "{err}"
@@ -413,7 +449,7 @@ mod tests {
             "{\"prompt\": \"p\", \"response\": \"r\"}\nnot json\n",
         )
         .unwrap();
-        assert!(load_jsonl(&path, None)
+        assert!(load_jsonl(&path, None, Targets::Required)
             .unwrap_err()
             .to_string()
             .contains("train.jsonl:2"));
@@ -422,7 +458,33 @@ mod tests {
             "{\"code\": \"X = 1\\n\", \"module\": \"m\", \"completion\": \"def test_x(): pass\"}\n",
         )
         .unwrap();
-        let examples = load_jsonl(&path, None).unwrap();
-        assert!(examples[0].prompt.contains("`m`") && examples[0].target.starts_with("def test_x"));
+        let examples = load_jsonl(&path, None, Targets::Required).unwrap();
+        assert!(
+            examples[0].prompt.contains("`m`")
+                && examples[0]
+                    .target
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("def test_x")
+        );
+        // Prompt-only rows load where targets are optional (GRPO), and still name a bad line.
+        std::fs::write(
+            &path,
+            "{\"code\": \"X = 1\\n\", \"module\": \"m\"}\n{\"prompt\": \"p\"}\n{}\n",
+        )
+        .unwrap();
+        let err = load_jsonl(&path, None, Targets::Optional)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.jsonl:3") && err.contains("no `prompt`"),
+            "{err}"
+        );
+        std::fs::write(&path, "{\"code\": \"X = 1\\n\"}\n{\"prompt\": \"p\"}\n").unwrap();
+        let prompts = load_jsonl(&path, None, Targets::Optional).unwrap();
+        assert_eq!(prompts.len(), 2);
+        assert!(prompts.iter().all(|e| e.target.is_none()));
+        assert_eq!(prompts[0].module, DEFAULT_MODULE);
+        assert!(prompts[0].prompt.contains("X = 1"));
     }
 }

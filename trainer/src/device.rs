@@ -1,6 +1,7 @@
 //! Where training runs: a CUDA GPU when the binary is built with the `cuda` feature and one is
 //! present, else the CPU; and whether bf16 can be used there (the original design's
-//! `utils/distributed`). Tests and CI use the CPU.
+//! `utils/distributed`), and the names of the dtypes configs may ask for. Tests and CI use the
+//! CPU.
 
 use candle_core::{DType, Device};
 
@@ -9,6 +10,18 @@ use crate::TrainerError;
 /// The GPU if this build has CUDA support and a GPU answers, else the CPU.
 pub fn select() -> Result<Device, TrainerError> {
     Ok(Device::cuda_if_available(0)?)
+}
+
+/// `f32`, `bf16` or `f16`, as stage configs name them.
+pub fn parse_dtype(name: &str) -> Result<DType, TrainerError> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        other => Err(TrainerError::Config(format!(
+            "dtype `{other}`: expected f32, bf16 or f16"
+        ))),
+    }
 }
 
 /// `requested` if the device computes in it, else f32 (with a warning for a downgrade).

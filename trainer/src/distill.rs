@@ -10,146 +10,29 @@
 //! scored by the teacher; their cross-entropy is not counted (it would train on the student's own
 //! samples).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use serde::{Deserialize, Serialize};
-use tokenizers::Tokenizer;
+use serde::Serialize;
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::data::{parse_jsonl, Batch, Collator, Example};
-use crate::generate::{generate_batch, SamplingConfig};
+use crate::data::{parse_jsonl, Batch, Collator, Example, Targets};
+use crate::device::{parse_dtype, usable_dtype};
+use crate::frozen::load_frozen;
+use crate::generate::{sample_completions, SamplingConfig};
 use crate::loss::{
     chosen_logprobs, jsd_loss, masked_cross_entropy, reverse_kl_on_chosen, reverse_kl_on_logits,
     top1_agreement,
 };
-use crate::model::{LoadOptions, Model};
+use crate::model::Model;
+use crate::stage_config::{DistillSettings, StageConfig};
+use crate::student::{load_student, Student};
+use crate::supervised::held_out;
 use crate::train_loop::{
-    held_out, load_student, parse_dtype, run, Evaluation, MicroLoss, Stage, StageConfig,
-    StageSummary,
+    run, Evaluation, MicroBatch, MicroLoss, Plot, Stage, StageLogic, StageSummary,
 };
 use crate::TrainerError;
-
-/// The `distill:` section of a stage config.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DistillSettings {
-    pub ce_weight: f64,
-    pub jsd_weight: f64,
-    pub rkl_weight: f64,
-    /// JSD interpolation: 0 = forward KL(T‖S), 0.5 = symmetric JSD, 1 = reverse KL(S‖T).
-    pub beta: f64,
-    pub temperature: f64,
-    /// Share of micro-batches whose targets the student samples itself (online teacher only).
-    pub on_policy_fraction: f64,
-    /// Store the online teacher's weights 4-bit (NF4).
-    pub quantize_teacher: bool,
-    /// How on-policy completions are sampled.
-    pub sampling: SamplingConfig,
-}
-
-impl Default for DistillSettings {
-    fn default() -> Self {
-        Self {
-            ce_weight: 1.0,
-            jsd_weight: 1.0,
-            rkl_weight: 0.0,
-            beta: 0.5,
-            temperature: 1.0,
-            on_policy_fraction: 0.0,
-            quantize_teacher: false,
-            sampling: SamplingConfig {
-                max_new_tokens: 128,
-                temperature: 1.0,
-                top_k: 0,
-                top_p: 1.0,
-                seed: 0,
-            },
-        }
-    }
-}
-
-impl DistillSettings {
-    fn validate(&self) -> Result<(), TrainerError> {
-        let bad = |what: String| Err(TrainerError::Config(format!("distill.{what}")));
-        if !(0.0..=1.0).contains(&self.beta) {
-            return bad(format!("beta = {}: must lie in [0, 1]", self.beta));
-        }
-        if !(0.0..=1.0).contains(&self.on_policy_fraction) {
-            return bad(format!(
-                "on_policy_fraction = {}: must lie in [0, 1]",
-                self.on_policy_fraction
-            ));
-        }
-        if self.temperature <= 0.0 {
-            return bad(format!(
-                "temperature = {}: must be positive",
-                self.temperature
-            ));
-        }
-        if [self.ce_weight, self.jsd_weight, self.rkl_weight]
-            .iter()
-            .any(|w| *w < 0.0)
-        {
-            return bad("*_weight: weights must not be negative".into());
-        }
-        Ok(())
-    }
-}
-
-/// The vocabulary as token → id, for comparing tokenizers.
-fn vocabulary(tokenizer: &Tokenizer) -> BTreeMap<String, u32> {
-    tokenizer.get_vocab(true).into_iter().collect()
-}
-
-/// Load a frozen teacher for `student`'s tokenizer; refuse one whose vocabulary differs.
-pub fn load_teacher(
-    dir: &Path,
-    student_tokenizer: &Tokenizer,
-    student_vocab_size: usize,
-    dtype: DType,
-    quantize: bool,
-    device: &Device,
-) -> Result<Model, TrainerError> {
-    let teacher_tokenizer = crate::tokenizer::load(&dir.join("tokenizer.json"))?;
-    let (ours, theirs) = (
-        vocabulary(student_tokenizer),
-        vocabulary(&teacher_tokenizer),
-    );
-    if ours != theirs {
-        let differing = ours
-            .iter()
-            .find(|(token, id)| theirs.get(*token) != Some(*id))
-            .map(|(token, _)| token.clone())
-            .or_else(|| theirs.keys().find(|t| !ours.contains_key(*t)).cloned())
-            .unwrap_or_default();
-        return Err(TrainerError::Config(format!(
-            "the teacher {} does not share the student's vocabulary ({} vs {} tokens; first difference at {differing:?}); distillation compares distributions token by token, so both must use the same tokenizer",
-            dir.display(),
-            theirs.len(),
-            ours.len()
-        )));
-    }
-    let options = LoadOptions {
-        dtype,
-        lora: None,
-        quantize_base: quantize,
-        full_finetune: false,
-        seed: 0,
-    };
-    let teacher = Model::load(dir, device, &options, &VarMap::new())?;
-    if teacher.config().vocab_size != student_vocab_size {
-        return Err(TrainerError::Config(format!(
-            "the teacher's output layer has {} entries, the student's {}",
-            teacher.config().vocab_size,
-            student_vocab_size
-        )));
-    }
-    Ok(teacher)
-}
 
 /// Replace each example's target with a completion the student samples for its prompt; the
 /// prompts are sampled together as one batch.
@@ -163,29 +46,22 @@ fn sample_targets(
 ) -> Result<Vec<Example>, TrainerError> {
     let prompts = examples
         .iter()
-        .map(|example| Ok(collator.tokenize(example)?.0))
+        .map(|example| collator.tokenize_prompt(example))
         .collect::<Result<Vec<_>, TrainerError>>()?;
     let config = SamplingConfig {
         seed: rng.next_u64(),
         ..sampling.clone()
     };
-    let completions = generate_batch(model, &prompts, end_id, &config)?;
-    examples
+    let completions = sample_completions(model, collator.tokenizer(), &prompts, end_id, &config)?;
+    Ok(examples
         .iter()
         .zip(completions)
-        .map(|(example, ids)| {
-            let ids: Vec<u32> = ids.into_iter().take_while(|&t| t != end_id).collect();
-            let text = collator
-                .tokenizer()
-                .decode(&ids, false)
-                .map_err(|e| TrainerError::Data(e.to_string()))?;
-            Ok(Example {
-                target: text,
-                teacher_logprobs: None,
-                ..example.clone()
-            })
+        .map(|(example, completion)| Example {
+            target: Some(completion.text),
+            teacher_logprobs: None,
+            ..example.clone()
         })
-        .collect()
+        .collect())
 }
 
 /// The divergence terms of one batch, each `None` where it cannot be computed.
@@ -250,14 +126,14 @@ fn scalar(t: &Tensor) -> Result<f64, TrainerError> {
 pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, TrainerError> {
     let settings = &config.distill;
     settings.validate()?;
-    let student = load_student(config, device)?;
-    let (model, collator) = (&student.model, &student.collator);
+    let student = load_student(config, device, Targets::Required)?;
     let teacher = match &config.teacher_model {
-        Some(dir) => Some(load_teacher(
+        Some(dir) => Some(load_frozen(
+            "teacher",
             dir,
             &student.tokenizer,
-            model.config().vocab_size,
-            crate::device::usable_dtype(device, parse_dtype(&config.dtype)?),
+            student.model.config().vocab_size,
+            usable_dtype(device, parse_dtype(&config.dtype)?),
             settings.quantize_teacher,
             device,
         )?),
@@ -284,28 +160,58 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             None
         }
     };
-    let teacher = teacher.as_ref();
+    let mut logic = Distillation {
+        student: &student,
+        teacher: teacher.as_ref(),
+        settings,
+        config,
+    };
+    run(
+        Stage {
+            name: "distill",
+            config,
+            model: &student.model,
+            tokenizer: &student.tokenizer,
+            train_set: &student.train_set,
+            headline: "eval_loss",
+            plot: Plot::losses("distill"),
+        },
+        &mut logic,
+    )
+}
 
-    let mut micro_loss = |examples: &[Example], rng: &mut SplitMix64| {
-        let on_policy = teacher.is_some() && rng.uniform() < settings.on_policy_fraction;
-        let sampled;
+struct Distillation<'a> {
+    student: &'a Student,
+    teacher: Option<&'a Model>,
+    settings: &'a DistillSettings,
+    config: &'a StageConfig,
+}
+
+impl StageLogic for Distillation<'_> {
+    fn micro_loss(
+        &mut self,
+        _index: usize,
+        batch: &mut MicroBatch,
+    ) -> Result<MicroLoss, TrainerError> {
+        let (settings, student) = (self.settings, self.student);
+        let (model, collator) = (&student.model, &student.collator);
+        let on_policy = self.teacher.is_some() && batch.rng.uniform() < settings.on_policy_fraction;
         let examples = if on_policy {
-            sampled = sample_targets(
+            sample_targets(
                 model,
                 collator,
-                examples,
+                &batch.examples,
                 student.end_id,
                 &settings.sampling,
-                rng,
-            )?;
-            &sampled[..]
+                &mut batch.rng,
+            )?
         } else {
-            examples
+            batch.examples.clone()
         };
-        let batch = collator.collate(&examples.iter().collect::<Vec<_>>(), device)?;
+        let batch = collator.collate(&examples.iter().collect::<Vec<_>>(), model.device())?;
         let logits = model.forward(&batch.input_ids, 0, None, true)?;
         let ce = masked_cross_entropy(&logits, &batch.targets, &batch.mask)?;
-        let Divergences { jsd, rkl, .. } = divergences(&logits, &batch, teacher, settings)?;
+        let Divergences { jsd, rkl, .. } = divergences(&logits, &batch, self.teacher, settings)?;
         let mut parts = vec![
             ("ce", scalar(&ce)?),
             ("on_policy", f64::from(u8::from(on_policy))),
@@ -325,34 +231,24 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             tokens: batch.target_tokens,
             parts,
         })
-    };
-    let mut evaluate = || {
+    }
+
+    fn evaluate(&mut self) -> Result<Evaluation, TrainerError> {
         evaluate(
-            model,
-            collator,
-            &student.eval_set,
-            teacher,
-            settings,
-            config.batch_size,
-            config.eval_batches,
+            &self.student.model,
+            &self.student.collator,
+            &self.student.eval_set,
+            self.teacher,
+            self.settings,
+            self.config.batch_size,
+            self.config.eval_batches,
         )
-    };
-    run(
-        Stage {
-            name: "distill",
-            config,
-            model,
-            tokenizer: &student.tokenizer,
-            train_set: &student.train_set,
-        },
-        &mut micro_loss,
-        &mut evaluate,
-    )
+    }
 }
 
-/// Held-out CE (the loss stages compare), and with a teacher the held-out JSD, RKL and top-1
-/// agreement; offline, the chosen-token RKL where the rows carry `teacher_logprobs`. Each is a
-/// mean per target token.
+/// Held-out CE (`eval_loss`, the figure stages compare), and with a teacher the held-out JSD,
+/// RKL and top-1 agreement; offline, the chosen-token RKL where the rows carry
+/// `teacher_logprobs`. Each is a mean per target token.
 pub fn evaluate(
     model: &Model,
     collator: &Collator,
@@ -415,7 +311,7 @@ pub fn teacher_logprobs(
     let teacher = Model::load_for_inference(teacher_dir, None, device)?;
     let text = std::fs::read_to_string(data)
         .map_err(|e| TrainerError::Io(data.display().to_string(), e))?;
-    let examples = parse_jsonl(&text, data, Some(&tokenizer))?;
+    let examples = parse_jsonl(&text, data, Some(&tokenizer), Targets::Required)?;
     let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let collator = Collator::new(tokenizer, max_len, end_id, end_id);
     let mut file =

@@ -86,8 +86,7 @@ pub fn sample_report(
         let prompts: Vec<String> = batch.iter().map(|e| format!("{}\n", e.prompt)).collect();
         let completions = generate(model, tokenizer, &prompts, end_id, &greedy)?;
         for (example, completion) in batch.iter().zip(completions) {
-            let module = example.module.as_deref().unwrap_or("solution");
-            samples.push(check_tests(&extract_tests(&completion), module));
+            samples.push(check_tests(&extract_tests(&completion), &example.module));
         }
         progress.inc(batch.len() as u64);
     }

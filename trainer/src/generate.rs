@@ -186,6 +186,43 @@ pub fn generate_batch(
     Ok(outputs)
 }
 
+/// A sampled completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The sampled token ids, the end token included when it was sampled.
+    pub ids: Vec<u32>,
+    /// The text of the ids before the end token.
+    pub text: String,
+    /// Generation stopped at `max_new_tokens` before an end token.
+    pub truncated: bool,
+}
+
+/// One completion of each tokenised prompt (repeat a prompt for several), sampled as one batch
+/// and decoded: what on-policy distillation and GRPO's groups train on.
+pub fn sample_completions(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    end_id: u32,
+    config: &SamplingConfig,
+) -> Result<Vec<Completion>, TrainerError> {
+    generate_batch(model, prompts, end_id, config)?
+        .into_iter()
+        .map(|ids| {
+            let body: Vec<u32> = ids.iter().copied().take_while(|&t| t != end_id).collect();
+            let text = tokenizer
+                .decode(&body, false)
+                .map_err(|e| TrainerError::Data(e.to_string()))?;
+            let truncated = body.len() == ids.len();
+            Ok(Completion {
+                ids,
+                text,
+                truncated,
+            })
+        })
+        .collect()
+}
+
 /// One completion of each prompt, as text (special tokens kept, so callers can cut at them),
 /// generated as one batch.
 pub fn generate(

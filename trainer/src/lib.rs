@@ -2,12 +2,15 @@
 //! the shared training loop with the SFT and GKD-distillation stages, and generation (see
 //! ARCHITECTURE.md).
 
+pub mod blocks;
+pub mod checkpoint;
 pub mod config;
 pub mod corpus;
 pub mod data;
 pub mod device;
 pub mod distill;
 pub mod eval;
+pub mod frozen;
 pub mod generate;
 pub mod init;
 pub mod lora;
@@ -18,7 +21,10 @@ pub mod plot;
 pub mod prompts;
 pub mod quant;
 pub mod sft;
+pub mod stage;
 pub mod stage_config;
+pub mod student;
+pub mod supervised;
 pub mod tokenizer;
 pub mod train_loop;
 

@@ -47,6 +47,18 @@ impl Default for LoraConfig {
     }
 }
 
+/// What a forward pass computes with the adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Training: LoRA dropout on.
+    Train,
+    /// Evaluation and generation: adapters on, no dropout.
+    Eval,
+    /// Adapters off: the frozen base alone, i.e. the model before fine-tuning (GRPO's reference
+    /// policy without a second copy of the weights).
+    BaseOnly,
+}
+
 /// How the base weight of a linear layer is held.
 #[derive(Debug, Clone)]
 pub enum BaseWeight {
@@ -177,6 +189,12 @@ impl Linear {
 
     /// Forward; dropout on the LoRA branch only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_pass(x, if train { Pass::Train } else { Pass::Eval })
+    }
+
+    /// Forward as `pass` says: with dropout on the LoRA branch (`Train`), without (`Eval`), or
+    /// through the base weight alone (`BaseOnly`: the model as it was before its adapters).
+    pub fn forward_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (leading, in_dim) = (&x.dims()[..x.rank() - 1], x.dim(candle_core::D::Minus1)?);
         let flat = x.reshape(((), in_dim))?;
         let mut y = match &self.base {
@@ -186,8 +204,8 @@ impl Linear {
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
         }
-        if let Some(l) = &self.lora {
-            let h = if train && l.dropout > 0.0 {
+        if let Some(l) = self.lora.as_ref().filter(|_| pass != Pass::BaseOnly) {
+            let h = if pass == Pass::Train && l.dropout > 0.0 {
                 candle_nn::ops::dropout(&flat, l.dropout)?
             } else {
                 flat

@@ -1,18 +1,20 @@
 //! The decoder (Qwen2 / Llama family), written for training.
 //!
-//! RMSNorm, rotary embeddings and softmax are built from basic tensor ops because candle's fused
-//! kernels for them have no backward and would silently cut the graph (candle issue 2168). Every
-//! linear layer is a `lora::Linear`: a frozen, 4-bit or trainable base plus an optional LoRA pair.
+//! A plain loop over layers (`blocks.rs` holds the layer's parts). Every linear layer is a
+//! `lora::Linear`: a frozen, 4-bit or trainable base plus an optional LoRA pair.
 //! Weights are read from a Hugging Face checkpoint as it is: `config.json` and `model.safetensors`
 //! or shards listed in `model.safetensors.index.json`, in f32, bf16 or f16.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+pub use crate::blocks::{padding_mask, softmax_last_dim};
 use candle_nn::{VarBuilder, VarMap};
 
+use crate::blocks::{rms_norm, Attention, Layer, Mlp, Rope};
 use crate::config::ModelConfig;
-use crate::lora::{BaseWeight, Linear, LoraConfig};
+use crate::lora::{BaseWeight, Linear, LoraConfig, Pass};
 use crate::quant::Nf4Tensor;
 use crate::TrainerError;
 
@@ -66,193 +68,6 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    fn new(cfg: &ModelConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let dim = cfg.head_dim();
-        let inv_freq: Vec<f32> = (0..dim)
-            .step_by(2)
-            .map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32)
-            .collect();
-        let half = inv_freq.len();
-        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape(((), 1))?;
-        let freqs = positions.matmul(&inv_freq)?;
-        Ok(Self {
-            cos: freqs.cos()?.to_dtype(dtype)?,
-            sin: freqs.sin()?.to_dtype(dtype)?,
-        })
-    }
-
-    /// Rotate-half RoPE on x: [batch, heads, time, head_dim], positions offset..offset+time.
-    fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, time, dim) = x.dims4()?;
-        let cos = self.cos.narrow(0, offset, time)?;
-        let sin = self.sin.narrow(0, offset, time)?;
-        let x1 = x.narrow(D::Minus1, 0, dim / 2)?;
-        let x2 = x.narrow(D::Minus1, dim / 2, dim / 2)?;
-        let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[rotated_1, rotated_2], D::Minus1)
-    }
-}
-
-/// RMSNorm, differentiable; half-precision inputs are normalised in f32.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let x = if matches!(dtype, DType::BF16 | DType::F16) {
-        x.to_dtype(DType::F32)?
-    } else {
-        x.clone()
-    };
-    let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
-    x.broadcast_div(&rms)?
-        .to_dtype(dtype)?
-        .broadcast_mul(weight)
-}
-
-/// Softmax over the last dimension, differentiable. The max is detached: subtracting any
-/// constant leaves softmax unchanged, so its gradient is exactly zero.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
-    let exp = shifted.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
-}
-
-struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn forward(
-        &self,
-        x: &Tensor,
-        rope: &Rope,
-        offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
-        key_mask: Option<&Tensor>,
-        train: bool,
-    ) -> Result<Tensor> {
-        let (batch, time, _) = x.dims3()?;
-        let split = |t: Tensor, heads: usize| {
-            t.reshape((batch, time, heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = rope.apply(&split(self.q.forward_t(x, train)?, self.heads)?, offset)?;
-        let mut k = rope.apply(&split(self.k.forward_t(x, train)?, self.kv_heads)?, offset)?;
-        let mut v = split(self.v.forward_t(x, train)?, self.kv_heads)?;
-        if let Some(slot) = cache {
-            if let Some((past_k, past_v)) = slot.as_ref() {
-                k = Tensor::cat(&[past_k, &k], 2)?;
-                v = Tensor::cat(&[past_v, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
-        let total = k.dim(2)?;
-        let repeats = self.heads / self.kv_heads;
-        let repeat = |t: Tensor| -> Result<Tensor> {
-            if repeats == 1 {
-                return Ok(t);
-            }
-            // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
-            t.unsqueeze(2)?
-                .broadcast_as((batch, self.kv_heads, repeats, total, self.head_dim))?
-                .reshape((batch, self.heads, total, self.head_dim))
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
-        let scores =
-            scores.broadcast_add(&causal_mask(time, offset, scores.dtype(), scores.device())?)?;
-        let scores = match key_mask {
-            Some(mask) => scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?,
-            None => scores,
-        };
-        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
-        let merged =
-            attended
-                .transpose(1, 2)?
-                .reshape((batch, time, self.heads * self.head_dim))?;
-        self.o.forward_t(&merged, train)
-    }
-}
-
-/// Additive key mask [batch, 1, 1, keys] for rows left-padded by `pads[row]` positions. Padding
-/// keys get a large finite penalty rather than −∞: a padding query, which sees only padding keys,
-/// then still has a finite softmax (its output is never used), and exp(−10⁴) is exactly 0 for
-/// every real query.
-pub fn padding_mask(pads: &[usize], keys: usize, device: &Device) -> Result<Tensor> {
-    let values: Vec<f32> = pads
-        .iter()
-        .flat_map(|&pad| (0..keys).map(move |j| if j < pad { -1e4 } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(values, (pads.len(), 1, 1, keys), device)
-}
-
-/// Additive mask [time, offset + time]: position i sees keys 0..=offset + i.
-fn causal_mask(time: usize, offset: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let total = offset + time;
-    let mask: Vec<f32> = (0..time)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j > offset + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (time, total), device)?.to_dtype(dtype)
-}
-
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let gated = (self.gate.forward_t(x, train)?.silu()? * self.up.forward_t(x, train)?)?;
-        self.down.forward_t(&gated, train)
-    }
-}
-
-struct Layer {
-    attention: Attention,
-    mlp: Mlp,
-    input_norm: Tensor,
-    post_attention_norm: Tensor,
-}
-
-impl Layer {
-    /// The layer's linear modules with their paths inside the layer.
-    fn linears(&self) -> [(&'static str, &Linear); 7] {
-        [
-            ("self_attn.q_proj", &self.attention.q),
-            ("self_attn.k_proj", &self.attention.k),
-            ("self_attn.v_proj", &self.attention.v),
-            ("self_attn.o_proj", &self.attention.o),
-            ("mlp.gate_proj", &self.mlp.gate),
-            ("mlp.up_proj", &self.mlp.up),
-            ("mlp.down_proj", &self.mlp.down),
-        ]
     }
 }
 
@@ -656,9 +471,38 @@ impl Model {
         &self,
         input_ids: &Tensor,
         offset: usize,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         key_mask: Option<&Tensor>,
         train: bool,
+    ) -> Result<Tensor> {
+        let pass = if train { Pass::Train } else { Pass::Eval };
+        self.forward_pass(input_ids, offset, cache, key_mask, pass)
+    }
+
+    /// The logits of the model as it was loaded, before its adapters: LoRA switched off. This is
+    /// GRPO's reference policy; without adapters it equals `forward`.
+    pub fn forward_without_adapters(
+        &self,
+        input_ids: &Tensor,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.forward_pass(input_ids, 0, None, key_mask, Pass::BaseOnly)
+    }
+
+    /// Whether any linear layer carries a LoRA pair.
+    pub fn has_adapters(&self) -> bool {
+        self.trainable
+            .iter()
+            .any(|(name, _)| name.contains(".lora_"))
+    }
+
+    fn forward_pass(
+        &self,
+        input_ids: &Tensor,
+        offset: usize,
+        mut cache: Option<&mut KvCache>,
+        key_mask: Option<&Tensor>,
+        pass: Pass,
     ) -> Result<Tensor> {
         let (batch, time) = input_ids.dims2()?;
         let mut x = self
@@ -674,16 +518,16 @@ impl Model {
                 offset,
                 slot,
                 key_mask,
-                train,
+                pass,
             )?;
             x = (x + attended)?;
             let mixed = layer
                 .mlp
-                .forward(&rms_norm(&x, &layer.post_attention_norm, eps)?, train)?;
+                .forward(&rms_norm(&x, &layer.post_attention_norm, eps)?, pass)?;
             x = (x + mixed)?;
         }
         let x = rms_norm(&x, &self.norm, eps)?;
-        let logits = self.lm_head.forward_t(&x, train)?;
+        let logits = self.lm_head.forward_pass(&x, pass)?;
         match self.dtype {
             DType::BF16 | DType::F16 => logits.to_dtype(DType::F32),
             _ => Ok(logits),

@@ -7,10 +7,13 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::data::{Batch, Example};
+use crate::data::{Batch, Targets};
 use crate::loss::masked_cross_entropy;
+use crate::stage_config::StageConfig;
+use crate::student::{load_student, Student};
+use crate::supervised::held_out;
 use crate::train_loop::{
-    held_out, load_student, run, Figures, MicroLoss, Stage, StageConfig, StageSummary,
+    run, Evaluation, Figures, MicroBatch, MicroLoss, Plot, Stage, StageLogic, StageSummary,
 };
 use crate::TrainerError;
 
@@ -21,37 +24,54 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             "teacher_model is a `train distill` setting; `train sft` has no teacher".into(),
         ));
     }
-    let student = load_student(config, device)?;
-    let (model, collator) = (&student.model, &student.collator);
-    let mut micro_loss = |examples: &[Example], _: &mut _| {
-        let batch = collator.collate(&examples.iter().collect::<Vec<_>>(), device)?;
+    let student = load_student(config, device, Targets::Required)?;
+    run(
+        Stage {
+            name: "sft",
+            config,
+            model: &student.model,
+            tokenizer: &student.tokenizer,
+            train_set: &student.train_set,
+            headline: "eval_loss",
+            plot: Plot::losses("sft"),
+        },
+        &mut Supervised {
+            student: &student,
+            config,
+        },
+    )
+}
+
+struct Supervised<'a> {
+    student: &'a Student,
+    config: &'a StageConfig,
+}
+
+impl StageLogic for Supervised<'_> {
+    fn micro_loss(
+        &mut self,
+        _index: usize,
+        batch: &mut MicroBatch,
+    ) -> Result<MicroLoss, TrainerError> {
+        let (model, collator) = (&self.student.model, &self.student.collator);
+        let batch = collator.collate(&batch.examples.iter().collect::<Vec<_>>(), model.device())?;
         let logits = model.forward(&batch.input_ids, 0, None, true)?;
         Ok(MicroLoss {
             loss: masked_cross_entropy(&logits, &batch.targets, &batch.mask)?,
             tokens: batch.target_tokens,
             parts: Vec::new(),
         })
-    };
-    let mut evaluate = || {
+    }
+
+    fn evaluate(&mut self) -> Result<Evaluation, TrainerError> {
         let no_extra = &mut |_: &Batch, _: &Tensor| Ok(Figures::new());
         held_out(
-            model,
-            collator,
-            &student.eval_set,
-            config.batch_size,
-            config.eval_batches,
+            &self.student.model,
+            &self.student.collator,
+            &self.student.eval_set,
+            self.config.batch_size,
+            self.config.eval_batches,
             no_extra,
         )
-    };
-    run(
-        Stage {
-            name: "sft",
-            config,
-            model,
-            tokenizer: &student.tokenizer,
-            train_set: &student.train_set,
-        },
-        &mut micro_loss,
-        &mut evaluate,
-    )
+    }
 }

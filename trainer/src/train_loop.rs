@@ -1,123 +1,34 @@
-//! The optimisation loop every training stage shares, and the stage config it reads.
+//! The optimisation loop every training stage shares. It knows no stage: a stage is a
+//! [`StageLogic`] — the loss of one micro-batch, an optional preparation before each step, and
+//! a held-out evaluation — plus a few names ([`Stage`]).
 //!
-//! Each optimiser step: `grad_accum` micro-batches (the stage computes each one's loss),
-//! gradients summed and averaged, clipped to `max_grad_norm`, one AdamW update at the warmup +
-//! cosine learning rate. Every `eval_every` steps the stage evaluates on held-out data; every
-//! `save_every` steps a checkpoint (trainable weights, optimiser state, step) is written, from
-//! which `resume: true` continues exactly. At the end the output directory holds the merged
-//! model in Hugging Face layout (what the next stage names as `base_model`), the PEFT adapter,
-//! `metrics.jsonl` (one line per step) and `loss_curve.png`.
+//! Each optimiser step: the stage prepares (GRPO samples and scores here), then `grad_accum`
+//! micro-batches (the stage computes each one's loss), gradients summed and averaged, clipped to
+//! `max_grad_norm`, one AdamW update at the warmup + cosine learning rate. Every `eval_every`
+//! steps the stage evaluates on held-out data; every `save_every` steps a checkpoint is written,
+//! from which `resume: true` continues exactly. Ctrl-C finishes the step, writes a checkpoint
+//! and stops. At the end the output directory holds the merged model in Hugging Face layout
+//! (what the next stage names as `base_model`), the PEFT adapter, `metrics.jsonl` (one line per
+//! step) and the curves PNG.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
-use crate::data::{load_jsonl, with_code_variant, Batch, Collator, Example};
-use crate::distill::DistillSettings;
-use crate::lora::LoraConfig;
-use crate::loss::masked_cross_entropy;
-use crate::model::{LoadOptions, Model};
-use crate::optim::{accumulate, clip_grad_norm, learning_rate, scale_grads, AdamW, AdamWConfig};
+use crate::checkpoint::{self, io};
+use crate::data::{with_code_variant, Example};
+use crate::model::Model;
+use crate::optim::{accumulate, clip_grad_norm, learning_rate, scale_grads, AdamW};
 use crate::plot::{line_chart, Series};
-use crate::tokenizer;
+use crate::stage_config::StageConfig;
 use crate::TrainerError;
-
-fn default_dtype() -> String {
-    "f32".into()
-}
-
-/// A stage's YAML config (`configs/sft.yaml`, `configs/distill_gkd.yaml`): the loop's settings,
-/// shared by every stage, plus the distillation section only `train distill` reads.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct StageConfig {
-    pub base_model: PathBuf,
-    pub output_dir: PathBuf,
-    pub train_data: PathBuf,
-    pub eval_data: PathBuf,
-    pub max_steps: usize,
-    pub batch_size: usize,
-    #[serde(default = "one")]
-    pub grad_accum: usize,
-    pub learning_rate: f64,
-    #[serde(default)]
-    pub warmup_steps: usize,
-    #[serde(default = "tenth")]
-    pub min_lr_ratio: f64,
-    #[serde(default = "one_f")]
-    pub max_grad_norm: f64,
-    pub max_len: usize,
-    #[serde(default = "fifty")]
-    pub eval_every: usize,
-    /// Held-out batches per evaluation (0 = all).
-    #[serde(default)]
-    pub eval_batches: usize,
-    #[serde(default = "hundred")]
-    pub save_every: usize,
-    #[serde(default)]
-    pub seed: u64,
-    /// `f32`, `bf16` or `f16`.
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
-    #[serde(default)]
-    pub full_finetune: bool,
-    #[serde(default)]
-    pub quantize_base: bool,
-    #[serde(default)]
-    pub lora: LoraConfig,
-    #[serde(default)]
-    pub adamw: AdamWConfig,
-    /// Continue from the latest checkpoint in `output_dir`.
-    #[serde(default)]
-    pub resume: bool,
-    /// End this invocation after this step (writing a checkpoint), to continue later with
-    /// `resume: true`; the schedule still runs to `max_steps`.
-    #[serde(default)]
-    pub stop_at: Option<usize>,
-    /// Show a progress bar.
-    #[serde(default = "yes")]
-    pub progress: bool,
-    /// Chance that a training example's prompt shows a semantics-preserving variant of its code
-    /// (renamed locals, perturbed comments) instead of the code itself; 0 turns it off.
-    #[serde(default)]
-    pub augment_variants: f64,
-    /// Also write the merged model (base + adapter) in Hugging Face layout. Full fine-tuning
-    /// always writes it (there is no adapter).
-    #[serde(default = "yes")]
-    pub save_merged: bool,
-    /// The teacher checkpoint of `train distill` (absent: the data's `teacher_logprobs`).
-    #[serde(default)]
-    pub teacher_model: Option<PathBuf>,
-    /// Loss weights and settings of `train distill`.
-    #[serde(default)]
-    pub distill: DistillSettings,
-}
-
-fn one() -> usize {
-    1
-}
-fn one_f() -> f64 {
-    1.0
-}
-fn tenth() -> f64 {
-    0.1
-}
-fn fifty() -> usize {
-    50
-}
-fn hundred() -> usize {
-    100
-}
-fn yes() -> bool {
-    true
-}
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -127,132 +38,47 @@ pub struct StepMetrics {
     pub lr: f64,
     pub tokens_per_s: f64,
     pub grad_norm: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eval_loss: Option<f64>,
-    /// The stage's own figures: `ce`, `jsd`, `rkl` every step; `teacher_top1_agreement` and
-    /// others at eval steps.
+    /// The stage's own figures (`ce`, `jsd`, `reward`, `kl`, …) every step, and the held-out
+    /// evaluation's (`eval_loss`, `eval_reward`, …) at eval steps.
     #[serde(flatten)]
     pub parts: BTreeMap<String, f64>,
+}
+
+impl StepMetrics {
+    /// A figure by its name in the JSON line.
+    pub fn get(&self, key: &str) -> Option<f64> {
+        match key {
+            "step" => Some(self.step as f64),
+            "loss" => Some(self.loss),
+            "lr" => Some(self.lr),
+            "tokens_per_s" => Some(self.tokens_per_s),
+            "grad_norm" => Some(self.grad_norm),
+            other => self.parts.get(other).copied(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageSummary {
     pub steps: usize,
-    pub first_eval_loss: f64,
-    pub final_eval_loss: f64,
-    /// The evaluation's other figures before and after training.
+    /// The evaluation figure that sums the stage up (`eval_loss`; GRPO: `eval_reward`).
+    pub headline: String,
+    /// Every evaluation figure before and after training.
     pub first_eval: BTreeMap<String, f64>,
     pub final_eval: BTreeMap<String, f64>,
     pub trainable_parameters: usize,
     pub output_dir: PathBuf,
+    /// The curves PNG.
+    pub plot: PathBuf,
 }
 
-pub fn parse_dtype(name: &str) -> Result<DType, TrainerError> {
-    match name {
-        "f32" => Ok(DType::F32),
-        "bf16" => Ok(DType::BF16),
-        "f16" => Ok(DType::F16),
-        other => Err(TrainerError::Config(format!(
-            "dtype `{other}`: expected f32, bf16 or f16"
-        ))),
-    }
-}
-
-fn checkpoint_dir(output: &Path, step: usize) -> PathBuf {
-    output.join(format!("checkpoint-{step:06}"))
-}
-
-fn latest_checkpoint(output: &Path) -> Option<(PathBuf, usize)> {
-    std::fs::read_dir(output)
-        .ok()?
-        .filter_map(|entry| entry.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            Some((entry.path(), step))
-        })
-        .max_by_key(|(_, step)| *step)
-}
-
-/// The PEFT adapter config Python's `peft` reads.
-fn adapter_config(config: &StageConfig) -> serde_json::Value {
-    serde_json::json!({
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": config.base_model.display().to_string(),
-        "r": config.lora.rank,
-        "lora_alpha": config.lora.alpha,
-        "lora_dropout": config.lora.dropout,
-        "target_modules": config.lora.target_modules,
-        "bias": "none",
-        "fan_in_fan_out": false,
-        "inference_mode": true,
-        "modules_to_save": null,
-    })
-}
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainerError + '_ {
-    move |e| TrainerError::Io(path.display().to_string(), e)
-}
-
-fn save_trainable(
-    model: &Model,
-    config: &StageConfig,
-    dir: &Path,
-    optimizer: &AdamW,
-    step: usize,
-) -> Result<(), TrainerError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let trainable: std::collections::HashMap<String, Tensor> = model
-        .trainable()
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-        .collect();
-    candle_core::safetensors::save(&trainable, dir.join("trainable.safetensors"))?;
-    optimizer.save(&dir.join("optimizer.safetensors"))?;
-    let state = serde_json::json!({ "step": step, "config": config });
-    std::fs::write(
-        dir.join("trainer_state.json"),
-        serde_json::to_string_pretty(&state).expect("state serialises"),
-    )
-    .map_err(io(dir))?;
-    Ok(())
-}
-
-/// Write the final model: merged weights in Hugging Face layout (unless `save_merged` is off and
-/// there is an adapter), the tokenizer, and (with LoRA) the PEFT adapter.
-fn save_final(
-    model: &Model,
-    config: &StageConfig,
-    tokenizer: &tokenizers::Tokenizer,
-) -> Result<(), TrainerError> {
-    let out = &config.output_dir;
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let adapter = model.adapter_weights();
-    if config.save_merged || adapter.is_empty() {
-        candle_core::safetensors::save(&model.merged_weights()?, out.join("model.safetensors"))?;
-        std::fs::write(
-            out.join("config.json"),
-            serde_json::to_string_pretty(model.config()).expect("config serialises"),
-        )
-        .map_err(io(out))?;
-    }
-    tokenizer::save(tokenizer, &out.join("tokenizer.json"))?;
-    if !adapter.is_empty() {
-        candle_core::safetensors::save(&adapter, out.join("adapter_model.safetensors"))?;
-        std::fs::write(
-            out.join("adapter_config.json"),
-            serde_json::to_string_pretty(&adapter_config(config)).expect("json"),
-        )
-        .map_err(io(out))?;
-    }
-    Ok(())
-}
-
-/// Named figures a stage reports (`ce`, `jsd`, `teacher_top1_agreement`, …).
+/// Named figures a stage reports (`ce`, `jsd`, `reward`, …).
 pub type Figures = Vec<(&'static str, f64)>;
 
-/// One micro-batch's contribution: the loss to differentiate, its target tokens, and named
+/// A held-out evaluation: named figures, the stage's headline among them.
+pub type Evaluation = BTreeMap<String, f64>;
+
+/// One micro-batch's contribution: the loss to differentiate, the tokens it covers, and named
 /// parts to log (averaged over the step's micro-batches).
 pub struct MicroLoss {
     pub loss: Tensor,
@@ -260,41 +86,119 @@ pub struct MicroLoss {
     pub parts: Figures,
 }
 
-/// A held-out evaluation: the loss stages compare, and other named figures.
-#[derive(Debug, Clone, Default)]
-pub struct Evaluation {
-    pub loss: f64,
-    pub parts: BTreeMap<String, f64>,
+/// The examples of one micro-batch, and a stream seeded for it (for on-policy draws).
+pub struct MicroBatch {
+    pub examples: Vec<Example>,
+    pub rng: SplitMix64,
 }
 
-/// A stage's loss for one micro-batch; the stream is seeded per micro-batch (on-policy draws).
-pub type MicroLossFn<'a> =
-    dyn FnMut(&[Example], &mut SplitMix64) -> Result<MicroLoss, TrainerError> + 'a;
-
 /// What a stage brings to the loop.
+pub trait StageLogic {
+    /// Before the micro-batches of optimiser step `step` (0-based): figures to log with it.
+    fn prepare_step(
+        &mut self,
+        _step: usize,
+        _batches: &mut [MicroBatch],
+    ) -> Result<Figures, TrainerError> {
+        Ok(Figures::new())
+    }
+
+    /// The loss of micro-batch `index` of the step.
+    fn micro_loss(
+        &mut self,
+        index: usize,
+        batch: &mut MicroBatch,
+    ) -> Result<MicroLoss, TrainerError>;
+
+    /// The held-out evaluation; it holds the stage's headline figure.
+    fn evaluate(&mut self) -> Result<Evaluation, TrainerError>;
+
+    /// Whether a checkpoint after `done` steps lets a resumed run continue exactly (a stage
+    /// that reuses one step's samples over several steps can only stop between them).
+    fn can_stop_after(&self, _done: usize) -> bool {
+        true
+    }
+}
+
+/// A curve of the plot: the metric's key in `metrics.jsonl` and its label.
+pub struct Curve {
+    pub metric: &'static str,
+    pub label: &'static str,
+    /// Points instead of a line (sparse figures such as evaluations).
+    pub markers: bool,
+}
+
+/// The stage's names and data.
 pub struct Stage<'a> {
-    /// `sft`, `distill`: the progress bar and the plot's title.
+    /// `sft`, `distill`, `grpo`: the progress bar and the plot's title.
     pub name: &'a str,
     pub config: &'a StageConfig,
     pub model: &'a Model,
     pub tokenizer: &'a Tokenizer,
     pub train_set: &'a [Example],
+    /// The evaluation figure that sums the stage up.
+    pub headline: &'static str,
+    pub plot: Plot,
 }
 
-/// Run the optimisation loop: `micro_loss` for each micro-batch, `evaluate` on held-out data.
-pub fn run(
-    stage: Stage,
-    micro_loss: &mut MicroLossFn,
-    evaluate: &mut dyn FnMut() -> Result<Evaluation, TrainerError>,
-) -> Result<StageSummary, TrainerError> {
+/// The PNG written beside `metrics.jsonl`, and what it draws.
+pub struct Plot {
+    pub file: &'static str,
+    pub title: String,
+    pub curves: Vec<Curve>,
+}
+
+impl Plot {
+    /// `loss_curve.png`: training loss and held-out loss, as the supervised stages draw them.
+    pub fn losses(stage: &str) -> Self {
+        Self {
+            file: "loss_curve.png",
+            title: format!("{} loss", stage.to_uppercase()),
+            curves: vec![
+                Curve {
+                    metric: "loss",
+                    label: "train loss",
+                    markers: false,
+                },
+                Curve {
+                    metric: "eval_loss",
+                    label: "eval loss",
+                    markers: true,
+                },
+            ],
+        }
+    }
+}
+
+/// Set by Ctrl-C: finish the step, write a checkpoint, stop.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn watch_for_interrupt() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let installed = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                std::process::exit(130); // a second Ctrl-C stops at once
+            }
+            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to stop now)");
+        });
+        if let Err(err) = installed {
+            tracing::debug!(%err, "no Ctrl-C handler");
+        }
+    });
+}
+
+/// Run the optimisation loop for `stage`, asking `logic` for each loss and evaluation.
+pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, TrainerError> {
     let Stage {
         name,
         config,
         model,
         tokenizer,
         train_set,
+        headline,
+        plot,
     } = stage;
-    let device = model.device();
     let params = model.trainable().to_vec();
     if params.is_empty() {
         return Err(TrainerError::Config(
@@ -303,22 +207,11 @@ pub fn run(
     }
     let trainable_parameters = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut optimizer = AdamW::new(params.clone(), config.adamw.clone())?;
-
-    let mut start_step = 0;
-    if config.resume {
-        if let Some((dir, step)) = latest_checkpoint(&config.output_dir) {
-            let saved = candle_core::safetensors::load(dir.join("trainable.safetensors"), device)?;
-            for (name, var) in &params {
-                let value = saved.get(name).ok_or_else(|| {
-                    TrainerError::Config(format!("{} lacks {name}", dir.display()))
-                })?;
-                var.set(&value.to_dtype(var.dtype())?)?;
-            }
-            optimizer.load(&dir.join("optimizer.safetensors"))?;
-            start_step = step;
-            tracing::info!(step, "resumed from {}", dir.display());
-        }
-    }
+    let start_step = if config.resume {
+        checkpoint::restore(model, config, &mut optimizer)?
+    } else {
+        0
+    };
     std::fs::create_dir_all(&config.output_dir).map_err(io(&config.output_dir))?;
     let metrics_path = config.output_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -329,9 +222,11 @@ pub fn run(
     if start_step == 0 {
         metrics.set_len(0).map_err(io(&metrics_path))?;
     }
+    watch_for_interrupt();
 
-    let first_eval = evaluate()?;
+    let first_eval = logic.evaluate()?;
     let mut last_eval = first_eval.clone();
+    let headline_of = |eval: &Evaluation| eval.get(headline).copied().unwrap_or(f64::NAN);
     let progress = if config.progress {
         indicatif::ProgressBar::new(config.max_steps as u64)
     } else {
@@ -339,7 +234,7 @@ pub fn run(
     };
     progress.set_style(
         indicatif::ProgressStyle::with_template(&format!(
-            "{name} {{bar:30}} {{pos}}/{{len}} steps  loss {{msg}}  {{elapsed}}<{{eta}}"
+            "{name} {{bar:30}} {{pos}}/{{len}} steps  {{msg}}  {{elapsed}}<{{eta}}"
         ))
         .expect("template"),
     );
@@ -349,7 +244,7 @@ pub fn run(
     // each drawn example may show a variant of its code, also by seed. Each micro-batch also
     // hands the stage its own seeded stream (for on-policy sampling).
     let micro_batches_per_epoch = train_set.len().div_ceil(config.batch_size.max(1));
-    let micro_batch = |index: usize| -> (Vec<Example>, SplitMix64) {
+    let micro_batch = |index: usize| -> MicroBatch {
         let epoch = index / micro_batches_per_epoch;
         let mut order: Vec<usize> = (0..train_set.len()).collect();
         SplitMix64::new(config.seed.wrapping_add(epoch as u64)).shuffle(&mut order);
@@ -366,7 +261,10 @@ pub fn run(
                     .unwrap_or_else(|| example.clone())
             })
             .collect();
-        (examples, draw)
+        MicroBatch {
+            examples,
+            rng: draw,
+        }
     };
 
     let accum = config.grad_accum.max(1);
@@ -374,15 +272,21 @@ pub fn run(
         .stop_at
         .unwrap_or(config.max_steps)
         .min(config.max_steps);
+    let mut last_done = start_step;
     for step in start_step..end {
         let started = Instant::now();
+        let mut batches: Vec<MicroBatch> = (0..accum)
+            .map(|micro| micro_batch(step * accum + micro))
+            .collect();
+        let mut parts: BTreeMap<String, f64> = BTreeMap::new();
+        for (key, value) in logic.prepare_step(step, &mut batches)? {
+            parts.insert(key.to_string(), value);
+        }
         let mut grads = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0usize;
-        let mut parts: BTreeMap<String, f64> = BTreeMap::new();
-        for micro in 0..accum {
-            let (examples, mut rng) = micro_batch(step * accum + micro);
-            let out = micro_loss(&examples, &mut rng)?;
+        for (index, batch) in batches.iter_mut().enumerate() {
+            let out = logic.micro_loss(index, batch)?;
             loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             tokens += out.tokens;
             for (key, value) in out.parts {
@@ -403,20 +307,17 @@ pub fn run(
         optimizer.step(&grads, lr)?;
         let loss = loss_sum / accum as f64;
         let done = step + 1;
-        let eval_loss = if done % config.eval_every.max(1) == 0 || done == config.max_steps {
-            last_eval = evaluate()?;
-            parts.extend(last_eval.parts.clone());
-            Some(last_eval.loss)
-        } else {
-            None
-        };
+        last_done = done;
+        if done % config.eval_every.max(1) == 0 || done == config.max_steps {
+            last_eval = logic.evaluate()?;
+            parts.extend(last_eval.clone());
+        }
         let line = StepMetrics {
             step: done,
             loss,
             lr,
             tokens_per_s: tokens as f64 / started.elapsed().as_secs_f64(),
             grad_norm,
-            eval_loss,
             parts,
         };
         writeln!(
@@ -425,63 +326,64 @@ pub fn run(
             serde_json::to_string(&line).expect("metrics serialise")
         )
         .map_err(io(&metrics_path))?;
-        if done % config.save_every.max(1) == 0 || done == end {
-            save_trainable(
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst) && logic.can_stop_after(done);
+        if done % config.save_every.max(1) == 0 || done == end || interrupted {
+            checkpoint::save(
                 model,
                 config,
-                &checkpoint_dir(&config.output_dir, done),
+                &checkpoint::checkpoint_dir(&config.output_dir, done),
                 &optimizer,
                 done,
             )?;
         }
-        progress.set_message(format!("{loss:.3} (eval {:.3})", last_eval.loss));
+        progress.set_message(format!(
+            "loss {loss:.3}  {} {:.3}",
+            headline.trim_start_matches("eval_"),
+            headline_of(&last_eval)
+        ));
         progress.inc(1);
+        if interrupted {
+            break;
+        }
     }
     progress.finish_and_clear();
-    if end == config.max_steps {
-        save_final(model, config, tokenizer)?;
+    if last_done == config.max_steps {
+        checkpoint::save_final(model, config, tokenizer)?;
     }
-    let title = name.to_uppercase();
-    plot_metrics(
-        &metrics_path,
-        &config.output_dir.join("loss_curve.png"),
-        &title,
-    )?;
+    let png = config.output_dir.join(plot.file);
+    plot_metrics(&metrics_path, &png, &plot.title, &plot.curves)?;
     Ok(StageSummary {
-        steps: end,
-        first_eval_loss: first_eval.loss,
-        final_eval_loss: last_eval.loss,
-        first_eval: first_eval.parts,
-        final_eval: last_eval.parts,
+        steps: last_done,
+        headline: headline.to_string(),
+        first_eval,
+        final_eval: last_eval,
         trainable_parameters,
         output_dir: config.output_dir.clone(),
+        plot: png,
     })
 }
 
-/// Draw the training loss (line) and eval loss (points) of a metrics file into a PNG.
-pub fn plot_metrics(metrics: &Path, png: &Path, stage: &str) -> Result<(), TrainerError> {
+/// Draw `curves` of a metrics file into a PNG.
+pub fn plot_metrics(
+    metrics: &Path,
+    png: &Path,
+    title: &str,
+    curves: &[Curve],
+) -> Result<(), TrainerError> {
     let lines = read_metrics(metrics)?;
-    let train = lines.iter().map(|m| (m.step as f64, m.loss)).collect();
-    let eval = lines
+    let series: Vec<Series> = curves
         .iter()
-        .filter_map(|m| Some((m.step as f64, m.eval_loss?)))
+        .map(|curve| Series {
+            name: curve.label,
+            points: lines
+                .iter()
+                .filter_map(|m| Some((m.step as f64, m.get(curve.metric)?)))
+                .filter(|(_, v)| v.is_finite())
+                .collect(),
+            markers: curve.markers,
+        })
         .collect();
-    line_chart(
-        png,
-        &format!("{stage} loss"),
-        &[
-            Series {
-                name: "train loss",
-                points: train,
-                markers: false,
-            },
-            Series {
-                name: "eval loss",
-                points: eval,
-                markers: true,
-            },
-        ],
-    )
+    line_chart(png, title, &series)
 }
 
 /// Read `metrics.jsonl`.
@@ -493,78 +395,4 @@ pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>, TrainerError> {
                 .map_err(|e| TrainerError::Data(format!("{}: {e}", path.display())))
         })
         .collect()
-}
-
-/// One pass over `limit` held-out batches (all if 0): the masked cross-entropy, and the named
-/// figures `extra` computes from each batch and its logits; every figure is a mean per target
-/// token (each batch weighted by its target tokens).
-pub fn held_out(
-    model: &Model,
-    collator: &Collator,
-    examples: &[Example],
-    batch_size: usize,
-    limit: usize,
-    extra: &mut dyn FnMut(&Batch, &Tensor) -> Result<Figures, TrainerError>,
-) -> Result<Evaluation, TrainerError> {
-    let mut loss = 0.0;
-    let mut parts: BTreeMap<String, f64> = BTreeMap::new();
-    let mut tokens = 0usize;
-    for (index, chunk) in examples.chunks(batch_size.max(1)).enumerate() {
-        if limit > 0 && index >= limit {
-            break;
-        }
-        let batch = collator.collate(&chunk.iter().collect::<Vec<_>>(), model.device())?;
-        let logits = model.forward(&batch.input_ids, 0, None, false)?;
-        let weight = batch.target_tokens as f64;
-        loss += masked_cross_entropy(&logits, &batch.targets, &batch.mask)?
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?
-            * weight;
-        for (key, value) in extra(&batch, &logits)? {
-            *parts.entry(key.to_string()).or_default() += value * weight;
-        }
-        tokens += batch.target_tokens;
-    }
-    let per_token = |sum: f64| sum / tokens.max(1) as f64;
-    Ok(Evaluation {
-        loss: per_token(loss),
-        parts: parts.into_iter().map(|(k, v)| (k, per_token(v))).collect(),
-    })
-}
-
-/// What every stage starts from: the tokenizer, its end token, the datasets and the model being
-/// trained (LoRA, QLoRA or full, as the config says).
-pub struct Student {
-    pub tokenizer: Tokenizer,
-    pub end_id: u32,
-    pub train_set: Vec<Example>,
-    pub eval_set: Vec<Example>,
-    pub model: Model,
-    pub collator: Collator,
-}
-
-/// Load `config.base_model` for training, and the datasets.
-pub fn load_student(config: &StageConfig, device: &Device) -> Result<Student, TrainerError> {
-    let dtype = crate::device::usable_dtype(device, parse_dtype(&config.dtype)?);
-    let tokenizer = tokenizer::load(&config.base_model.join("tokenizer.json"))?;
-    let end_id = tokenizer::end_token(&tokenizer)?;
-    let train_set = load_jsonl(&config.train_data, Some(&tokenizer))?;
-    let eval_set = load_jsonl(&config.eval_data, Some(&tokenizer))?;
-    let options = LoadOptions {
-        dtype,
-        lora: (!config.full_finetune).then(|| config.lora.clone()),
-        quantize_base: config.quantize_base,
-        full_finetune: config.full_finetune,
-        seed: config.seed,
-    };
-    let model = Model::load(&config.base_model, device, &options, &VarMap::new())?;
-    let collator = Collator::new(tokenizer.clone(), config.max_len, end_id, end_id);
-    Ok(Student {
-        tokenizer,
-        end_id,
-        train_set,
-        eval_set,
-        model,
-        collator,
-    })
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{max_abs_diff, randn};
+use common::{max_abs, max_abs_diff, randn};
 use unitforge_trainer::config::ModelConfig;
 use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::{LoadOptions, Model};
@@ -187,15 +187,7 @@ fn bf16_checkpoints_load() {
     let f32_model = load(dir.path(), &LoadOptions::default(), &VarMap::new());
     let reference = f32_model.forward(&ids(), 0, None, false).unwrap();
     // bf16 keeps ~3 significant digits; errors compound over the layers.
-    let scale = reference
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(&reference);
     let diff = max_abs_diff(&logits, &reference);
     assert!(
         diff < 0.05 * scale,

@@ -11,7 +11,8 @@ use common::max_abs_diff;
 use unitforge_trainer::init::{init_model, read_init_config};
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::sft::train;
-use unitforge_trainer::train_loop::{read_metrics, StageConfig};
+use unitforge_trainer::stage_config::StageConfig;
+use unitforge_trainer::train_loop::read_metrics;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -82,7 +83,7 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
     full_config.learning_rate = 0.01;
     let summary = train(&full_config, &device).unwrap();
     assert!(
-        summary.final_eval_loss < 0.7 * summary.first_eval_loss,
+        summary.final_eval["eval_loss"] < 0.7 * summary.first_eval["eval_loss"],
         "{summary:?}"
     );
     assert!(!full.join("adapter_model.safetensors").exists());
@@ -98,7 +99,13 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
     assert!(metrics
         .iter()
         .all(|m| m.loss.is_finite() && m.lr > 0.0 && m.tokens_per_s > 0.0 && m.grad_norm > 0.0));
-    assert_eq!(metrics.iter().filter(|m| m.eval_loss.is_some()).count(), 4);
+    assert_eq!(
+        metrics
+            .iter()
+            .filter(|m| m.parts.contains_key("eval_loss"))
+            .count(),
+        4
+    );
     for file in [
         "config.json",
         "model.safetensors",

@@ -15,7 +15,6 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{VarBuilder, VarMap};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use unitforge_trainer::config::ModelConfig;
 use unitforge_trainer::generate::{generate_ids, SamplingConfig};
@@ -24,32 +23,7 @@ use unitforge_trainer::loss::masked_cross_entropy;
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::optim::{AdamW, AdamWConfig};
 
-#[derive(Args)]
-pub struct BenchTrainArgs {
-    /// Model shapes: `tiny` (configs/model_tiny.yaml) and `0.5b` (Qwen2-0.5B's shape).
-    #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
-    shapes: Vec<String>,
-    /// Timed training steps per configuration (after one warm-up step).
-    #[arg(long, default_value_t = 3)]
-    steps: usize,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
-    batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    seq_len: usize,
-    /// Tokens generated per measurement.
-    #[arg(long, default_value_t = 32)]
-    gen_tokens: usize,
-    /// Python with torch + transformers (+ peft) for the PyTorch reference (skipped if absent).
-    #[arg(long, value_name = "PATH")]
-    python: Option<PathBuf>,
-    #[arg(long)]
-    json: bool,
-    /// Internal: run one configuration (JSON) and print its figures.
-    #[arg(long, hide = true)]
-    probe: Option<String>,
-}
+use crate::cli::BenchTrainArgs;
 
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]

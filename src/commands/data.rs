@@ -5,68 +5,21 @@
 //! scorer finds valid on their code, recording each pair's kill rate.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
-use futures::stream::{self, StreamExt};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::ScoreInput;
 use unitforge_trainer::corpus::{family_names, generate_corpus, GeneratedPair};
 
-use crate::{read_source, runtime, start_scorer, ExecutorArgs};
-
-#[derive(Subcommand)]
-pub enum DataCommand {
-    /// Turn a directory of pairs (<name>/<name>.py + <name>/test_<name>.py) into SFT JSONL rows
-    /// (`module`, `code`, `chosen`), split into train.jsonl and eval.jsonl.
-    FromPairs {
-        #[arg(long, default_value = "data/pairs")]
-        pairs: PathBuf,
-        #[arg(long, default_value = "data/sft")]
-        out: PathBuf,
-        /// Pairs held out for evaluation (the last ones in name order).
-        #[arg(long, default_value_t = 6)]
-        eval: usize,
-    },
-    /// Generate the synthetic corpus: (module → pytest file) pairs from varied function families,
-    /// each reference suite scored in the sandbox; only suites valid on their code are kept.
-    /// Writes train.jsonl, eval.jsonl (held out: no code also in train.jsonl) and report.json.
-    Generate(GenerateDataArgs),
-}
-
-#[derive(Args)]
-pub struct GenerateDataArgs {
-    /// Output directory.
-    #[arg(long, default_value = "data/corpus")]
-    out: PathBuf,
-    /// Validated training pairs to write.
-    #[arg(long, default_value_t = 2000)]
-    train: usize,
-    /// Validated held-out pairs to write (none of their modules' code appears in training).
-    #[arg(long, default_value_t = 120)]
-    held_out: usize,
-    /// Seed of the generator.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Pairs scored at once.
-    #[arg(long, default_value_t = 4)]
-    jobs: usize,
-    /// Reward config the reference suites are scored with (default: the built-in one).
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    #[command(flatten)]
-    executor: ExecutorArgs,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
-}
+use super::{load_reward_config, progress_bar, read_source, runtime, start_backend};
+use crate::cli::{DataCommand, FromPairsArgs, GenerateDataArgs};
 
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
-        DataCommand::FromPairs { pairs, out, eval } => from_pairs(&pairs, &out, eval),
+        DataCommand::FromPairs(FromPairsArgs { pairs, out, eval }) => {
+            from_pairs(&pairs, &out, eval)
+        }
         DataCommand::Generate(args) => runtime()?.block_on(generate(&args)),
     }
 }
@@ -136,52 +89,42 @@ struct CorpusReport {
 }
 
 async fn generate(args: &GenerateDataArgs) -> Result<()> {
-    let config = match &args.config {
-        Some(path) => RewardConfig::from_yaml_file(path)?,
-        None => RewardConfig::default(),
-    };
+    let config = load_reward_config(args.config.as_deref())?;
     let wanted = args.train + args.held_out;
     // Some candidates fail validation or share code with the training split; make enough extra.
     let candidates = generate_corpus(wanted + wanted / 5 + 50, args.seed);
-    let scorer = start_scorer(&args.executor).await?;
-    let progress = ProgressBar::new(candidates.len() as u64);
-    progress.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} reference suites scored  {elapsed} elapsed, ~{eta} left",
-        )
-        .expect("valid template"),
-    );
-    let scorer_ref = &scorer;
-    let config_ref = &config;
-    let mut outcomes: Vec<(usize, Result<f64, String>, bool)> =
-        stream::iter(candidates.iter().enumerate())
-            .map(|(index, pair)| async move {
-                let input = ScoreInput {
-                    module: pair.module.clone(),
-                    code: pair.code.clone(),
-                    tests: pair.tests.clone(),
-                };
-                match scorer_ref.score(&input, config_ref).await {
-                    Ok(report) if report.valid && report.infra_errors == 0 => {
-                        (index, Ok(report.mutant_kill), false)
-                    }
-                    Ok(report) => {
-                        let why = report.invalid_reason.unwrap_or_else(|| {
-                            format!("{} infrastructure errors", report.infra_errors)
-                        });
-                        (index, Err(why), report.infra_errors > 0)
-                    }
-                    Err(err) => (index, Err(err.to_string()), true),
-                }
-            })
-            .buffer_unordered(args.jobs.max(1))
-            .inspect(|_| progress.inc(1))
-            .collect()
-            .await;
+    let backend = start_backend(&args.executor.backend(&[], args.jobs)).await?;
+    let inputs: Vec<ScoreInput> = candidates
+        .iter()
+        .map(|pair| ScoreInput {
+            module: pair.module.clone(),
+            code: pair.code.clone(),
+            tests: pair.tests.clone(),
+        })
+        .collect();
+    let progress = progress_bar(inputs.len(), "reference suites scored");
+    let scored = backend
+        .score_all(&inputs, &config, &|_| progress.inc(1))
+        .await;
     progress.finish_and_clear();
-    outcomes.sort_by_key(|(index, _, _)| *index);
-    let executor = scorer.environment().executor.clone();
-    drop(scorer);
+    let executor = backend.name().to_string();
+    drop(backend);
+    // Per candidate: its kill rate, or why it was rejected and whether the machinery failed.
+    let outcomes = scored.into_iter().map(|scored| match scored.result {
+        Ok(report) if report.valid && report.infra_errors == 0 => {
+            (scored.index, Ok(report.mutant_kill), false)
+        }
+        Ok(report) => {
+            let why = report
+                .invalid_reason
+                .unwrap_or_else(|| format!("{} infrastructure errors", report.infra_errors));
+            (scored.index, Err(why), report.infra_errors > 0)
+        }
+        Err(err) => {
+            let infra = err.is_infrastructure();
+            (scored.index, Err(err.to_string()), infra)
+        }
+    });
 
     let mut report = CorpusReport {
         seed: args.seed,

@@ -5,78 +5,26 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use futures::StreamExt;
+use unitforge_sandbox::api::ScoreRequest;
+use unitforge_sandbox::backend::start_scorer;
+use unitforge_sandbox::cache::ResultCache;
+use unitforge_sandbox::client::{Client, ClientOptions};
+use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::local::discover_python;
 use unitforge_sandbox::rewards::{median, RewardConfig};
 use unitforge_sandbox::score::ScoreInput;
-
-use crate::{load_config, read_source, start_scorer, ExecutorArgs};
-use futures::StreamExt;
-use unitforge_sandbox::api::ScoreRequest;
-use unitforge_sandbox::cache::ResultCache;
-use unitforge_sandbox::client::{Client, ClientOptions};
-use unitforge_sandbox::executor::{start_pool, ExecutorKind, ExecutorOptions};
-use unitforge_sandbox::score::Scorer;
 use unitforge_sandbox::service::{Service, ServiceLimits};
 
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Score every shipped pair and print mutants, kill rate, per-run overhead, wall time per
-    /// pair and mutants per second; with mutmut 3 in the venv, mutmut's figures beside them.
-    Score(BenchScoreArgs),
-    /// Serve the shipped pairs through the reward service and print candidates per second and
-    /// p50/p99 latency for: a warm container pool, a fresh container per run, the local
-    /// executor, and cache hits.
-    Serve(BenchServeArgs),
-    /// Time SFT steps (full, LoRA, QLoRA) and generation on the tiny and a 0.5B-shaped model:
-    /// tokens/s, achieved FLOP/s against this CPU's matmul peak, peak memory (bf16 vs 4-bit
-    /// base); with torch installed, PyTorch's figures beside them.
-    Train(crate::bench_train::BenchTrainArgs),
-}
-
-#[derive(Args)]
-pub struct BenchServeArgs {
-    #[arg(long, default_value = "data/pairs")]
-    pairs: PathBuf,
-    /// Use the first N pairs (a fresh container per run is slow).
-    #[arg(long, default_value_t = 8)]
-    limit: usize,
-    /// Workers per pool.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
-    /// Requests in flight.
-    #[arg(long, default_value_t = 8)]
-    concurrency: usize,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-pub struct BenchScoreArgs {
-    /// Directory of pairs: one folder per pair holding `<name>.py` and `test_<name>.py`.
-    #[arg(long, default_value = "data/pairs")]
-    pairs: PathBuf,
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Score each pair this many times and report the median wall time.
-    #[arg(long, default_value_t = 1)]
-    repeat: usize,
-    /// Also run mutmut on each pair (needs mutmut 3 next to the Python used).
-    #[arg(long)]
-    mutmut: bool,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    executor: ExecutorArgs,
-}
+use super::{load_reward_config, notice, read_source, start_backend};
+use crate::cli::{BenchCommand, BenchScoreArgs, BenchServeArgs};
 
 pub async fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Score(args) => bench_score(args).await,
         BenchCommand::Serve(args) => bench_serve(args).await,
         BenchCommand::Train(args) => {
-            tokio::task::block_in_place(|| crate::bench_train::bench_train(args))
+            tokio::task::block_in_place(|| super::bench_train::bench_train(args))
         }
     }
 }
@@ -146,9 +94,12 @@ struct MutmutFigures {
 }
 
 async fn bench_score(args: BenchScoreArgs) -> Result<()> {
-    let config: RewardConfig = load_config(args.config.as_deref())?;
+    let config = load_reward_config(args.config.as_deref())?;
     let pairs = load_pairs(&args.pairs)?;
-    let scorer = start_scorer(&args.executor).await?;
+    let backend = start_backend(&args.executor.backend(&[], 1)).await?;
+    let scorer = backend
+        .scorer()
+        .expect("an in-process backend has a scorer");
     let python = discover_python(args.executor.python.as_deref());
     let cold_pytest_ms = cold_pytest_ms(&python, &pairs[0])?;
     let mut rows = Vec::new();
@@ -383,8 +334,7 @@ async fn serve_round(
     concurrency: usize,
     repeat_cached: bool,
 ) -> Result<Vec<ServeFigures>> {
-    let (pool, identity) = start_pool(options, &|line| eprintln!("  {line}")).await?;
-    let scorer = Scorer::new(pool).await?;
+    let (scorer, identity) = start_scorer(options, &notice).await?;
     let cache = ResultCache::open(None, 100_000)?;
     let service = Service::new(
         scorer,

@@ -18,8 +18,8 @@ async fn scorer() -> Scorer {
         .expect("runner starts (is .venv set up? see README)")
 }
 
-const CLAMP: &str = include_str!("../data/pairs/clamp/clamp.py");
-const CLAMP_TESTS: &str = include_str!("../data/pairs/clamp/test_clamp.py");
+const CLAMP: &str = include_str!("../../data/pairs/clamp/clamp.py");
+const CLAMP_TESTS: &str = include_str!("../../data/pairs/clamp/test_clamp.py");
 
 fn input(code: &str, tests: &str) -> ScoreInput {
     ScoreInput {
@@ -210,8 +210,8 @@ async fn cut_import_error_is_a_clear_error() {
 
 #[tokio::test]
 async fn a_mutant_that_loops_forever_is_a_timeout_kill() {
-    let code = include_str!("../data/pairs/gcd_lcm/gcd_lcm.py");
-    let tests = include_str!("../data/pairs/gcd_lcm/test_gcd_lcm.py");
+    let code = include_str!("../../data/pairs/gcd_lcm/gcd_lcm.py");
+    let tests = include_str!("../../data/pairs/gcd_lcm/test_gcd_lcm.py");
     let report = scorer()
         .await
         .score(

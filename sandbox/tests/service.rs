@@ -62,7 +62,7 @@ async fn start_service_with(
 
 fn pair(name: &str) -> ScoreRequest {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("data/pairs")
+        .join("../data/pairs")
         .join(name);
     ScoreRequest {
         id: Some(name.into()),
@@ -158,7 +158,7 @@ async fn a_thousand_mixed_requests_lose_nothing_and_match_a_serial_reference() {
     let _one = DOCKER.lock().await;
     let names: Vec<String> = {
         let mut names: Vec<String> =
-            std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/pairs"))
+            std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/pairs"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();

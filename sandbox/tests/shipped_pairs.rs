@@ -13,7 +13,7 @@ use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 use unitforge_sandbox::worker::WorkerPool;
 
 fn pairs() -> Vec<(String, String, String)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/pairs");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/pairs");
     let mut names: Vec<String> = std::fs::read_dir(&root)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())

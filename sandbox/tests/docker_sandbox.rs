@@ -16,8 +16,8 @@ use unitforge_sandbox::outcome::Verdict;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreInput, ScoreReport, Scorer};
 
-const CLAMP: &str = include_str!("../data/pairs/clamp/clamp.py");
-const CLAMP_TESTS: &str = include_str!("../data/pairs/clamp/test_clamp.py");
+const CLAMP: &str = include_str!("../../data/pairs/clamp/clamp.py");
+const CLAMP_TESTS: &str = include_str!("../../data/pairs/clamp/test_clamp.py");
 
 fn input(tests: &str) -> ScoreInput {
     ScoreInput {
@@ -155,7 +155,7 @@ async fn docker_and_local_executors_agree() {
     let local = Scorer::new(pool).await.unwrap();
     for pair in ["roman", "inventory", "collatz"] {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("data/pairs")
+            .join("../data/pairs")
             .join(pair);
         let input = ScoreInput {
             module: pair.into(),

@@ -1,0 +1,493 @@
+//! Every command, flag and help text of the `unitforge` binary (clap definitions), and nothing
+//! else: each command's body lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use unitforge_sandbox::backend::BackendOptions;
+use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
+use unitforge_trainer::stage::StageKind;
+
+#[derive(Parser)]
+#[command(
+    name = "unitforge",
+    version,
+    about = "Train models to write pytest unit tests, and judge tests by running them"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Score a pytest suite against a code under test: validity, mutant kill rate, speed,
+    /// stability, robustness and the composite reward.
+    ///
+    /// Exit status 0 whenever scoring ran, whatever the score; non-zero for unusable input
+    /// (missing file, syntax error in the code under test, bad config).
+    Score(ScoreArgs),
+    /// Run the reward service: JSON over HTTP in front of a warm sandbox pool, with a cache.
+    Serve(ServeArgs),
+    /// Write a randomly initialised model in Hugging Face layout (config.json,
+    /// model.safetensors) with a BPE tokenizer (tokenizer.json) trained on the project's data.
+    InitModel(InitModelArgs),
+    /// Precompute the offline teacher field: add `teacher_logprobs` (the teacher's log-prob of
+    /// each target token, end token included) to every row of a JSONL dataset.
+    TeacherLogprobs(TeacherLogprobsArgs),
+    /// Generate pytest files for a module with a trained model (offline inference).
+    Generate(GenerateArgs),
+    /// Training stages.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Evaluate a model.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// List the mutants of a Python module.
+    Mutants(MutantsArgs),
+    /// Show semantics-preserving variants of a Python module (used for the robustness reward).
+    Variants(VariantsArgs),
+    /// The sandbox image: show its tag and state, or build it (offline, with mmdebstrap).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Check the Docker engine, the sandbox image, and which protections hold inside a probe
+    /// container.
+    Doctor(DoctorArgs),
+    /// Benchmarks that print figures side by side with a reference.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where tests run.
+
+/// Options that choose and size the executor.
+#[derive(Args, Clone)]
+pub struct ExecutorArgs {
+    /// Where tests run: `docker` (hardened containers, the default) or `local` (processes on
+    /// this machine, for development only: untrusted code then runs on the host).
+    #[arg(long, value_enum, default_value = "docker")]
+    pub executor: ExecutorChoice,
+    /// Docker executor: the sandbox image (default: the tag derived from this build's runner,
+    /// built offline if missing).
+    #[arg(long, value_name = "TAG")]
+    pub image: Option<String>,
+    /// Local executor: Python interpreter with pytest installed (default: $UNITFORGE_PYTHON,
+    /// else the nearest .venv/bin/python, else python3).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// Workers (containers or processes) running tests in parallel (default: number of CPUs).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Replace a worker after this many runs.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub recycle_after: u64,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ExecutorChoice {
+    Docker,
+    Local,
+}
+
+impl ExecutorArgs {
+    pub fn options(&self) -> ExecutorOptions {
+        let defaults = ExecutorOptions::default();
+        ExecutorOptions {
+            kind: match self.executor {
+                ExecutorChoice::Docker => ExecutorKind::Docker,
+                ExecutorChoice::Local => ExecutorKind::Local,
+            },
+            workers: self.workers.unwrap_or(defaults.workers),
+            recycle_after: self.recycle_after,
+            python: self.python.clone(),
+            image: self.image.clone(),
+            container: defaults.container,
+        }
+    }
+
+    /// A reward backend on this executor, or on `servers` when any are given.
+    pub fn backend(&self, servers: &[String], concurrency: usize) -> BackendOptions {
+        BackendOptions {
+            executor: self.options(),
+            servers: servers.to_vec(),
+            concurrency,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sandbox's commands.
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// The code under test (a Python module; its file stem is the module name the tests import).
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    pub code: Option<PathBuf>,
+    /// The pytest file to score.
+    #[arg(long, value_name = "FILE", required_unless_present = "batch")]
+    pub tests: Option<PathBuf>,
+    /// Module name of the code under test, if not the file stem of --code.
+    #[arg(long, value_name = "NAME")]
+    pub module: Option<String>,
+    /// Reward config (YAML); defaults are documented in docs/rewards.md.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Score many pairs from a JSONL file: one object per line with `code`, `tests`, and
+    /// optional `id` and `module`. Writes one JSON result per line.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["code", "tests"])]
+    pub batch: Option<PathBuf>,
+    /// Pairs scored at the same time in --batch mode.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+    /// Where --batch writes its JSONL results (default: standard output).
+    #[arg(long, value_name = "FILE", requires = "batch")]
+    pub out: Option<PathBuf>,
+    /// Score through a running `unitforge serve` instead of a local pool (repeat for several
+    /// endpoints; requests are spread over them).
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Default reward config for requests that carry none.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where the persistent result cache lives.
+    #[arg(long, value_name = "DIR", default_value = ".unitforge-cache")]
+    pub cache_dir: PathBuf,
+    /// Keep no cache: every request is computed.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Scores held in the in-memory cache.
+    #[arg(long, default_value_t = 10_000)]
+    pub cache_entries: usize,
+    /// Scores admitted at once (in progress or waiting); more get 429 with Retry-After.
+    #[arg(long, default_value_t = 512)]
+    pub queue: usize,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+pub struct MutantsArgs {
+    /// The Python module to mutate.
+    pub file: PathBuf,
+    /// At most this many mutants (sampled deterministically by --seed).
+    #[arg(long, default_value_t = usize::MAX)]
+    pub max: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON (with each mutant's full source under `source`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct VariantsArgs {
+    /// The Python module to rewrite.
+    pub file: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub count: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Print the image tag this build uses and whether the engine has it.
+    Status,
+    /// Build the image if the engine does not have it (images/sandbox/build-offline.sh).
+    Build,
+}
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// The image to probe (default: the tag derived from this build).
+    #[arg(long, value_name = "TAG")]
+    pub image: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models: initialise, train, generate, evaluate.
+
+#[derive(Args)]
+pub struct InitModelArgs {
+    /// Model shape, initialisation and tokenizer settings.
+    #[arg(long, default_value = "configs/model_tiny.yaml")]
+    pub config: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "models/tiny")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TeacherLogprobsArgs {
+    /// The teacher checkpoint (Hugging Face layout; it must share the student's tokenizer).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Input JSONL (the SFT format).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output JSONL: the input rows, each with `teacher_logprobs` added.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Token budget of prompt + target, as in the distillation config (at least its max_len).
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Stage 1: supervised fine-tuning (LoRA, QLoRA or full) on (prompt, tests) pairs.
+    Sft(StageArgs),
+    /// Stage 2: GKD distillation from a teacher (online checkpoint, or the data's
+    /// teacher_logprobs): CE + λ_jsd·JSD + λ_rkl·RKL, optionally on the student's own samples.
+    Distill(StageArgs),
+}
+
+impl TrainCommand {
+    pub fn stage(&self) -> (StageKind, &StageArgs) {
+        match self {
+            TrainCommand::Sft(args) => (StageKind::Sft, args),
+            TrainCommand::Distill(args) => (StageKind::Distill, args),
+        }
+    }
+}
+
+/// `--config FILE` and `--set key=value` overrides, shared by every stage.
+#[derive(Args)]
+pub struct StageArgs {
+    /// The stage's YAML config (top-level keys include base_model, output_dir, max_steps,
+    /// train_data, eval_data); unknown keys are an error.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Override a config value; dotted keys reach nested fields (`--set lora.rank=16`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Model directory (Hugging Face layout: config.json, model.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// A PEFT adapter directory to apply on top of --model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// The code under test; its file stem is the module name in the prompt. Repeat for several
+    /// modules: all their prompts are generated as one batch.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub code: Vec<PathBuf>,
+    /// Completions to sample per module.
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f64,
+    #[arg(long, default_value_t = 50)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON: each completion and the test file extracted from it.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Greedy samples for held-out prompts: the fraction that is syntactically valid pytest
+    /// (parses, defines a test) and that imports the module under test. Nothing is run.
+    Samples(EvalSamplesArgs),
+}
+
+#[derive(Args)]
+pub struct EvalSamplesArgs {
+    /// Model directory (Hugging Face layout).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// A PEFT adapter directory to apply on top of --model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Held-out JSONL (the SFT format).
+    #[arg(long, default_value = "data/corpus/eval.jsonl")]
+    pub data: PathBuf,
+    /// Prompts to sample (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 384)]
+    pub max_new_tokens: usize,
+    /// Also run each valid sample in the sandbox against its code: the share that passes, and
+    /// the mean kill rate (default reward config).
+    #[arg(long)]
+    pub score: bool,
+    /// Pairs scored at once (with --score).
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Print the whole report, every sample included, as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets.
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Turn a directory of pairs (<name>/<name>.py + <name>/test_<name>.py) into SFT JSONL rows
+    /// (`module`, `code`, `chosen`), split into train.jsonl and eval.jsonl.
+    FromPairs(FromPairsArgs),
+    /// Generate the synthetic corpus: (module → pytest file) pairs from varied function families,
+    /// each reference suite scored in the sandbox; only suites valid on their code are kept.
+    /// Writes train.jsonl, eval.jsonl (held out: no code also in train.jsonl) and report.json.
+    Generate(GenerateDataArgs),
+}
+
+#[derive(Args)]
+pub struct FromPairsArgs {
+    #[arg(long, default_value = "data/pairs")]
+    pub pairs: PathBuf,
+    #[arg(long, default_value = "data/sft")]
+    pub out: PathBuf,
+    /// Pairs held out for evaluation (the last ones in name order).
+    #[arg(long, default_value_t = 6)]
+    pub eval: usize,
+}
+
+#[derive(Args)]
+pub struct GenerateDataArgs {
+    /// Output directory.
+    #[arg(long, default_value = "data/corpus")]
+    pub out: PathBuf,
+    /// Validated training pairs to write.
+    #[arg(long, default_value_t = 2000)]
+    pub train: usize,
+    /// Validated held-out pairs to write (none of their modules' code appears in training).
+    #[arg(long, default_value_t = 120)]
+    pub held_out: usize,
+    /// Seed of the generator.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Pairs scored at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Reward config the reference suites are scored with (default: the built-in one).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks.
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Score every shipped pair and print mutants, kill rate, per-run overhead, wall time per
+    /// pair and mutants per second; with mutmut 3 in the venv, mutmut's figures beside them.
+    Score(BenchScoreArgs),
+    /// Serve the shipped pairs through the reward service and print candidates per second and
+    /// p50/p99 latency for: a warm container pool, a fresh container per run, the local
+    /// executor, and cache hits.
+    Serve(BenchServeArgs),
+    /// Time SFT steps (full, LoRA, QLoRA) and generation on the tiny and a 0.5B-shaped model:
+    /// tokens/s, achieved FLOP/s against this CPU's matmul peak, peak memory (bf16 vs 4-bit
+    /// base); with torch installed, PyTorch's figures beside them.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Args)]
+pub struct BenchScoreArgs {
+    /// Directory of pairs: one folder per pair holding `<name>.py` and `test_<name>.py`.
+    #[arg(long, default_value = "data/pairs")]
+    pub pairs: PathBuf,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Score each pair this many times and report the median wall time.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// Also run mutmut on each pair (needs mutmut 3 next to the Python used).
+    #[arg(long)]
+    pub mutmut: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+pub struct BenchServeArgs {
+    #[arg(long, default_value = "data/pairs")]
+    pub pairs: PathBuf,
+    /// Use the first N pairs (a fresh container per run is slow).
+    #[arg(long, default_value_t = 8)]
+    pub limit: usize,
+    /// Workers per pool.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchTrainArgs {
+    /// Model shapes: `tiny` (configs/model_tiny.yaml) and `0.5b` (Qwen2-0.5B's shape).
+    #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
+    pub shapes: Vec<String>,
+    /// Timed training steps per configuration (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Tokens generated per measurement.
+    #[arg(long, default_value_t = 32)]
+    pub gen_tokens: usize,
+    /// Python with torch + transformers (+ peft) for the PyTorch reference (skipped if absent).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+    /// Internal: run one configuration (JSON) and print its figures.
+    #[arg(long, hide = true)]
+    pub probe: Option<String>,
+}

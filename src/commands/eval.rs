@@ -1,0 +1,198 @@
+//! Inference commands: `generate` (offline test generation) and `eval samples` (how many greedy
+//! samples are valid pytest, and with `--score` how they fare in the sandbox).
+
+use anyhow::Result;
+use serde::Serialize;
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::ScoreInput;
+use unitforge_trainer::data::{load_jsonl, Example, Targets};
+use unitforge_trainer::eval::{sample_report, SampleReport};
+use unitforge_trainer::generate::{self, SamplingConfig};
+use unitforge_trainer::model::Model;
+use unitforge_trainer::{prompts, tokenizer};
+
+use super::{module_name, progress_bar, read_source, runtime, start_backend};
+use crate::cli::{EvalCommand, EvalSamplesArgs, GenerateArgs};
+
+pub fn generate(args: &GenerateArgs) -> Result<()> {
+    let device = unitforge_trainer::device::select()?;
+    let tokenizer = tokenizer::load(&args.model.join("tokenizer.json"))?;
+    let end = tokenizer::end_token(&tokenizer)?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    // Every file's prompt n times, all generated as one batch.
+    let mut prompt_texts = Vec::new();
+    for path in &args.code {
+        let code = read_source(path)?;
+        let module = module_name(path, None)?;
+        let prompt = prompts::render(
+            &prompts::Task::Generate {
+                module: &module,
+                code: &code,
+            },
+            Some(&tokenizer),
+        );
+        prompt_texts.extend(std::iter::repeat_n(format!("{prompt}\n"), args.n.max(1)));
+    }
+    let config = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let completions = generate::generate(&model, &tokenizer, &prompt_texts, end, &config)?;
+    let per_file = args.n.max(1);
+    if args.json {
+        let rows: Vec<serde_json::Value> = completions
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                serde_json::json!({
+                    "code": args.code[i / per_file].display().to_string(),
+                    "completion": c,
+                    "tests": prompts::extract_tests(c),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for (index, completion) in completions.iter().enumerate() {
+            println!(
+                "# --- {}: completion {} of {} ---\n{}",
+                args.code[index / per_file].display(),
+                index % per_file + 1,
+                per_file,
+                prompts::extract_tests(completion)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the sandbox made of the samples (`eval samples --score`).
+#[derive(Serialize)]
+struct SampleScores {
+    scored: usize,
+    /// Samples whose tests pass on their code (a valid suite), over all prompts.
+    passing: usize,
+    passing_fraction: f64,
+    /// Mean kill rate over all prompts (0 for a sample that is invalid or fails).
+    mean_kill_rate: f64,
+    /// Samples the sandbox could not score (infrastructure failures, unusable code): left out.
+    excluded: usize,
+}
+
+pub fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
+    let device = unitforge_trainer::device::select()?;
+    let tok = tokenizer::load(&args.model.join("tokenizer.json"))?;
+    let end = tokenizer::end_token(&tok)?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let examples = load_jsonl(&args.data, Some(&tok), Targets::Optional)?;
+    let total = if args.limit == 0 {
+        examples.len()
+    } else {
+        args.limit.min(examples.len())
+    };
+    let progress = progress_bar(total, "prompts");
+    let report = sample_report(
+        &model,
+        &tok,
+        end,
+        &examples,
+        args.limit,
+        args.max_new_tokens,
+        &progress,
+    )?;
+    progress.finish_and_clear();
+    let scores = if args.score {
+        Some(runtime()?.block_on(score_samples(args, &examples, &report))?)
+    } else {
+        None
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["scores"] = serde_json::to_value(&scores)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let pct = |n: usize| 100.0 * n as f64 / report.prompts.max(1) as f64;
+    println!(
+        "{} greedy samples from {} on {}",
+        report.prompts,
+        args.model.display(),
+        args.data.display()
+    );
+    println!(
+        "  valid pytest     {:>4}  ({:.1}%)  parses and defines a test",
+        report.valid_pytest,
+        pct(report.valid_pytest)
+    );
+    println!(
+        "  parses           {:>4}  ({:.1}%)",
+        report.parses,
+        pct(report.parses)
+    );
+    println!(
+        "  imports module   {:>4}  ({:.1}%)",
+        report.imports_module,
+        pct(report.imports_module)
+    );
+    println!("  tests per sample {:.2}", report.mean_test_functions);
+    if let Some(scores) = scores {
+        println!(
+            "  pass on the code {:>4}  ({:.1}%)  in the sandbox; mean kill rate {:.3}",
+            scores.passing,
+            pct(scores.passing),
+            scores.mean_kill_rate
+        );
+        if scores.excluded > 0 {
+            println!(
+                "  excluded         {:>4}  (could not be scored)",
+                scores.excluded
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Score every valid sample against its example's code.
+async fn score_samples(
+    args: &EvalSamplesArgs,
+    examples: &[Example],
+    report: &SampleReport,
+) -> Result<SampleScores> {
+    let backend = start_backend(&args.executor.backend(&[], args.jobs)).await?;
+    let inputs: Vec<ScoreInput> = report
+        .samples
+        .iter()
+        .zip(examples)
+        .filter(|(sample, example)| sample.valid_pytest() && example.code.is_some())
+        .map(|(sample, example)| ScoreInput {
+            module: example.module.clone(),
+            code: example.code.clone().unwrap_or_default(),
+            tests: sample.tests.clone(),
+        })
+        .collect();
+    let scored = backend
+        .score_all(&inputs, &RewardConfig::default(), &|_| {})
+        .await;
+    let reports: Vec<_> = scored
+        .iter()
+        .filter_map(|s| s.result.as_ref().ok())
+        .collect();
+    let passing = reports.iter().filter(|r| r.valid).count();
+    let prompts = report.prompts.max(1) as f64;
+    Ok(SampleScores {
+        scored: reports.len(),
+        passing,
+        passing_fraction: passing as f64 / prompts,
+        mean_kill_rate: reports.iter().map(|r| r.mutant_kill).sum::<f64>() / prompts,
+        excluded: scored.len() - reports.len(),
+    })
+}
+
+pub fn run(command: &EvalCommand) -> Result<()> {
+    match command {
+        EvalCommand::Samples(args) => eval_samples(args),
+    }
+}

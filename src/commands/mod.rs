@@ -1,0 +1,70 @@
+//! The bodies of the `unitforge` commands, one file per family, and the few helpers they share
+//! (reading inputs, progress bars, the async runtime). Each body parses nothing and decides
+//! nothing a library should own: it reads files, calls the sandbox or trainer, and prints.
+
+pub mod bench;
+pub mod bench_train;
+pub mod data;
+pub mod eval;
+pub mod sandbox;
+pub mod train;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use unitforge_sandbox::backend::{BackendOptions, RewardBackend};
+use unitforge_sandbox::rewards::RewardConfig;
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+pub fn read_source(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `explicit`, else the file stem of `path` (the name tests import a module file by).
+pub fn module_name(path: &Path, explicit: Option<&str>) -> Result<String> {
+    if let Some(name) = explicit {
+        return Ok(name.to_string());
+    }
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string)
+        .with_context(|| format!("cannot take a module name from {}", path.display()))
+}
+
+/// The reward config in `path`, or the built-in defaults (docs/rewards.md).
+pub fn load_reward_config(path: Option<&Path>) -> Result<RewardConfig> {
+    Ok(match path {
+        Some(path) => RewardConfig::from_yaml_file(path)?,
+        None => RewardConfig::default(),
+    })
+}
+
+/// Lines a backend has to say while starting (image build progress, the local executor's
+/// warning) go to standard error, so standard output stays the command's result.
+pub fn notice(line: &str) {
+    eprintln!("  {line}");
+}
+
+/// Start a reward backend, with its start-up lines on standard error.
+pub async fn start_backend(options: &BackendOptions) -> Result<RewardBackend> {
+    Ok(RewardBackend::start(options, &notice).await?)
+}
+
+/// A progress bar on standard error over `len` items called `items`.
+pub fn progress_bar(len: usize, items: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {items}  {{elapsed}} elapsed, ~{{eta}} left"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}

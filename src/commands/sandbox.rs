@@ -1,0 +1,284 @@
+//! The sandbox's commands: `score` (one pair, or a JSONL batch), `serve`, `mutants`,
+//! `variants`, `image` and `doctor`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use unitforge_sandbox::backend::start_scorer;
+use unitforge_sandbox::cache::ResultCache;
+use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::score::{ScoreInput, ScoreReport, DEFAULT_MODULE};
+use unitforge_sandbox::service::{Service, ServiceLimits};
+use unitforge_sandbox::source::PythonSource;
+use unitforge_sandbox::variant::{generate_variants, VariantConfig};
+
+use super::{load_reward_config, module_name, notice, progress_bar, read_source, start_backend};
+use crate::cli::{DoctorArgs, ImageCommand, MutantsArgs, ScoreArgs, ServeArgs, VariantsArgs};
+use crate::render;
+
+pub async fn score(args: ScoreArgs) -> Result<()> {
+    let config = load_reward_config(args.config.as_deref())?;
+    if let Some(batch) = &args.batch {
+        return score_batch(&args, batch, &config).await;
+    }
+    let (code_path, tests_path) = (
+        args.code.as_ref().expect("clap requires --code"),
+        args.tests.as_ref().expect("clap requires --tests"),
+    );
+    let input = ScoreInput {
+        module: module_name(code_path, args.module.as_deref())?,
+        code: read_source(code_path)?,
+        tests: read_source(tests_path)?,
+    };
+    let backend = start_backend(&args.executor.backend(&args.server, args.jobs)).await?;
+    let report = backend.score(&input, &config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render::score_table(&report, code_path, tests_path));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct BatchRow {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    module: Option<String>,
+    code: String,
+    tests: String,
+}
+
+#[derive(Serialize)]
+struct BatchResult {
+    id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<ScoreReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> Result<()> {
+    let text = read_source(batch)?;
+    let mut ids = Vec::new();
+    let mut inputs = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row: BatchRow = serde_json::from_str(line).with_context(|| {
+            format!("{}:{}: not a candidate object", batch.display(), index + 1)
+        })?;
+        ids.push(row.id.unwrap_or_else(|| format!("{}", index + 1)));
+        inputs.push(ScoreInput {
+            module: row.module.unwrap_or_else(|| DEFAULT_MODULE.into()),
+            code: row.code,
+            tests: row.tests,
+        });
+    }
+    if inputs.is_empty() {
+        bail!("{} holds no candidates", batch.display());
+    }
+    let backend = start_backend(&args.executor.backend(&args.server, args.jobs)).await?;
+    let progress = progress_bar(inputs.len(), "pairs");
+    let mut out: Box<dyn Write> = match &args.out {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut results = backend.score_many(&inputs, config);
+    while let Some(scored) = results.next().await {
+        let (report, error) = match scored.result {
+            Ok(report) => (Some(report), None),
+            Err(err) => (None, Some(err.to_string())),
+        };
+        let line = BatchResult {
+            id: ids[scored.index].clone(),
+            report,
+            error,
+        };
+        serde_json::to_writer(&mut out, &line)?;
+        writeln!(out)?;
+        progress.inc(1);
+    }
+    out.flush()?;
+    progress.finish_and_clear();
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    let config = load_reward_config(args.config.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let cache = if args.no_cache {
+        None
+    } else {
+        Some(ResultCache::open(
+            Some(&args.cache_dir.join("scores.redb")),
+            args.cache_entries,
+        )?)
+    };
+    let options = args.executor.options();
+    let (scorer, identity) = start_scorer(&options, &notice).await?;
+    let limits = ServiceLimits {
+        queue_limit: args.queue,
+        active_scores: (options.workers * 2).max(2),
+        ..ServiceLimits::default()
+    };
+    eprintln!(
+        "unitforge serve: listening on http://{} ({} executor, {} workers, cache {})",
+        listener.local_addr()?,
+        scorer.pool().executor_name(),
+        scorer.pool().size(),
+        if cache.is_some() {
+            args.cache_dir.display().to_string()
+        } else {
+            "off".into()
+        }
+    );
+    let service = Service::new(scorer, identity, cache, config, limits);
+    service.run(listener, shutdown_signal()).await?;
+    eprintln!("unitforge serve: stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+}
+
+pub fn mutants(args: MutantsArgs) -> Result<()> {
+    let text = read_source(&args.file)?;
+    let source = PythonSource::parse(&args.file.display().to_string(), &text)?;
+    let config = MutantConfig {
+        max_mutants: args.max,
+        seed: args.seed,
+        operators: vec![],
+    };
+    let (mutants, census) = generate_mutants(&source, &config);
+    if args.json {
+        let rows: Vec<serde_json::Value> = mutants
+            .iter()
+            .map(|m| {
+                let mut value = serde_json::to_value(m).expect("mutants serialise");
+                value["source"] = serde_json::Value::String(m.apply(&text));
+                value
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "census": census, "mutants": rows })
+            )?
+        );
+    } else {
+        print!("{}", render::mutant_list(&mutants, &census));
+    }
+    Ok(())
+}
+
+pub fn variants(args: VariantsArgs) -> Result<()> {
+    let text = read_source(&args.file)?;
+    let source = PythonSource::parse(&args.file.display().to_string(), &text)?;
+    let variants = generate_variants(
+        &source,
+        &VariantConfig {
+            count: args.count,
+            seed: args.seed,
+        },
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&variants)?);
+    } else {
+        for variant in &variants {
+            let rewrites: Vec<String> = variant.rewrites.iter().map(|r| format!("{r:?}")).collect();
+            println!("=== variant {} ({})", variant.id, rewrites.join(", "));
+            for rename in &variant.renamed {
+                println!("    renamed {rename}");
+            }
+            println!("{}", variant.source);
+        }
+    }
+    Ok(())
+}
+
+fn connect_docker() -> Result<unitforge_sandbox::bollard::Docker> {
+    unitforge_sandbox::bollard::Docker::connect_with_local_defaults()
+        .context("cannot reach the Docker engine")
+}
+
+pub async fn image(command: ImageCommand) -> Result<()> {
+    let docker = connect_docker()?;
+    let tag = unitforge_sandbox::image::sandbox_image_tag();
+    match command {
+        ImageCommand::Status => match unitforge_sandbox::image::image_id(&docker, &tag).await? {
+            Some(id) => println!("{tag}  present  {id}"),
+            None => println!("{tag}  missing  (`unitforge image build` builds it)"),
+        },
+        ImageCommand::Build => {
+            let id = unitforge_sandbox::image::ensure_image(&docker, &tag, &notice).await?;
+            println!("{tag}  {id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn doctor(args: DoctorArgs) -> Result<()> {
+    let docker = connect_docker()?;
+    let report = unitforge_sandbox::doctor::diagnose(&docker, args.image.as_deref()).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let unknown = || "unknown".to_string();
+    println!(
+        "Docker engine     {} (API {})",
+        report.engine_version.clone().unwrap_or_else(unknown),
+        report.engine_api.clone().unwrap_or_else(unknown)
+    );
+    println!(
+        "cgroup version    {}",
+        report.cgroup_version.clone().unwrap_or_else(unknown)
+    );
+    println!(
+        "storage driver    {}",
+        report.storage_driver.clone().unwrap_or_else(unknown)
+    );
+    println!("security options  {}", report.security_options.join(", "));
+    println!(
+        "sandbox image     {}  {}",
+        report.image_tag,
+        report.image_id.as_deref().unwrap_or("MISSING")
+    );
+    if let Some(error) = &report.probe_error {
+        println!("\nprobe: {error}");
+    } else {
+        println!("\nInside a probe container with the sandbox's hardening:");
+        for (protection, holds) in &report.probe {
+            println!(
+                "  {}  {protection}",
+                if *holds { "ok  " } else { "MISSING" }
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Training commands: `train <stage>`, `init-model` and `teacher-logprobs`.
+
+use anyhow::Result;
+
+use crate::cli::{InitModelArgs, TeacherLogprobsArgs, TrainCommand};
+
+pub fn train(command: &TrainCommand) -> Result<()> {
+    let (kind, args) = command.stage();
+    let config = unitforge_trainer::stage_config::load(&args.config, &args.overrides)?;
+    let device = unitforge_trainer::device::select()?;
+    let summary = unitforge_trainer::stage::train(kind, &config, &device)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        return Ok(());
+    }
+    let headline = &summary.headline;
+    println!(
+        "{}: {} steps, held-out {} {:.3} → {:.3}, {} trainable parameters; model, adapter, metrics.jsonl and {} in {}",
+        kind.name(),
+        summary.steps,
+        headline.trim_start_matches("eval_"),
+        summary.first_eval.get(headline).copied().unwrap_or(f64::NAN),
+        summary.final_eval.get(headline).copied().unwrap_or(f64::NAN),
+        summary.trainable_parameters,
+        summary
+            .plot
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        summary.output_dir.display()
+    );
+    for (key, before) in &summary.first_eval {
+        if key == headline {
+            continue;
+        }
+        if let Some(after) = summary.final_eval.get(key) {
+            println!("  {key}: {before:.3} → {after:.3}");
+        }
+    }
+    Ok(())
+}
+
+pub fn init_model(args: &InitModelArgs) -> Result<()> {
+    let init = unitforge_trainer::init::read_init_config(&args.config)?;
+    let summary = unitforge_trainer::init::init_model(&init, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {}: {} parameters, vocabulary of {} tokens trained on {} files",
+            args.out.display(),
+            summary.parameters,
+            summary.vocab_size,
+            summary.corpus_files
+        );
+    }
+    Ok(())
+}
+
+pub fn teacher_logprobs(args: &TeacherLogprobsArgs) -> Result<()> {
+    let device = unitforge_trainer::device::select()?;
+    let summary = unitforge_trainer::distill::teacher_logprobs(
+        &args.teacher,
+        &args.data,
+        &args.out,
+        args.max_len,
+        &device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "wrote {}: {} rows, {} target tokens, teacher's mean log-prob {:.3}",
+            args.out.display(),
+            summary.rows,
+            summary.tokens,
+            summary.mean_logprob
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! The training stages by name: what `unitforge train <stage>` runs.
+
+use candle_core::Device;
+use serde::Serialize;
+
+use crate::stage_config::StageConfig;
+use crate::train_loop::StageSummary;
+use crate::TrainerError;
+
+/// A training stage of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// Stage 1: supervised fine-tuning.
+    Sft,
+    /// Stage 2: GKD distillation from a teacher.
+    Distill,
+}
+
+impl StageKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StageKind::Sft => "sft",
+            StageKind::Distill => "distill",
+        }
+    }
+}
+
+/// Run `kind` with `config` on `device`.
+pub fn train(
+    kind: StageKind,
+    config: &StageConfig,
+    device: &Device,
+) -> Result<StageSummary, TrainerError> {
+    match kind {
+        StageKind::Sft => crate::sft::train(config, device),
+        StageKind::Distill => crate::distill::train(config, device),
+    }
+}

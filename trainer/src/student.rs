@@ -1,0 +1,55 @@
+//! What every stage starts from: the model being trained (LoRA, QLoRA or full fine-tuning, as
+//! the config says), its tokenizer and end token, the datasets, and the collator.
+
+use candle_core::Device;
+use candle_nn::VarMap;
+use tokenizers::Tokenizer;
+
+use crate::data::{load_jsonl, Collator, Example, Targets};
+use crate::device::{parse_dtype, usable_dtype};
+use crate::model::{LoadOptions, Model};
+use crate::stage_config::StageConfig;
+use crate::tokenizer;
+use crate::TrainerError;
+
+/// What every stage starts from: the tokenizer, its end token, the datasets and the model being
+/// trained (LoRA, QLoRA or full, as the config says).
+pub struct Student {
+    pub tokenizer: Tokenizer,
+    pub end_id: u32,
+    pub train_set: Vec<Example>,
+    pub eval_set: Vec<Example>,
+    pub model: Model,
+    pub collator: Collator,
+}
+
+/// Load `config.base_model` for training, and the datasets (`targets`: whether every row must
+/// have one).
+pub fn load_student(
+    config: &StageConfig,
+    device: &Device,
+    targets: Targets,
+) -> Result<Student, TrainerError> {
+    let dtype = usable_dtype(device, parse_dtype(&config.dtype)?);
+    let tokenizer = tokenizer::load(&config.base_model.join("tokenizer.json"))?;
+    let end_id = tokenizer::end_token(&tokenizer)?;
+    let train_set = load_jsonl(&config.train_data, Some(&tokenizer), targets)?;
+    let eval_set = load_jsonl(&config.eval_data, Some(&tokenizer), targets)?;
+    let options = LoadOptions {
+        dtype,
+        lora: (!config.full_finetune).then(|| config.lora.clone()),
+        quantize_base: config.quantize_base,
+        full_finetune: config.full_finetune,
+        seed: config.seed,
+    };
+    let model = Model::load(&config.base_model, device, &options, &VarMap::new())?;
+    let collator = Collator::new(tokenizer.clone(), config.max_len, end_id, end_id);
+    Ok(Student {
+        tokenizer,
+        end_id,
+        train_set,
+        eval_set,
+        model,
+        collator,
+    })
+}
