@@ -46,18 +46,18 @@ python3 - <<'PY'
 import json
 load = lambda n: json.load(open(f"runs/demo/{n}.json"))
 sft, before, after = load("sft"), load("samples_before"), load("samples_after")
-print(f"SFT student: held-out loss {sft['first_eval_loss']:.3f} -> {sft['final_eval_loss']:.3f}")
+print(f"SFT student: held-out loss {sft['first_eval']['eval_loss']:.3f} -> {sft['final_eval']['eval_loss']:.3f}")
 print(f"valid pytest from greedy samples: {before['valid_fraction']:.1%} before, "
       f"{after['valid_fraction']:.1%} after ({after['valid_pytest']}/{after['prompts']} held-out prompts); "
       f"{after['scores']['passing_fraction']:.1%} pass on their code, mean kill rate "
       f"{after['scores']['mean_kill_rate']:.3f}")
 t, t2 = load("sft_teacher"), load("sft_teacher_more")
-print(f"SFT teacher: held-out loss {t['first_eval_loss']:.3f} -> {t['final_eval_loss']:.3f} "
-      f"-> {t2['final_eval_loss']:.3f} (500 more steps)")
+print(f"SFT teacher: held-out loss {t['first_eval']['eval_loss']:.3f} -> {t['final_eval']['eval_loss']:.3f} "
+      f"-> {t2['final_eval']['eval_loss']:.3f} (500 more steps)")
 for name in ("distill_jsd", "distill_rkl", "distill_ce"):
     d = load(name)
     a, b = d["first_eval"], d["final_eval"]
-    print(f"{name}: student loss {d['first_eval_loss']:.3f} -> {d['final_eval_loss']:.3f}, "
+    print(f"{name}: student loss {a['eval_loss']:.3f} -> {b['eval_loss']:.3f}, "
           f"top-1 agreement {a['teacher_top1_agreement']:.3f} -> {b['teacher_top1_agreement']:.3f}, "
           f"JSD {a['eval_jsd']:.3f} -> {b['eval_jsd']:.3f}, RKL {a['eval_rkl']:.3f} -> {b['eval_rkl']:.3f}"
           + ("" if name == "distill_ce" else
