@@ -264,15 +264,49 @@ pub enum TrainCommand {
     /// Stage 2: GKD distillation from a teacher (online checkpoint, or the data's
     /// teacher_logprobs): CE + λ_jsd·JSD + λ_rkl·RKL, optionally on the student's own samples.
     Distill(StageArgs),
+    /// Stage 3: GRPO. Groups of completions per prompt, each scored in the sandbox (the reward
+    /// config under `reward:`), advantage = reward − group mean, clipped policy loss, KL to the
+    /// starting weights, optional online JSD to a teacher. Writes metrics.jsonl,
+    /// completions.jsonl, eval.jsonl and reward_curve.png beside the model.
+    Grpo(GrpoArgs),
 }
 
 impl TrainCommand {
-    pub fn stage(&self) -> (StageKind, &StageArgs) {
+    /// The stage, and its config overrides (a GRPO command's flags become `reward.*` ones).
+    pub fn stage(&self) -> (StageKind, &StageArgs, Vec<String>) {
         match self {
-            TrainCommand::Sft(args) => (StageKind::Sft, args),
-            TrainCommand::Distill(args) => (StageKind::Distill, args),
+            TrainCommand::Sft(args) => (StageKind::Sft, args, args.overrides.clone()),
+            TrainCommand::Distill(args) => (StageKind::Distill, args, args.overrides.clone()),
+            TrainCommand::Grpo(grpo) => {
+                let mut overrides = grpo.stage.overrides.clone();
+                if let Some(executor) = grpo.executor {
+                    let name = match executor {
+                        ExecutorChoice::Docker => "docker",
+                        ExecutorChoice::Local => "local",
+                    };
+                    overrides.push(format!("reward.executor={name}"));
+                }
+                if let Some(server) = &grpo.server {
+                    overrides.push(format!("reward.server={server}"));
+                }
+                (StageKind::Grpo, &grpo.stage, overrides)
+            }
         }
     }
+}
+
+#[derive(Args)]
+pub struct GrpoArgs {
+    #[command(flatten)]
+    pub stage: StageArgs,
+    /// Where the completions' tests run (overrides `reward.executor`): `docker` (hardened
+    /// containers, the default) or `local` (host processes, development only).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorChoice>,
+    /// Score through a running `unitforge serve` (overrides `reward.server`); its cache makes
+    /// repeated completions free.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// `--config FILE` and `--set key=value` overrides, shared by every stage.

@@ -5,8 +5,8 @@ use anyhow::Result;
 use crate::cli::{InitModelArgs, TeacherLogprobsArgs, TrainCommand};
 
 pub fn train(command: &TrainCommand) -> Result<()> {
-    let (kind, args) = command.stage();
-    let config = unitforge_trainer::stage_config::load(&args.config, &args.overrides)?;
+    let (kind, args, overrides) = command.stage();
+    let config = unitforge_trainer::stage_config::load(&args.config, &overrides)?;
     let device = unitforge_trainer::device::select()?;
     let summary = unitforge_trainer::stage::train(kind, &config, &device)?;
     if args.json {

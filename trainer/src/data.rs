@@ -41,6 +41,8 @@ struct Row {
 /// One training example, its prompt already rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Example {
+    /// Its position in the dataset (0-based, blank lines not counted): the prompt's id in logs.
+    pub row: usize,
     pub prompt: String,
     /// What the model should answer (absent in prompt-only rows).
     pub target: Option<String>,
@@ -118,6 +120,7 @@ pub fn parse_jsonl(
             }
         };
         examples.push(Example {
+            row: examples.len(),
             prompt,
             target,
             teacher_logprobs: row.teacher_logprobs,
@@ -337,6 +340,7 @@ mod tests {
 
     fn example(prompt: &str, target: &str) -> Example {
         Example {
+            row: 0,
             prompt: prompt.into(),
             target: Some(target.into()),
             teacher_logprobs: None,

@@ -174,6 +174,7 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             tokenizer: &student.tokenizer,
             train_set: &student.train_set,
             headline: "eval_loss",
+            progress_figures: &[],
             plot: Plot::losses("distill"),
         },
         &mut logic,
@@ -233,7 +234,7 @@ impl StageLogic for Distillation<'_> {
         })
     }
 
-    fn evaluate(&mut self) -> Result<Evaluation, TrainerError> {
+    fn evaluate(&mut self, _step: usize) -> Result<Evaluation, TrainerError> {
         evaluate(
             &self.student.model,
             &self.student.collator,

@@ -33,6 +33,7 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             tokenizer: &student.tokenizer,
             train_set: &student.train_set,
             headline: "eval_loss",
+            progress_figures: &[],
             plot: Plot::losses("sft"),
         },
         &mut Supervised {
@@ -63,7 +64,7 @@ impl StageLogic for Supervised<'_> {
         })
     }
 
-    fn evaluate(&mut self) -> Result<Evaluation, TrainerError> {
+    fn evaluate(&mut self, _step: usize) -> Result<Evaluation, TrainerError> {
         let no_extra = &mut |_: &Batch, _: &Tensor| Ok(Figures::new());
         held_out(
             &self.student.model,

@@ -15,6 +15,8 @@ pub enum StageKind {
     Sft,
     /// Stage 2: GKD distillation from a teacher.
     Distill,
+    /// Stage 3: GRPO against the sandbox's rewards.
+    Grpo,
 }
 
 impl StageKind {
@@ -22,6 +24,7 @@ impl StageKind {
         match self {
             StageKind::Sft => "sft",
             StageKind::Distill => "distill",
+            StageKind::Grpo => "grpo",
         }
     }
 }
@@ -35,5 +38,6 @@ pub fn train(
     match kind {
         StageKind::Sft => crate::sft::train(config, device),
         StageKind::Distill => crate::distill::train(config, device),
+        StageKind::Grpo => crate::grpo::train(config, device),
     }
 }

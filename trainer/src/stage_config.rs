@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::{Mapping, Value};
 
+use unitforge_sandbox::executor::ExecutorKind;
+use unitforge_sandbox::rewards::RewardConfig;
+
 use crate::generate::SamplingConfig;
 use crate::lora::LoraConfig;
 use crate::optim::AdamWConfig;
@@ -82,6 +85,12 @@ pub struct StageConfig {
     /// Loss weights and settings of `train distill`.
     #[serde(default)]
     pub distill: DistillSettings,
+    /// Group sampling, policy loss and evaluation of `train grpo`.
+    #[serde(default)]
+    pub grpo: GrpoSettings,
+    /// Where and how `train grpo` scores its completions.
+    #[serde(default)]
+    pub reward: RewardSettings,
 }
 
 fn one() -> usize {
@@ -167,6 +176,249 @@ impl DistillSettings {
             return bad("*_weight: weights must not be negative".into());
         }
         Ok(())
+    }
+}
+
+/// How the per-token policy loss is normalised (TRL's `loss_type`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LossType {
+    /// Mean over each completion's tokens, then mean over completions (length-biased).
+    Grpo,
+    /// Token sum over the micro-batch's completion tokens.
+    Bnpo,
+    /// Token sum over `max_completion_length` × completions: a constant, no length bias.
+    DrGrpo,
+    /// Token sum over every completion token of the step (all micro-batches).
+    Dapo,
+}
+
+/// What advantages are divided by (TRL's `scale_rewards`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardScaling {
+    /// A = r − mean(group): the original design.
+    None,
+    /// A = (r − mean(group)) / (std(group) + ε).
+    Group,
+    /// A = (r − mean(group)) / (std(batch) + ε).
+    Batch,
+}
+
+/// Where the importance ratio lives (TRL's `importance_sampling_level`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportanceLevel {
+    /// One ratio per token.
+    Token,
+    /// GSPO: one length-normalised ratio per completion.
+    Sequence,
+}
+
+/// Online distillation inside GRPO: the generalised JSD between the student and the teacher on
+/// the sampled completions, added with `weight`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GkdOnline {
+    pub weight: f64,
+    /// JSD interpolation: 0 = forward KL(T‖S), 0.5 = symmetric, 1 = reverse KL(S‖T).
+    pub beta: f64,
+    pub temperature: f64,
+}
+
+impl Default for GkdOnline {
+    fn default() -> Self {
+        Self {
+            weight: 0.0,
+            beta: 0.5,
+            temperature: 1.0,
+        }
+    }
+}
+
+/// The `grpo:` section of a stage config. Field names follow TRL's GRPOConfig where the meaning
+/// is the same.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSettings {
+    /// Prompts per optimiser step; each is one group (`batch_size` groups per forward).
+    pub prompts_per_step: usize,
+    /// G: completions sampled per prompt.
+    pub num_generations: usize,
+    pub max_completion_length: usize,
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    /// μ: optimisation steps on each generated batch (the ratio leaves 1 from the second on).
+    pub num_iterations: usize,
+    /// Lower clip of the ratio: 1 − epsilon.
+    pub epsilon: f64,
+    /// Upper clip of the ratio: 1 + epsilon_high (default: epsilon).
+    pub epsilon_high: Option<f64>,
+    /// KL coefficient to the reference policy; 0 skips the reference forward.
+    pub beta: f64,
+    pub loss_type: LossType,
+    pub scale_rewards: RewardScaling,
+    /// Leave completions that hit `max_completion_length` out of the loss.
+    pub mask_truncated_completions: bool,
+    pub importance_sampling_level: ImportanceLevel,
+    /// Online distillation from `teacher_model` on the sampled completions.
+    pub gkd_online: GkdOnline,
+    /// Held-out prompts scored at each evaluation.
+    pub eval_prompts: usize,
+    /// Completions per held-out prompt at evaluation: 0 = one greedy completion.
+    pub eval_samples: usize,
+    /// Write every sampled completion to `completions.jsonl`.
+    pub log_completions: bool,
+}
+
+impl Default for GrpoSettings {
+    fn default() -> Self {
+        Self {
+            prompts_per_step: 4,
+            num_generations: 4,
+            max_completion_length: 256,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            num_iterations: 1,
+            epsilon: 0.2,
+            epsilon_high: None,
+            beta: 0.0,
+            loss_type: LossType::Dapo,
+            scale_rewards: RewardScaling::None,
+            mask_truncated_completions: false,
+            importance_sampling_level: ImportanceLevel::Token,
+            gkd_online: GkdOnline::default(),
+            eval_prompts: 16,
+            eval_samples: 0,
+            log_completions: true,
+        }
+    }
+}
+
+impl GrpoSettings {
+    pub fn epsilon_high(&self) -> f64 {
+        self.epsilon_high.unwrap_or(self.epsilon)
+    }
+
+    pub fn validate(&self) -> Result<(), TrainerError> {
+        let bad = |what: String| Err(TrainerError::Config(format!("grpo.{what}")));
+        if self.num_generations < 2 {
+            return bad(format!(
+                "num_generations = {}: a group needs at least 2 completions to compare",
+                self.num_generations
+            ));
+        }
+        if self.prompts_per_step == 0 || self.max_completion_length == 0 {
+            return bad("prompts_per_step and max_completion_length must be positive".into());
+        }
+        if self.num_iterations == 0 {
+            return bad("num_iterations must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.epsilon) || self.epsilon_high() < 0.0 {
+            return bad(format!(
+                "epsilon = {} / epsilon_high = {}: the clip range must be 1 − epsilon > 0 and epsilon_high ≥ 0",
+                self.epsilon,
+                self.epsilon_high()
+            ));
+        }
+        if self.beta < 0.0 || self.gkd_online.weight < 0.0 {
+            return bad("beta and gkd_online.weight must not be negative".into());
+        }
+        if !(0.0..=1.0).contains(&self.gkd_online.beta) || self.gkd_online.temperature <= 0.0 {
+            return bad("gkd_online: beta must lie in [0, 1] and temperature be positive".into());
+        }
+        if self.temperature < 0.0 || !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
+            return bad("temperature must be ≥ 0 and top_p in (0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
+/// The `reward:` section of a stage config: where completions are scored (`executor`,
+/// `server`, `workers`, `concurrency`), and every other key a reward config
+/// (`configs/rewards.yaml`: `weights`, `mutants`, `timeouts`, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardSettings {
+    /// `docker` (the default) or `local` (host processes, development only).
+    pub executor: ExecutorKind,
+    /// A running reward service (`http://host:port`) instead of an in-process pool.
+    pub server: Option<String>,
+    /// Sandbox workers of the in-process pool (default: number of CPUs).
+    pub workers: Option<usize>,
+    /// Completions scored at the same time.
+    pub concurrency: usize,
+    /// How each completion is scored; part of the cache key.
+    pub scoring: RewardConfig,
+}
+
+impl Default for RewardSettings {
+    fn default() -> Self {
+        Self {
+            executor: ExecutorKind::Docker,
+            server: None,
+            workers: None,
+            concurrency: 4,
+            scoring: RewardConfig::default(),
+        }
+    }
+}
+
+/// The keys of `reward:` that are not the reward config's.
+#[derive(Deserialize)]
+struct RewardPlace {
+    #[serde(default)]
+    executor: ExecutorKind,
+    #[serde(default)]
+    server: Option<String>,
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    concurrency: Option<usize>,
+    #[serde(flatten)]
+    scoring: Mapping,
+}
+
+impl<'de> Deserialize<'de> for RewardSettings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let place = RewardPlace::deserialize(deserializer)?;
+        // The rest is a reward config: its own unknown keys are errors that name them.
+        let scoring = RewardConfig::deserialize(Value::Mapping(place.scoring))
+            .map_err(|e| serde::de::Error::custom(format!("reward: {e}")))?;
+        Ok(Self {
+            executor: place.executor,
+            server: place.server,
+            workers: place.workers,
+            concurrency: place
+                .concurrency
+                .unwrap_or(RewardSettings::default().concurrency),
+            scoring,
+        })
+    }
+}
+
+impl Serialize for RewardSettings {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = match serde_yaml_ng::to_value(&self.scoring) {
+            Ok(Value::Mapping(map)) => map,
+            _ => Mapping::new(),
+        };
+        let mut put = |key: &str, value: Value| {
+            map.insert(Value::String(key.into()), value);
+        };
+        put(
+            "executor",
+            serde_yaml_ng::to_value(self.executor).map_err(serde::ser::Error::custom)?,
+        );
+        if let Some(server) = &self.server {
+            put("server", Value::String(server.clone()));
+        }
+        if let Some(workers) = self.workers {
+            put("workers", Value::Number(workers.into()));
+        }
+        put("concurrency", Value::Number(self.concurrency.into()));
+        map.serialize(serializer)
     }
 }
 

@@ -110,8 +110,9 @@ pub trait StageLogic {
         batch: &mut MicroBatch,
     ) -> Result<MicroLoss, TrainerError>;
 
-    /// The held-out evaluation; it holds the stage's headline figure.
-    fn evaluate(&mut self) -> Result<Evaluation, TrainerError>;
+    /// The held-out evaluation after `step` optimiser steps; it holds the stage's headline
+    /// figure.
+    fn evaluate(&mut self, step: usize) -> Result<Evaluation, TrainerError>;
 
     /// Whether a checkpoint after `done` steps lets a resumed run continue exactly (a stage
     /// that reuses one step's samples over several steps can only stop between them).
@@ -138,6 +139,8 @@ pub struct Stage<'a> {
     pub train_set: &'a [Example],
     /// The evaluation figure that sums the stage up.
     pub headline: &'static str,
+    /// Figures of each step shown on the progress bar beside the loss (`reward`, `kl`).
+    pub progress_figures: &'static [&'static str],
     pub plot: Plot,
 }
 
@@ -197,6 +200,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
         tokenizer,
         train_set,
         headline,
+        progress_figures,
         plot,
     } = stage;
     let params = model.trainable().to_vec();
@@ -224,7 +228,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
     }
     watch_for_interrupt();
 
-    let first_eval = logic.evaluate()?;
+    let first_eval = logic.evaluate(start_step)?;
     let mut last_eval = first_eval.clone();
     let headline_of = |eval: &Evaluation| eval.get(headline).copied().unwrap_or(f64::NAN);
     let progress = if config.progress {
@@ -282,6 +286,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
         for (key, value) in logic.prepare_step(step, &mut batches)? {
             parts.insert(key.to_string(), value);
         }
+        let training = Instant::now();
         let mut grads = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0usize;
@@ -305,11 +310,13 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
             config.min_lr_ratio,
         );
         optimizer.step(&grads, lr)?;
+        // Forward, backward and update (a stage's preparation, such as sampling, not included).
+        parts.insert("train_s".into(), training.elapsed().as_secs_f64());
         let loss = loss_sum / accum as f64;
         let done = step + 1;
         last_done = done;
         if done % config.eval_every.max(1) == 0 || done == config.max_steps {
-            last_eval = logic.evaluate()?;
+            last_eval = logic.evaluate(done)?;
             parts.extend(last_eval.clone());
         }
         let line = StepMetrics {
@@ -320,12 +327,8 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
             grad_norm,
             parts,
         };
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::to_string(&line).expect("metrics serialise")
-        )
-        .map_err(io(&metrics_path))?;
+        let written = serde_json::to_string(&line).expect("metrics serialise");
+        writeln!(metrics, "{written}").map_err(io(&metrics_path))?;
         let interrupted = INTERRUPTED.load(Ordering::SeqCst) && logic.can_stop_after(done);
         if done % config.save_every.max(1) == 0 || done == end || interrupted {
             checkpoint::save(
@@ -336,8 +339,12 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
                 done,
             )?;
         }
+        let shown: String = progress_figures
+            .iter()
+            .filter_map(|key| Some(format!("  {key} {:.3}", line.parts.get(*key)?)))
+            .collect();
         progress.set_message(format!(
-            "loss {loss:.3}  {} {:.3}",
+            "loss {loss:.3}{shown}  eval {} {:.3}",
             headline.trim_start_matches("eval_"),
             headline_of(&last_eval)
         ));

@@ -4,88 +4,17 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{max_abs, max_abs_diff, randn};
+use common::{
+    max_abs, max_abs_diff, randn, random_weights, randomise_b, tiny_config, write_checkpoint,
+};
 use unitforge_trainer::config::ModelConfig;
 use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::quant::Nf4Tensor;
-
-fn tiny_config() -> serde_json::Value {
-    serde_json::json!({
-        "model_type": "qwen2", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": false, "sliding_window": 64, "max_window_layers": 2,
-        "use_sliding_window": false, "hidden_act": "silu"
-    })
-}
-
-/// Random weights in Hugging Face layout, as `dtype`.
-fn random_weights(config: &ModelConfig, seed: u64, dtype: DType) -> HashMap<String, Tensor> {
-    let mut weights = HashMap::new();
-    let mut counter = seed * 1000;
-    let mut put = |name: String, shape: &[usize], around_one: bool| {
-        counter += 1;
-        let noise = randn(counter, shape, if around_one { 0.1 } else { 0.2 });
-        let value = if around_one {
-            (noise + 1.0).unwrap()
-        } else {
-            noise
-        };
-        weights.insert(name, value.to_dtype(dtype).unwrap());
-    };
-    let (h, i, hd) = (
-        config.hidden_size,
-        config.intermediate_size,
-        config.head_dim(),
-    );
-    let (q, kv) = (config.num_attention_heads * hd, config.kv_heads() * hd);
-    put(
-        "model.embed_tokens.weight".into(),
-        &[config.vocab_size, h],
-        false,
-    );
-    put("lm_head.weight".into(), &[config.vocab_size, h], false);
-    put("model.norm.weight".into(), &[h], true);
-    for l in 0..config.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        for (name, shape) in [
-            ("self_attn.q_proj", [q, h]),
-            ("self_attn.k_proj", [kv, h]),
-            ("self_attn.v_proj", [kv, h]),
-            ("self_attn.o_proj", [h, q]),
-            ("mlp.gate_proj", [i, h]),
-            ("mlp.up_proj", [i, h]),
-            ("mlp.down_proj", [h, i]),
-        ] {
-            put(format!("{p}.{name}.weight"), &shape, false);
-        }
-        for (name, size) in [
-            ("self_attn.q_proj", q),
-            ("self_attn.k_proj", kv),
-            ("self_attn.v_proj", kv),
-        ] {
-            put(format!("{p}.{name}.bias"), &[size], false);
-        }
-        put(format!("{p}.input_layernorm.weight"), &[h], true);
-        put(format!("{p}.post_attention_layernorm.weight"), &[h], true);
-    }
-    weights
-}
-
-fn write_checkpoint(dir: &Path, weights: &HashMap<String, Tensor>) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&tiny_config()).unwrap(),
-    )
-    .unwrap();
-    candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
-}
 
 fn config() -> ModelConfig {
     serde_json::from_value(tiny_config()).unwrap()
@@ -229,18 +158,6 @@ fn a_fresh_adapter_leaves_the_logits_exactly_unchanged() {
         max_abs_diff(&base, &adapted.forward(&ids(), 0, None, false).unwrap()),
         0.0
     );
-}
-
-/// Set every LoRA B to small random values (a fresh B is zero, which zeroes A's gradient).
-fn randomise_b(model: &Model, seed: u64) {
-    for (index, (name, var)) in model.trainable().iter().enumerate() {
-        if name.contains("lora_B") {
-            let noise = randn(seed * 1000 + index as u64, var.dims(), 0.1)
-                .to_dtype(var.dtype())
-                .unwrap();
-            var.set(&noise).unwrap();
-        }
-    }
 }
 
 fn weighted_loss(model: &Model, probe: &Tensor) -> Tensor {

@@ -1,8 +1,13 @@
 //! Helpers shared by the trainer's integration tests.
 #![allow(dead_code)] // each test binary uses a part
 
-use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
 use unitforge_sandbox::rng::SplitMix64;
+use unitforge_trainer::config::ModelConfig;
+use unitforge_trainer::model::Model;
 
 /// Deterministic normal samples (candle's CPU device cannot be seeded), f64.
 pub fn randn(seed: u64, shape: &[usize], scale: f64) -> Tensor {
@@ -27,4 +32,89 @@ pub fn max_abs(t: &Tensor) -> f32 {
 /// Largest absolute element-wise difference of two f32 tensors.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs(&(a - b).unwrap())
+}
+
+/// A small Qwen2-shaped config: 2 layers, 32 wide, 96 tokens.
+pub fn tiny_config() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "qwen2", "vocab_size": 96, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 64, "rope_theta": 10000.0, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": false, "sliding_window": 64, "max_window_layers": 2,
+        "use_sliding_window": false, "hidden_act": "silu"
+    })
+}
+
+/// Random weights in Hugging Face layout, as `dtype`.
+pub fn random_weights(config: &ModelConfig, seed: u64, dtype: DType) -> HashMap<String, Tensor> {
+    let mut weights = HashMap::new();
+    let mut counter = seed * 1000;
+    let mut put = |name: String, shape: &[usize], around_one: bool| {
+        counter += 1;
+        let noise = randn(counter, shape, if around_one { 0.1 } else { 0.2 });
+        let value = if around_one {
+            (noise + 1.0).unwrap()
+        } else {
+            noise
+        };
+        weights.insert(name, value.to_dtype(dtype).unwrap());
+    };
+    let (h, i, hd) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.head_dim(),
+    );
+    let (q, kv) = (config.num_attention_heads * hd, config.kv_heads() * hd);
+    put(
+        "model.embed_tokens.weight".into(),
+        &[config.vocab_size, h],
+        false,
+    );
+    put("lm_head.weight".into(), &[config.vocab_size, h], false);
+    put("model.norm.weight".into(), &[h], true);
+    for l in 0..config.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (name, shape) in [
+            ("self_attn.q_proj", [q, h]),
+            ("self_attn.k_proj", [kv, h]),
+            ("self_attn.v_proj", [kv, h]),
+            ("self_attn.o_proj", [h, q]),
+            ("mlp.gate_proj", [i, h]),
+            ("mlp.up_proj", [i, h]),
+            ("mlp.down_proj", [h, i]),
+        ] {
+            put(format!("{p}.{name}.weight"), &shape, false);
+        }
+        for (name, size) in [
+            ("self_attn.q_proj", q),
+            ("self_attn.k_proj", kv),
+            ("self_attn.v_proj", kv),
+        ] {
+            put(format!("{p}.{name}.bias"), &[size], false);
+        }
+        put(format!("{p}.input_layernorm.weight"), &[h], true);
+        put(format!("{p}.post_attention_layernorm.weight"), &[h], true);
+    }
+    weights
+}
+
+pub fn write_checkpoint(dir: &Path, weights: &HashMap<String, Tensor>) {
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&tiny_config()).unwrap(),
+    )
+    .unwrap();
+    candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
+}
+
+/// Set every LoRA B to small random values (a fresh B is zero, which zeroes A's gradient).
+pub fn randomise_b(model: &Model, seed: u64) {
+    for (index, (name, var)) in model.trainable().iter().enumerate() {
+        if name.contains("lora_B") {
+            let noise = randn(seed * 1000 + index as u64, var.dims(), 0.1)
+                .to_dtype(var.dtype())
+                .unwrap();
+            var.set(&noise).unwrap();
+        }
+    }
 }
