@@ -83,13 +83,13 @@ fn settings(loss_type: LossType, beta: f64) -> PolicySettings {
 
 /// Per-token loss by hand: −min(r·A, clip(r)·A) + β·k3.
 fn by_hand(beta: f64, reference: &[[f64; 3]; 2]) -> [[f64; 3]; 2] {
-    let logp = [[-1.0, -2.0, -0.5], [-0.3, -1.2, -9.0]];
+    let logp: [[f64; 3]; 2] = [[-1.0, -2.0, -0.5], [-0.3, -1.2, -9.0]];
     let old = [[-1.1, -1.9, -0.5], [-0.1, -1.4, -9.0]];
     let adv = [0.7, -0.4];
     let mut out = [[0.0; 3]; 2];
     for i in 0..2 {
         for j in 0..3 {
-            let r: f64 = (logp[i][j] - old[i][j]).exp();
+            let r = (logp[i][j] - old[i][j]).exp();
             let clipped = r.clamp(0.8, 1.28);
             let surrogate = (r * adv[i]).min(clipped * adv[i]);
             let d = reference[i][j] - logp[i][j];
