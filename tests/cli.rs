@@ -310,7 +310,7 @@ fn shipped_reward_config_is_the_documented_default() {
 }
 
 #[test]
-fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outputs() {
+fn training_stage_config_errors_name_the_key_and_short_runs_of_every_stage_write_their_outputs() {
     let out = unitforge(&[
         "train",
         "sft",
@@ -506,6 +506,105 @@ fn training_stage_config_errors_name_the_key_and_a_short_sft_run_writes_its_outp
     let first = std::fs::read_to_string(offline.join("metrics.jsonl")).unwrap();
     let row: serde_json::Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
     assert!(row["rkl"].is_number() && row.get("jsd").is_none(), "{row}");
+
+    // Stage 3 from the distilled model, both branches' configs, scored by the local sandbox.
+    let grpo = |config: &str, out: &std::path::Path, extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "train",
+            "grpo",
+            "--config",
+            config,
+            "--executor",
+            "local",
+            "--json",
+        ]
+        .map(String::from)
+        .to_vec();
+        for set in [
+            format!("base_model={}", distill.display()),
+            format!("output_dir={}", out.display()),
+            "max_steps=2".into(),
+            "eval_every=2".into(),
+            "full_finetune=false".into(),
+            "batch_size=1".into(),
+            "grpo.prompts_per_step=2".into(),
+            "grpo.num_generations=2".into(),
+            "grpo.max_completion_length=16".into(),
+            "grpo.eval_prompts=2".into(),
+            "reward.workers=1".into(),
+            "progress=false".into(),
+        ] {
+            args.push("--set".into());
+            args.push(set);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        unitforge(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    for (config, name) in [
+        ("configs/grpo_mutant_max.yaml", "grpo-mutant"),
+        ("configs/grpo_speed_stable.yaml", "grpo-speed"),
+    ] {
+        let out = dir.path().join(name);
+        let summary = json_of(&grpo(config, &out, &[]));
+        assert_eq!(summary["steps"], 2);
+        assert_eq!(summary["headline"], "eval_reward");
+        assert!(
+            summary["final_eval"]["eval_validity"].is_number(),
+            "{summary}"
+        );
+        for file in [
+            "model.safetensors",
+            "adapter_model.safetensors",
+            "metrics.jsonl",
+            "eval.jsonl",
+            "completions.jsonl",
+            "reward_curve.png",
+        ] {
+            assert!(out.join(file).is_file(), "{name}: {file}");
+        }
+        for line in std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+        {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            for key in [
+                "loss",
+                "lr",
+                "reward",
+                "reward_std",
+                "validity",
+                "mutant_kill",
+                "speed",
+                "stability",
+                "robustness",
+                "kl",
+                "clip_ratio",
+                "completion_len",
+                "truncated_frac",
+                "zero_std_frac",
+                "infra_excluded",
+                "gen_s",
+                "reward_s",
+                "reward_wait_s",
+                "train_s",
+                "tokens_per_s",
+            ] {
+                assert!(row[key].is_number(), "{key} in {line}");
+            }
+        }
+    }
+    // The reward section is a reward config: its unknown keys are named too.
+    let bad = grpo(
+        "configs/grpo_mutant_max.yaml",
+        &dir.path().join("bad"),
+        &["--set", "reward.wieghts.speed=1"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("wieghts"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 #[test]
