@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv image lint bench demo
+.PHONY: test venv image lint bench demo demo-grpo
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -37,3 +37,8 @@ bench: venv
 demo:
 	cargo build --release --locked
 	scripts/demo-train.sh
+
+# Stage 3 on the tiny models: both GRPO branches from the demo's GKD checkpoint (after `make demo`).
+demo-grpo: image
+	cargo build --release --locked
+	scripts/demo-grpo.sh
