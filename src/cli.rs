@@ -32,6 +32,11 @@ pub enum Command {
     /// Write a randomly initialised model in Hugging Face layout (config.json,
     /// model.safetensors) with a BPE tokenizer (tokenizer.json) trained on the project's data.
     InitModel(InitModelArgs),
+    /// Import a Llama-architecture GGUF file (llama.cpp's format: F32, F16, BF16, Q4_0, Q4_1,
+    /// Q5_*, Q8_0, K-quants) into the Hugging Face layout the trainer loads: config.json,
+    /// model.safetensors, tokenizer.json, tokenizer_config.json (chat template),
+    /// generation_config.json.
+    ImportGguf(ImportGgufArgs),
     /// Precompute the offline teacher field: add `teacher_logprobs` (the teacher's log-prob of
     /// each target token, end token included) to every row of a JSONL dataset.
     TeacherLogprobs(TeacherLogprobsArgs),
@@ -237,6 +242,27 @@ pub struct InitModelArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ImportGgufArgs {
+    /// The GGUF file.
+    #[arg(long, value_name = "FILE")]
+    pub gguf: PathBuf,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Dtype of the written weights (they are dequantised).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: WeightDtype,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum WeightDtype {
+    F32,
+    Bf16,
 }
 
 #[derive(Args)]

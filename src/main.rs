@@ -5,7 +5,7 @@
 //! here: `cli.rs` lists every command and flag, and each command's body is in `commands/`:
 //!
 //! - `commands/sandbox.rs` — score, serve, mutants, variants, image, doctor
-//! - `commands/train.rs` — train (sft, distill), init-model, teacher-logprobs
+//! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, teacher-logprobs
 //! - `commands/eval.rs` — generate, eval
 //! - `commands/data.rs` — data from-pairs, data generate
 //! - `commands/bench.rs`, `commands/bench_train.rs` — bench score, serve, train
@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Image(command) => runtime().and_then(|rt| rt.block_on(sandbox::image(command))),
         Command::Doctor(args) => runtime().and_then(|rt| rt.block_on(sandbox::doctor(args))),
         Command::InitModel(args) => train::init_model(&args),
+        Command::ImportGguf(args) => train::import_gguf(&args),
         Command::Train(command) => train::train(&command),
         Command::TeacherLogprobs(args) => train::teacher_logprobs(&args),
         Command::Generate(args) => eval::generate(&args),

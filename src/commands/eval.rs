@@ -9,15 +9,15 @@ use unitforge_trainer::data::{load_jsonl, Example, Targets};
 use unitforge_trainer::eval::{sample_report, SampleReport};
 use unitforge_trainer::generate::{self, SamplingConfig};
 use unitforge_trainer::model::Model;
-use unitforge_trainer::{prompts, tokenizer};
+use unitforge_trainer::prompts;
+use unitforge_trainer::tokenizer::ModelTokenizer;
 
 use super::{module_name, progress_bar, read_source, runtime, start_backend};
 use crate::cli::{EvalCommand, EvalSamplesArgs, GenerateArgs};
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     let device = unitforge_trainer::device::select()?;
-    let tokenizer = tokenizer::load(&args.model.join("tokenizer.json"))?;
-    let end = tokenizer::end_token(&tokenizer)?;
+    let text = ModelTokenizer::load(&args.model)?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
     // Every file's prompt n times, all generated as one batch.
     let mut prompt_texts = Vec::new();
@@ -29,9 +29,9 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
                 module: &module,
                 code: &code,
             },
-            Some(&tokenizer),
+            &text.format,
         );
-        prompt_texts.extend(std::iter::repeat_n(format!("{prompt}\n"), args.n.max(1)));
+        prompt_texts.extend(std::iter::repeat_n(prompt, args.n.max(1)));
     }
     let config = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
@@ -40,7 +40,8 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    let completions = generate::generate(&model, &tokenizer, &prompt_texts, end, &config)?;
+    let completions =
+        generate::generate(&model, &text.tokenizer, &prompt_texts, text.end_id, &config)?;
     let per_file = args.n.max(1);
     if args.json {
         let rows: Vec<serde_json::Value> = completions
@@ -84,10 +85,9 @@ struct SampleScores {
 
 pub fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
     let device = unitforge_trainer::device::select()?;
-    let tok = tokenizer::load(&args.model.join("tokenizer.json"))?;
-    let end = tokenizer::end_token(&tok)?;
+    let text = ModelTokenizer::load(&args.model)?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
-    let examples = load_jsonl(&args.data, Some(&tok), Targets::Optional)?;
+    let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let total = if args.limit == 0 {
         examples.len()
     } else {
@@ -96,8 +96,8 @@ pub fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
     let progress = progress_bar(total, "prompts");
     let report = sample_report(
         &model,
-        &tok,
-        end,
+        &text.tokenizer,
+        text.end_id,
         &examples,
         args.limit,
         args.max_new_tokens,

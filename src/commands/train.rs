@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::cli::{InitModelArgs, TeacherLogprobsArgs, TrainCommand};
+use crate::cli::{ImportGgufArgs, InitModelArgs, TeacherLogprobsArgs, TrainCommand, WeightDtype};
 
 pub fn train(command: &TrainCommand) -> Result<()> {
     let (kind, args, overrides) = command.stage();
@@ -74,6 +74,35 @@ pub fn teacher_logprobs(args: &TeacherLogprobsArgs) -> Result<()> {
             summary.rows,
             summary.tokens,
             summary.mean_logprob
+        );
+    }
+    Ok(())
+}
+
+pub fn import_gguf(args: &ImportGgufArgs) -> Result<()> {
+    let dtype = match args.dtype {
+        WeightDtype::F32 => candle_core::DType::F32,
+        WeightDtype::Bf16 => candle_core::DType::BF16,
+    };
+    let summary = unitforge_trainer::gguf_import::import_gguf(&args.gguf, &args.out, dtype)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let types: Vec<String> = summary
+            .source_types
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        println!(
+            "wrote {}: {} ({} layers, {} parameters, vocabulary of {}) from {} tensors ({}), stored as {}",
+            args.out.display(),
+            summary.name.as_deref().unwrap_or(&summary.architecture),
+            summary.layers,
+            summary.parameters,
+            summary.vocab_size,
+            summary.tensors,
+            types.join(", "),
+            summary.dtype
         );
     }
     Ok(())

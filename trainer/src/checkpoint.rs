@@ -82,6 +82,19 @@ pub fn restore(
     Ok(step)
 }
 
+/// Copy what `from` has beside its tokenizer (chat template, special tokens, generation
+/// settings) to `to`, so the next stage renders prompts and ends answers as this one did.
+pub fn carry_tokenizer_files(from: &Path, to: &Path) -> Result<(), TrainerError> {
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    for name in tokenizer::TOKENIZER_COMPANIONS {
+        let source = from.join(name);
+        if source.is_file() && source != to.join(name) {
+            std::fs::copy(&source, to.join(name)).map_err(io(&source))?;
+        }
+    }
+    Ok(())
+}
+
 /// The PEFT adapter config Python's `peft` reads.
 fn adapter_config(config: &StageConfig) -> serde_json::Value {
     serde_json::json!({
@@ -106,6 +119,7 @@ pub fn save_final(
     config: &StageConfig,
     tokenizer: &Tokenizer,
 ) -> Result<(), TrainerError> {
+    carry_tokenizer_files(&config.base_model, &config.output_dir)?;
     let out = &config.output_dir;
     std::fs::create_dir_all(out).map_err(io(out))?;
     let adapter = model.adapter_weights();

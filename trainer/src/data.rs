@@ -23,7 +23,7 @@ use unitforge_sandbox::score::DEFAULT_MODULE;
 use unitforge_sandbox::source::PythonSource;
 use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 
-use crate::prompts::{render, render_messages, Task, SYSTEM};
+use crate::prompts::{render, render_messages, PromptFormat, Task, SYSTEM};
 use crate::TrainerError;
 
 #[derive(Debug, Deserialize)]
@@ -64,15 +64,15 @@ pub enum Targets {
     Optional,
 }
 
-/// Read a JSONL dataset; prompts are rendered with `tokenizer`'s chat format.
+/// Read a JSONL dataset; prompts are rendered in the model's `format`.
 pub fn load_jsonl(
     path: &Path,
-    tokenizer: Option<&Tokenizer>,
+    format: &PromptFormat,
     targets: Targets,
 ) -> Result<Vec<Example>, TrainerError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TrainerError::Io(path.display().to_string(), e))?;
-    parse_jsonl(&text, path, tokenizer, targets)
+    parse_jsonl(&text, path, format, targets)
 }
 
 /// `load_jsonl` on text already read from `path` (named in errors); one example per non-blank
@@ -80,7 +80,7 @@ pub fn load_jsonl(
 pub fn parse_jsonl(
     text: &str,
     path: &Path,
-    tokenizer: Option<&Tokenizer>,
+    format: &PromptFormat,
     targets: Targets,
 ) -> Result<Vec<Example>, TrainerError> {
     let mut examples = Vec::new();
@@ -104,13 +104,13 @@ pub fn parse_jsonl(
         }
         let module = row.module.unwrap_or_else(|| DEFAULT_MODULE.into());
         let prompt = match (&row.prompt, &row.code) {
-            (Some(prompt), _) => render_messages(SYSTEM, prompt, tokenizer),
+            (Some(prompt), _) => render_messages(SYSTEM, prompt, format),
             (None, Some(code)) => render(
                 &Task::Generate {
                     module: &module,
                     code,
                 },
-                tokenizer,
+                format,
             ),
             (None, None) => {
                 return Err(TrainerError::Data(format!(
@@ -142,11 +142,7 @@ pub fn parse_jsonl(
 /// Robust augmentation: `example` with its prompt rendered from a semantics-preserving variant
 /// of its code (renamed locals, perturbed comments; the sandbox's variant rewrites), chosen by
 /// `seed`. `None` when the prompt was not made from code or the code has nothing to rewrite.
-pub fn with_code_variant(
-    example: &Example,
-    tokenizer: Option<&Tokenizer>,
-    seed: u64,
-) -> Option<Example> {
+pub fn with_code_variant(example: &Example, format: &PromptFormat, seed: u64) -> Option<Example> {
     let code = example
         .code
         .as_deref()
@@ -161,7 +157,7 @@ pub fn with_code_variant(
                 module: &example.module,
                 code: &variant.source,
             },
-            tokenizer,
+            format,
         ),
         ..example.clone()
     })
@@ -235,7 +231,7 @@ impl Collator {
             .to_vec())
     }
 
-    /// Token ids of `prompt + "\n"` and of `target + <end>`, truncated to fit `max_len`.
+    /// Token ids of the prompt and of `target + <end>`, truncated to fit `max_len`.
     pub fn tokenize(&self, example: &Example) -> Result<(Vec<u32>, Vec<u32>), TrainerError> {
         let target = example.target.as_deref().ok_or_else(|| {
             TrainerError::Data(format!(
@@ -255,7 +251,7 @@ impl Collator {
     }
 
     fn fit(&self, prompt: &str, target: &str) -> Result<(Vec<u32>, Vec<u32>), TrainerError> {
-        let mut prompt = self.encode(&format!("{prompt}\n"))?;
+        let mut prompt = self.encode(prompt)?;
         let mut target = self.encode(target)?;
         target.push(self.end_id);
         let target_budget = self.max_len - MIN_PROMPT_TOKENS.min(prompt.len());
@@ -360,8 +356,8 @@ mod tests {
             serde_json::json!({"module": "m", "code": code, "chosen": "def test_x(): pass\n"});
         let explicit = serde_json::json!({"prompt": "p", "code": code, "chosen": "t"});
         std::fs::write(&path, format!("{row}\n{explicit}\n")).unwrap();
-        let examples = load_jsonl(&path, None, Targets::Required).unwrap();
-        let variant = with_code_variant(&examples[0], None, 3).unwrap();
+        let examples = load_jsonl(&path, &PromptFormat::Plain, Targets::Required).unwrap();
+        let variant = with_code_variant(&examples[0], &PromptFormat::Plain, 3).unwrap();
         assert_ne!(variant.prompt, examples[0].prompt);
         assert_eq!(variant.target, examples[0].target);
         assert_eq!(variant.code, examples[0].code);
@@ -377,7 +373,7 @@ mod tests {
             .unwrap();
         assert!(unitforge_sandbox::source::parses_cleanly(shown), "{shown}");
         // A row with its own prompt is left alone: its prompt was not made from the code.
-        assert!(with_code_variant(&examples[1], None, 3).is_none());
+        assert!(with_code_variant(&examples[1], &PromptFormat::Plain, 3).is_none());
     }
 
     #[test]
@@ -441,7 +437,7 @@ mod tests {
             "{\"prompt\": \"p\", \"chosen\": \"c\"}\n{\"prompt\": \"p\"}\n",
         )
         .unwrap();
-        let err = load_jsonl(&path, None, Targets::Required)
+        let err = load_jsonl(&path, &PromptFormat::Plain, Targets::Required)
             .unwrap_err()
             .to_string();
         assert!(
@@ -453,7 +449,7 @@ mod tests {
             "{\"prompt\": \"p\", \"response\": \"r\"}\nnot json\n",
         )
         .unwrap();
-        assert!(load_jsonl(&path, None, Targets::Required)
+        assert!(load_jsonl(&path, &PromptFormat::Plain, Targets::Required)
             .unwrap_err()
             .to_string()
             .contains("train.jsonl:2"));
@@ -462,7 +458,7 @@ mod tests {
             "{\"code\": \"X = 1\\n\", \"module\": \"m\", \"completion\": \"def test_x(): pass\"}\n",
         )
         .unwrap();
-        let examples = load_jsonl(&path, None, Targets::Required).unwrap();
+        let examples = load_jsonl(&path, &PromptFormat::Plain, Targets::Required).unwrap();
         assert!(
             examples[0].prompt.contains("`m`")
                 && examples[0]
@@ -477,7 +473,7 @@ mod tests {
             "{\"code\": \"X = 1\\n\", \"module\": \"m\"}\n{\"prompt\": \"p\"}\n{}\n",
         )
         .unwrap();
-        let err = load_jsonl(&path, None, Targets::Optional)
+        let err = load_jsonl(&path, &PromptFormat::Plain, Targets::Optional)
             .unwrap_err()
             .to_string();
         assert!(
@@ -485,7 +481,7 @@ mod tests {
             "{err}"
         );
         std::fs::write(&path, "{\"code\": \"X = 1\\n\"}\n{\"prompt\": \"p\"}\n").unwrap();
-        let prompts = load_jsonl(&path, None, Targets::Optional).unwrap();
+        let prompts = load_jsonl(&path, &PromptFormat::Plain, Targets::Optional).unwrap();
         assert_eq!(prompts.len(), 2);
         assert!(prompts.iter().all(|e| e.target.is_none()));
         assert_eq!(prompts[0].module, DEFAULT_MODULE);

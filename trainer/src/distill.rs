@@ -131,7 +131,7 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
         Some(dir) => Some(load_frozen(
             "teacher",
             dir,
-            &student.tokenizer,
+            &student.text.tokenizer,
             student.model.config().vocab_size,
             usable_dtype(device, parse_dtype(&config.dtype)?),
             settings.quantize_teacher,
@@ -171,7 +171,7 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             name: "distill",
             config,
             model: &student.model,
-            tokenizer: &student.tokenizer,
+            tokenizer: &student.text,
             train_set: &student.train_set,
             headline: "eval_loss",
             progress_figures: &[],
@@ -202,7 +202,7 @@ impl StageLogic for Distillation<'_> {
                 model,
                 collator,
                 &batch.examples,
-                student.end_id,
+                student.text.end_id,
                 &settings.sampling,
                 &mut batch.rng,
             )?
@@ -307,14 +307,18 @@ pub fn teacher_logprobs(
     max_len: usize,
     device: &Device,
 ) -> Result<TeacherLogprobsSummary, TrainerError> {
-    let tokenizer = crate::tokenizer::load(&teacher_dir.join("tokenizer.json"))?;
-    let end_id = crate::tokenizer::end_token(&tokenizer)?;
+    let text_codec = crate::tokenizer::ModelTokenizer::load(teacher_dir)?;
     let teacher = Model::load_for_inference(teacher_dir, None, device)?;
     let text = std::fs::read_to_string(data)
         .map_err(|e| TrainerError::Io(data.display().to_string(), e))?;
-    let examples = parse_jsonl(&text, data, Some(&tokenizer), Targets::Required)?;
+    let examples = parse_jsonl(&text, data, &text_codec.format, Targets::Required)?;
     let rows: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let collator = Collator::new(tokenizer, max_len, end_id, end_id);
+    let collator = Collator::new(
+        text_codec.tokenizer,
+        max_len,
+        text_codec.end_id,
+        text_codec.end_id,
+    );
     let mut file =
         std::fs::File::create(out).map_err(|e| TrainerError::Io(out.display().to_string(), e))?;
     let (mut tokens, mut total) = (0usize, 0.0f64);

@@ -83,7 +83,7 @@ pub fn sample_report(
     };
     let mut samples = Vec::with_capacity(chosen);
     for batch in examples[..chosen].chunks(BATCH) {
-        let prompts: Vec<String> = batch.iter().map(|e| format!("{}\n", e.prompt)).collect();
+        let prompts: Vec<String> = batch.iter().map(|e| e.prompt.clone()).collect();
         let completions = generate(model, tokenizer, &prompts, end_id, &greedy)?;
         for (example, completion) in batch.iter().zip(completions) {
             samples.push(check_tests(&extract_tests(&completion), &example.module));

@@ -74,7 +74,7 @@ pub fn train_with(
         Some(load_frozen(
             "reference",
             &config.base_model,
-            &student.tokenizer,
+            &student.text.tokenizer,
             vocab,
             dtype,
             false,
@@ -87,7 +87,7 @@ pub fn train_with(
         (Some(dir), true) => Some(load_frozen(
             "teacher",
             dir,
-            &student.tokenizer,
+            &student.text.tokenizer,
             vocab,
             dtype,
             config.distill.quantize_teacher,
@@ -133,7 +133,7 @@ pub fn train_with(
             name: "grpo",
             config: &loop_config,
             model: &student.model,
-            tokenizer: &student.tokenizer,
+            tokenizer: &student.text,
             train_set: &student.train_set,
             headline: "eval_reward",
             progress_figures: &["reward", "kl"],
@@ -301,9 +301,9 @@ impl Grpo<'_> {
             let prompt = student.collator.tokenize_prompt(example)?;
             let completions = sample_completions(
                 &student.model,
-                &student.tokenizer,
+                &student.text.tokenizer,
                 &vec![prompt.clone(); n],
-                student.end_id,
+                student.text.end_id,
                 &sampling(index),
             )?;
             gen_s += started.elapsed().as_secs_f64();
@@ -400,7 +400,7 @@ impl Grpo<'_> {
         groups: &[Group],
         advantages: &[Vec<Option<f64>>],
     ) -> Result<TrainingBatch, TrainerError> {
-        let end = self.student.end_id;
+        let end = self.student.text.end_id;
         let mut rows: Vec<(Vec<u32>, usize, bool)> = Vec::new();
         let mut row_advantages = Vec::new();
         for (group, advantage) in groups.iter().zip(advantages) {

@@ -12,6 +12,7 @@ pub mod distill;
 pub mod eval;
 pub mod frozen;
 pub mod generate;
+pub mod gguf_import;
 pub mod grpo;
 pub mod init;
 pub mod lora;

@@ -1,9 +1,12 @@
 //! The three prompt templates — generate tests, fix failing tests, diagnose a failure — each a
 //! system part and a user part, rendered into one model input.
 //!
-//! With a tokenizer that has the chat markers (`<|im_start|>`, `<|im_end|>`: Qwen2's ChatML, and
-//! the tiny model's), the rendering is ChatML; otherwise the plain format documented in
-//! `docs/prompts.md`. Both end where the assistant's answer begins.
+//! How they are rendered is the model's [`PromptFormat`]: its own chat template (from
+//! `tokenizer_config.json`, rendered with minijinja, the generation prompt appended) when it
+//! ships one, as an instruct model does; otherwise ChatML when the tokenizer has the markers
+//! (`<|im_start|>`, `<|im_end|>`: the tiny model's), else the plain format documented in
+//! `docs/prompts.md`. Every rendering ends where the assistant's answer begins; training data,
+//! the collator and generation all use it as it is.
 
 use tokenizers::Tokenizer;
 
@@ -50,20 +53,89 @@ impl Task<'_> {
     }
 }
 
-/// The model input for `task`, up to where the answer starts.
-pub fn render(task: &Task<'_>, tokenizer: Option<&Tokenizer>) -> String {
-    render_messages(SYSTEM, &task.user_message(), tokenizer)
+/// A model's chat template (a Jinja template over `messages`, as Hugging Face tokenizers ship
+/// them) with the special tokens it may name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
 }
 
-/// A system and a user message in the tokenizer's chat format (ChatML if it has the markers).
-pub fn render_messages(system: &str, user: &str, tokenizer: Option<&Tokenizer>) -> String {
-    let chatml = tokenizer
-        .is_some_and(|t| t.token_to_id(IM_START).is_some() && t.token_to_id(IM_END).is_some());
-    if chatml {
-        format!("{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n")
-    } else {
-        format!("### System\n{system}\n\n### User\n{user}\n\n### Assistant\n")
+/// How a model's inputs are written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptFormat {
+    /// The model's own chat template.
+    Template(ChatTemplate),
+    /// ChatML markers without a template (the tiny model), a blank line before the answer.
+    ChatMl,
+    /// No chat markers: `### System` / `### User` / `### Assistant`, a blank line before the
+    /// answer.
+    Plain,
+}
+
+impl PromptFormat {
+    /// ChatML when `tokenizer` has the markers, else plain (no template known).
+    pub fn of_tokenizer(tokenizer: Option<&Tokenizer>) -> Self {
+        let chatml = tokenizer
+            .is_some_and(|t| t.token_to_id(IM_START).is_some() && t.token_to_id(IM_END).is_some());
+        if chatml {
+            PromptFormat::ChatMl
+        } else {
+            PromptFormat::Plain
+        }
     }
+}
+
+/// The model input for `task`, up to where the answer starts.
+pub fn render(task: &Task<'_>, format: &PromptFormat) -> String {
+    render_messages(SYSTEM, &task.user_message(), format)
+}
+
+/// A system and a user message in `format`, ending where the assistant's answer begins.
+pub fn render_messages(system: &str, user: &str, format: &PromptFormat) -> String {
+    match format {
+        PromptFormat::Template(template) => render_template(template, system, user)
+            .unwrap_or_else(|err| {
+                // A template that does not render is reported once and ChatML used, which
+                // is what most templates write.
+                tracing::warn!(%err, "the chat template did not render; using ChatML");
+                render_messages(system, user, &PromptFormat::ChatMl)
+            }),
+        // The project's own formats were trained with a blank line before the answer.
+        PromptFormat::ChatMl => format!(
+            "{IM_START}system\n{system}{IM_END}\n{IM_START}user\n{user}{IM_END}\n{IM_START}assistant\n\n"
+        ),
+        PromptFormat::Plain => {
+            format!("### System\n{system}\n\n### User\n{user}\n\n### Assistant\n\n")
+        }
+    }
+}
+
+/// `template` over a system and a user message, with the generation prompt.
+pub fn render_template(
+    template: &ChatTemplate,
+    system: &str,
+    user: &str,
+) -> Result<String, minijinja::Error> {
+    let mut env = minijinja::Environment::new();
+    // Hugging Face renders templates with trim_blocks and lstrip_blocks.
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()?,
+    );
+    env.add_template("chat", &template.source)?;
+    env.get_template("chat")?.render(minijinja::context! {
+        messages => vec![
+            minijinja::context! { role => "system", content => system },
+            minijinja::context! { role => "user", content => user },
+        ],
+        add_generation_prompt => true,
+        bos_token => &template.bos_token,
+        eos_token => &template.eos_token,
+    })
 }
 
 /// The test file in a completion, as the sandbox will score it:
@@ -95,10 +167,7 @@ pub fn extract_tests(completion: &str) -> String {
         }
     }
     let lines: Vec<&str> = text.lines().collect();
-    let code_start = lines
-        .iter()
-        .position(|line| starts_code(line))
-        .unwrap_or(0);
+    let code_start = lines.iter().position(|line| starts_code(line)).unwrap_or(0);
     let code = &lines[code_start..];
     let whole = code.join("\n").trim().to_string() + "\n";
     if parses_cleanly(&whole) {
@@ -130,10 +199,26 @@ mod tests {
             module: "calc",
             code: "def add(a, b):\n    return a + b\n",
         };
-        let text = render(&task, None);
+        let text = render(&task, &PromptFormat::of_tokenizer(None));
         assert!(text.starts_with("### System\n"));
         assert!(text.contains("`calc`") && text.contains("def add(a, b):"));
-        assert!(text.ends_with("### Assistant\n"));
+        assert!(text.ends_with("### Assistant\n\n"));
+    }
+
+    #[test]
+    fn a_chatml_chat_template_renders_what_chatml_is() {
+        // SmolLM2-Instruct's template (abridged to its logic): a default system message when
+        // none is given, ChatML turns, the generation prompt.
+        let template = ChatTemplate {
+            source: "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}".into(),
+            bos_token: IM_START.into(),
+            eos_token: IM_END.into(),
+        };
+        let rendered = render_messages("sys", "hello", &PromptFormat::Template(template));
+        assert_eq!(
+            rendered,
+            "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
@@ -182,6 +267,9 @@ mod tests {
         let code = "# tests\nimport pytest\n\n\ndef test_a():\n    x = 1\n\n    assert x == 1\n";
         assert_eq!(extract_tests(code), code);
         // Nothing parses: returned whole, for the sandbox to report.
-        assert_eq!(extract_tests("def test_(:\n\nmore"), "def test_(:\n\nmore\n");
+        assert_eq!(
+            extract_tests("def test_(:\n\nmore"),
+            "def test_(:\n\nmore\n"
+        );
     }
 }

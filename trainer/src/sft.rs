@@ -30,7 +30,7 @@ pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, Trai
             name: "sft",
             config,
             model: &student.model,
-            tokenizer: &student.tokenizer,
+            tokenizer: &student.text,
             train_set: &student.train_set,
             headline: "eval_loss",
             progress_figures: &[],

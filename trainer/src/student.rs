@@ -3,20 +3,19 @@
 
 use candle_core::Device;
 use candle_nn::VarMap;
-use tokenizers::Tokenizer;
 
 use crate::data::{load_jsonl, Collator, Example, Targets};
 use crate::device::{parse_dtype, usable_dtype};
 use crate::model::{LoadOptions, Model};
 use crate::stage_config::StageConfig;
-use crate::tokenizer;
+use crate::tokenizer::ModelTokenizer;
 use crate::TrainerError;
 
 /// What every stage starts from: the tokenizer, its end token, the datasets and the model being
 /// trained (LoRA, QLoRA or full, as the config says).
 pub struct Student {
-    pub tokenizer: Tokenizer,
-    pub end_id: u32,
+    /// The tokenizer, the prompt format and the end token.
+    pub text: ModelTokenizer,
     pub train_set: Vec<Example>,
     pub eval_set: Vec<Example>,
     pub model: Model,
@@ -31,10 +30,9 @@ pub fn load_student(
     targets: Targets,
 ) -> Result<Student, TrainerError> {
     let dtype = usable_dtype(device, parse_dtype(&config.dtype)?);
-    let tokenizer = tokenizer::load(&config.base_model.join("tokenizer.json"))?;
-    let end_id = tokenizer::end_token(&tokenizer)?;
-    let train_set = load_jsonl(&config.train_data, Some(&tokenizer), targets)?;
-    let eval_set = load_jsonl(&config.eval_data, Some(&tokenizer), targets)?;
+    let text = ModelTokenizer::load(&config.base_model)?;
+    let train_set = load_jsonl(&config.train_data, &text.format, targets)?;
+    let eval_set = load_jsonl(&config.eval_data, &text.format, targets)?;
     let options = LoadOptions {
         dtype,
         lora: (!config.full_finetune).then(|| config.lora.clone()),
@@ -43,10 +41,14 @@ pub fn load_student(
         seed: config.seed,
     };
     let model = Model::load(&config.base_model, device, &options, &VarMap::new())?;
-    let collator = Collator::new(tokenizer.clone(), config.max_len, end_id, end_id);
+    let collator = Collator::new(
+        text.tokenizer.clone(),
+        config.max_len,
+        text.end_id,
+        text.end_id,
+    );
     Ok(Student {
-        tokenizer,
-        end_id,
+        text,
         train_set,
         eval_set,
         model,

@@ -11,6 +11,7 @@ use tokenizers::{
     Tokenizer, TokenizerBuilder,
 };
 
+use crate::prompts::{ChatTemplate, PromptFormat};
 use crate::TrainerError;
 
 /// End of a completion; also the padding token of the tiny model.
@@ -71,10 +72,69 @@ pub fn token_id(tokenizer: &Tokenizer, token: &str) -> Result<u32, TrainerError>
         .ok_or_else(|| TrainerError::Config(format!("the tokenizer has no {token} token")))
 }
 
-/// The token that ends a completion: `<|endoftext|>`, or `<|im_end|>` in chat-only vocabularies.
+/// The token that ends a completion of a model without a `tokenizer_config.json`:
+/// `<|endoftext|>`, or `<|im_end|>` in chat-only vocabularies.
 pub fn end_token(tokenizer: &Tokenizer) -> Result<u32, TrainerError> {
     token_id(tokenizer, END_OF_TEXT).or_else(|_| token_id(tokenizer, IM_END))
 }
+
+/// A model directory's tokenizer, how its prompts are written, and the token that ends its
+/// answers.
+#[derive(Clone)]
+pub struct ModelTokenizer {
+    pub tokenizer: Tokenizer,
+    pub format: PromptFormat,
+    pub end_id: u32,
+}
+
+impl ModelTokenizer {
+    /// `dir/tokenizer.json`, and `dir/tokenizer_config.json` when there is one: its
+    /// `chat_template` decides the prompt format and its `eos_token` ends an answer (an instruct
+    /// model's turn ends at `<|im_end|>`, not `<|endoftext|>`).
+    pub fn load(dir: &Path) -> Result<Self, TrainerError> {
+        let tokenizer = load(&dir.join("tokenizer.json"))?;
+        let config_path = dir.join("tokenizer_config.json");
+        let config: Option<serde_json::Value> = match std::fs::read_to_string(&config_path) {
+            Ok(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| error(&config_path.display().to_string(), e))?,
+            ),
+            Err(_) => None,
+        };
+        let special = |key: &str| -> Option<String> {
+            let value = config.as_ref()?.get(key)?;
+            // A plain string, or an AddedToken object with `content`.
+            value
+                .as_str()
+                .or_else(|| value.get("content")?.as_str())
+                .map(str::to_string)
+        };
+        let eos = special("eos_token");
+        let end_id = match &eos {
+            Some(token) => token_id(&tokenizer, token)?,
+            None => end_token(&tokenizer)?,
+        };
+        let template = config
+            .as_ref()
+            .and_then(|c| c.get("chat_template")?.as_str().map(str::to_string));
+        let format = match template {
+            Some(source) => PromptFormat::Template(ChatTemplate {
+                source,
+                bos_token: special("bos_token").unwrap_or_default(),
+                eos_token: eos.unwrap_or_default(),
+            }),
+            None => PromptFormat::of_tokenizer(Some(&tokenizer)),
+        };
+        Ok(Self {
+            tokenizer,
+            format,
+            end_id,
+        })
+    }
+}
+
+/// Files beside `tokenizer.json` that a model directory carries on to the next stage.
+pub const TOKENIZER_COMPANIONS: [&str; 2] = ["tokenizer_config.json", "generation_config.json"];
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
 use crate::checkpoint::{self, io};
@@ -28,6 +27,7 @@ use crate::model::Model;
 use crate::optim::{accumulate, clip_grad_norm, learning_rate, scale_grads, AdamW};
 use crate::plot::{line_chart, Series};
 use crate::stage_config::StageConfig;
+use crate::tokenizer::ModelTokenizer;
 use crate::TrainerError;
 
 /// One line of `metrics.jsonl`.
@@ -135,7 +135,7 @@ pub struct Stage<'a> {
     pub name: &'a str,
     pub config: &'a StageConfig,
     pub model: &'a Model,
-    pub tokenizer: &'a Tokenizer,
+    pub tokenizer: &'a ModelTokenizer,
     pub train_set: &'a [Example],
     /// The evaluation figure that sums the stage up.
     pub headline: &'static str,
@@ -260,7 +260,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
                 let example = &train_set[i];
                 let seed = draw.next_u64();
                 (draw.uniform() < config.augment_variants)
-                    .then(|| with_code_variant(example, Some(tokenizer), seed))
+                    .then(|| with_code_variant(example, &tokenizer.format, seed))
                     .flatten()
                     .unwrap_or_else(|| example.clone())
             })
@@ -355,7 +355,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
     }
     progress.finish_and_clear();
     if last_done == config.max_steps {
-        checkpoint::save_final(model, config, tokenizer)?;
+        checkpoint::save_final(model, config, &tokenizer.tokenizer)?;
     }
     let png = config.output_dir.join(plot.file);
     plot_metrics(&metrics_path, &png, &plot.title, &plot.curves)?;

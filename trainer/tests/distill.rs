@@ -15,7 +15,7 @@ use unitforge_trainer::init::{init_model, read_init_config};
 use unitforge_trainer::loss::chosen_logprobs;
 use unitforge_trainer::model::Model;
 use unitforge_trainer::stage_config::StageConfig;
-use unitforge_trainer::tokenizer;
+use unitforge_trainer::tokenizer::{self, ModelTokenizer};
 use unitforge_trainer::train_loop::read_metrics;
 
 fn root() -> PathBuf {
@@ -121,10 +121,14 @@ fn online_offline_on_policy_and_refusals() {
     let written = teacher_logprobs(&teacher, &train, &offline_data, 160, &device).unwrap();
     assert_eq!(written.rows, 24);
     assert!(written.mean_logprob < 0.0);
-    let tok = tokenizer::load(&teacher.join("tokenizer.json")).unwrap();
-    let end = tokenizer::token_id(&tok, tokenizer::END_OF_TEXT).unwrap();
-    let examples = load_jsonl(&offline_data, Some(&tok), Targets::Required).unwrap();
-    let batch = Collator::new(tok, 160, end, end)
+    let text = ModelTokenizer::load(&teacher).unwrap();
+    let end = tokenizer::token_id(&text.tokenizer, tokenizer::END_OF_TEXT).unwrap();
+    assert_eq!(
+        text.end_id, end,
+        "no tokenizer_config.json: <|endoftext|> ends an answer"
+    );
+    let examples = load_jsonl(&offline_data, &text.format, Targets::Required).unwrap();
+    let batch = Collator::new(text.tokenizer, 160, end, end)
         .collate(&examples.iter().take(3).collect::<Vec<_>>(), &device)
         .unwrap();
     let teacher_model = Model::load_for_inference(&teacher, None, &device).unwrap();
