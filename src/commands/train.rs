@@ -40,6 +40,23 @@ pub fn train(command: &TrainCommand) -> Result<()> {
 }
 
 pub fn init_model(args: &InitModelArgs) -> Result<()> {
+    if let (Some(from), Some(keep)) = (&args.from, args.keep_layers) {
+        let summary = unitforge_trainer::prune::prune_layers(from, keep, &args.out)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            println!(
+                "wrote {}: layers {:?} of {}'s {}, {} of its {} parameters",
+                args.out.display(),
+                summary.kept_layers,
+                from.display(),
+                summary.teacher_layers,
+                summary.parameters,
+                summary.teacher_parameters
+            );
+        }
+        return Ok(());
+    }
     let init = unitforge_trainer::init::read_init_config(&args.config)?;
     let summary = unitforge_trainer::init::init_model(&init, &args.out)?;
     if args.json {

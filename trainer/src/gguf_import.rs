@@ -389,3 +389,164 @@ pub fn import_gguf(gguf: &Path, out: &Path, dtype: DType) -> Result<ImportSummar
         tied_embeddings: tied,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{gguf_file, QTensor};
+
+    #[test]
+    fn the_rotary_unpermutation_undoes_llama_cpps_permutation() {
+        let mut rng = unitforge_sandbox::rng::SplitMix64::new(5);
+        let values: Vec<f32> = (0..12 * 8).map(|_| rng.uniform() as f32).collect();
+        let weight = Tensor::from_vec(values, (12, 8), &Device::Cpu).unwrap();
+        for heads in [1, 2, 3] {
+            let back = unpermute_rotary(&permute_rotary(&weight, heads).unwrap(), heads).unwrap();
+            let gap: f32 = (&back - &weight)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert_eq!(gap, 0.0, "{heads} heads");
+        }
+        // One head of dimension 4: llama.cpp interleaves the halves (rows 0, 2, 1, 3).
+        let rows = Tensor::arange(0f32, 4.0, &Device::Cpu)
+            .unwrap()
+            .reshape((4, 1))
+            .unwrap();
+        let permuted: Vec<f32> = permute_rotary(&rows, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(permuted, [0.0, 2.0, 1.0, 3.0]);
+    }
+
+    /// A one-layer Llama GGUF written on the spot.
+    fn synthetic(
+        dir: &Path,
+        architecture: &str,
+        embed_type: GgmlDType,
+        pre: &str,
+    ) -> std::path::PathBuf {
+        let dense = |rows: usize, cols: usize| {
+            Tensor::ones((rows, cols), DType::F32, &Device::Cpu).unwrap()
+        };
+        let q = |t: Tensor, dtype: GgmlDType| QTensor::quantize(&t, dtype).unwrap();
+        let vocab = 64;
+        let tensors = vec![
+            ("token_embd.weight", q(dense(vocab, 32), embed_type)),
+            (
+                "output_norm.weight",
+                q(dense(1, 32).squeeze(0).unwrap(), GgmlDType::F32),
+            ),
+            (
+                "blk.0.attn_norm.weight",
+                q(dense(1, 32).squeeze(0).unwrap(), GgmlDType::F32),
+            ),
+            (
+                "blk.0.ffn_norm.weight",
+                q(dense(1, 32).squeeze(0).unwrap(), GgmlDType::F32),
+            ),
+            ("blk.0.attn_q.weight", q(dense(32, 32), GgmlDType::Q8_0)),
+            ("blk.0.attn_k.weight", q(dense(16, 32), GgmlDType::Q4_0)),
+            ("blk.0.attn_v.weight", q(dense(16, 32), GgmlDType::Q4_1)),
+            ("blk.0.attn_output.weight", q(dense(32, 32), GgmlDType::F16)),
+            ("blk.0.ffn_gate.weight", q(dense(64, 32), GgmlDType::F32)),
+            ("blk.0.ffn_up.weight", q(dense(64, 32), GgmlDType::F32)),
+            ("blk.0.ffn_down.weight", q(dense(32, 64), GgmlDType::F32)),
+        ];
+        let tokens: Vec<gguf_file::Value> = (0..vocab)
+            .map(|i| {
+                gguf_file::Value::String(match i {
+                    0..5 => ["<|endoftext|>", "<|im_end|>", "t", "2", "t2"][i].to_string(),
+                    _ => format!("x{i}"),
+                })
+            })
+            .collect();
+        let types: Vec<gguf_file::Value> = (0..vocab)
+            .map(|i| gguf_file::Value::I32(if i < 2 { 3 } else { 1 }))
+            .collect();
+        let s = |v: &str| gguf_file::Value::String(v.into());
+        let u = gguf_file::Value::U32;
+        let metadata = vec![
+            ("general.architecture", s(architecture)),
+            ("llama.block_count", u(1)),
+            ("llama.embedding_length", u(32)),
+            ("llama.feed_forward_length", u(64)),
+            ("llama.attention.head_count", u(4)),
+            ("llama.attention.head_count_kv", u(2)),
+            ("llama.context_length", u(128)),
+            ("llama.rope.freq_base", gguf_file::Value::F32(10000.0)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                gguf_file::Value::F32(1e-5),
+            ),
+            ("tokenizer.ggml.model", s("gpt2")),
+            ("tokenizer.ggml.pre", s(pre)),
+            ("tokenizer.ggml.tokens", gguf_file::Value::Array(tokens)),
+            ("tokenizer.ggml.token_type", gguf_file::Value::Array(types)),
+            (
+                "tokenizer.ggml.merges",
+                gguf_file::Value::Array(vec![s("t 2")]),
+            ),
+            ("tokenizer.ggml.eos_token_id", u(1)),
+        ];
+        let path = dir.join("synthetic.gguf");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let meta: Vec<(&str, &gguf_file::Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+        let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+        gguf_file::write(&mut file, &meta, &refs).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_synthetic_llama_imports_and_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = synthetic(dir.path(), "llama", GgmlDType::Q8_0, "smollm");
+        let out = dir.path().join("out");
+        let summary = import_gguf(&path, &out, DType::F32).unwrap();
+        assert_eq!((summary.layers, summary.vocab_size), (1, 64));
+        assert!(summary.tied_embeddings);
+        let model = crate::model::Model::load_for_inference(&out, None, &Device::Cpu).unwrap();
+        assert_eq!(model.config().kv_heads(), 2);
+        let text = crate::tokenizer::ModelTokenizer::load(&out).unwrap();
+        assert_eq!(text.end_id, 1, "eos_token from tokenizer_config.json");
+        // Digits are split one by one (the smollm pre-tokenizer).
+        let pre = text.tokenizer.get_pre_tokenizer().unwrap();
+        let json = serde_json::to_string(pre).unwrap();
+        assert!(json.contains("Digits"), "{json}");
+    }
+
+    #[test]
+    fn unsupported_architectures_types_and_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let gpt2 = synthetic(dir.path(), "gpt2", GgmlDType::F32, "smollm");
+        let err = import_gguf(&gpt2, &out, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("architecture `gpt2`"), "{err}");
+        let scratch = synthetic(dir.path(), "llama", GgmlDType::Q8_1, "smollm");
+        let err = import_gguf(&scratch, &out, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("token_embd.weight") && err.contains("Q8_1"),
+            "{err}"
+        );
+        let odd = synthetic(dir.path(), "llama", GgmlDType::F32, "qwen2");
+        let err = import_gguf(&odd, &out, DType::F32).unwrap_err().to_string();
+        assert!(err.contains("pre-tokenizer `qwen2`"), "{err}");
+        let text = dir.path().join("not.gguf");
+        std::fs::write(&text, "hello").unwrap();
+        let err = import_gguf(&text, &out, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a readable GGUF file"), "{err}");
+    }
+}

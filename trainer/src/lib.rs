@@ -22,6 +22,7 @@ pub mod optim;
 pub mod plot;
 pub mod policy_loss;
 pub mod prompts;
+pub mod prune;
 pub mod quant;
 pub mod reward_source;
 pub mod sft;

@@ -522,4 +522,26 @@ mod tests {
             .to_string()
             .contains("key=value"));
     }
+
+    #[test]
+    fn every_shipped_stage_config_loads() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut found = 0;
+        for dir in [root.clone(), root.join("smollm2")] {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                if !name.ends_with(".yaml") || name.starts_with("model_") || name == "rewards.yaml"
+                {
+                    continue;
+                }
+                let config: StageConfig =
+                    load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                config.grpo.validate().unwrap();
+                config.distill.validate().unwrap();
+                found += 1;
+            }
+        }
+        assert!(found >= 8, "{found} stage configs");
+    }
 }
