@@ -189,7 +189,7 @@ fn logits_and_greedy_continuations_match_candle_transformers_quantized_llama() {
             temperature: 0.0,
             ..SamplingConfig::default()
         };
-        let mine = generate_batch(&ours, &[ids.clone()], u32::MAX, &greedy).unwrap();
+        let mine = generate_batch(&ours, std::slice::from_ref(&ids), u32::MAX, &greedy).unwrap();
         dense.clear_kv_cache();
         assert_eq!(mine[0], reference_greedy(&mut dense, &ids, 8), "{prompt:?}");
     }
@@ -207,7 +207,7 @@ fn logits_and_greedy_continuations_match_candle_transformers_quantized_llama() {
         temperature: 0.0,
         ..SamplingConfig::default()
     };
-    let mine = generate_batch(&ours, &[ids.clone()], u32::MAX, &greedy).unwrap();
+    let mine = generate_batch(&ours, std::slice::from_ref(&ids), u32::MAX, &greedy).unwrap();
     assert_eq!(mine[0], reference_greedy(&mut quantized, &ids, 3));
 }
 
