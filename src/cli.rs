@@ -398,6 +398,82 @@ pub enum EvalCommand {
     /// Greedy samples for held-out prompts: the fraction that is syntactically valid pytest
     /// (parses, defines a test) and that imports the module under test. Nothing is run.
     Samples(EvalSamplesArgs),
+    /// K suites per held-out row, scored in the sandbox: valid-pytest rate, pass rate, mean and
+    /// median kill rate, best-of-K kill rate, mean composite; beside the rows' own reference
+    /// suites and a trivial suite.
+    Mutation(EvalRunArgs),
+    /// The same scoring, speed figures: mean / median suite CPU time, speed reward, stability
+    /// and the flaky fraction of the passing suites.
+    Speed(EvalRunArgs),
+    /// Mutation and speed figures from one scoring pass (each suite is scored once).
+    All(EvalRunArgs),
+    /// Several checkpoints' reports side by side: pareto.png (kill rate against suite CPU
+    /// time, the non-dominated front), report.md and report.json.
+    Pareto(ParetoArgs),
+}
+
+/// Which figures `eval mutation | speed | all` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum EvalFocus {
+    Mutation,
+    Speed,
+    All,
+}
+
+#[derive(Args)]
+pub struct EvalRunArgs {
+    /// Model directory (Hugging Face layout).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// A PEFT adapter directory to apply on top of --model.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Held-out JSONL (rows with `code`; their `chosen` tests are the reference baseline).
+    #[arg(long, default_value = "data/corpus/eval.jsonl")]
+    pub data: PathBuf,
+    /// Suites generated per row (K); 1 is greedy.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Rows to evaluate (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 384)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature when --samples > 1.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Reward config (YAML); default: the built-in one (docs/rewards.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Suites scored at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Score through a running `unitforge serve` instead of a local pool.
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Write the whole report (every row and suite) as JSON here; `eval pareto` reads it.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ParetoArgs {
+    /// Evaluation reports: files, or run directories holding `eval_report.json`; each is a
+    /// checkpoint, labelled by its directory name.
+    #[arg(required = true, value_name = "RUN_DIR|REPORT")]
+    pub reports: Vec<PathBuf>,
+    /// Where pareto.png, report.md and report.json go.
+    #[arg(long, default_value = "report")]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

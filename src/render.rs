@@ -6,6 +6,7 @@ use std::path::Path;
 use unitforge_sandbox::mutant::{Mutant, MutantCensus};
 use unitforge_sandbox::outcome::MutantStatus;
 use unitforge_sandbox::score::ScoreReport;
+use unitforge_trainer::eval_report::{EvalReport, Figures};
 
 pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
     let mut out = String::new();
@@ -159,5 +160,70 @@ pub fn mutant_list(mutants: &[Mutant], census: &MutantCensus) -> String {
         census.duplicates,
         census.sampled_out
     );
+    out
+}
+
+/// The table of `eval mutation | speed | all`: the model's suites beside the reference and
+/// trivial baselines.
+pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
+    let mut out = format!(
+        "unitforge eval  {} on {} ({} rows, {} suite{} per row, {} executor)\n\n",
+        report.model,
+        report.data,
+        report.rows,
+        report.samples_per_row,
+        if report.samples_per_row == 1 { "" } else { "s" },
+        report.executor
+    );
+    let columns = [
+        ("model", &report.figures),
+        ("reference", &report.reference),
+        ("trivial", &report.trivial),
+    ];
+    let row = |name: &str, value: &dyn Fn(&Figures) -> String| {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, f)| format!("{:>12}", value(f)))
+            .collect();
+        format!("  {name:<26}{}\n", cells.join(""))
+    };
+    let header: Vec<String> = columns.iter().map(|(n, _)| format!("{n:>12}")).collect();
+    out.push_str(&format!("  {:<26}{}\n", "", header.join("")));
+    out.push_str(&row("suites scored", &|f| {
+        if f.excluded > 0 {
+            format!("{} (+{} out)", f.suites, f.excluded)
+        } else {
+            f.suites.to_string()
+        }
+    }));
+    let pct = |v: f64| format!("{:.1} %", 100.0 * v);
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
+    if mutation {
+        out.push_str(&row("valid pytest", &|f| pct(f.valid_pytest_rate)));
+        out.push_str(&row("pass on their code", &|f| pct(f.pass_rate)));
+        out.push_str(&row("mean kill rate", &|f| {
+            format!("{:.3}", f.mean_kill_rate)
+        }));
+        out.push_str(&row("median kill rate", &|f| {
+            format!("{:.3}", f.median_kill_rate)
+        }));
+        out.push_str(&row("best-of-K kill rate", &|f| {
+            format!("{:.3}", f.best_of_k_kill_rate)
+        }));
+        out.push_str(&row("mean composite", &|f| {
+            format!("{:.3}", f.mean_composite)
+        }));
+    }
+    if speed {
+        out.push_str(&row("passing suites", &|f| f.passing.to_string()));
+        out.push_str(&row("suite CPU ms, mean", &|f| opt(f.mean_suite_cpu_ms, 2)));
+        out.push_str(&row("suite CPU ms, median", &|f| {
+            opt(f.median_suite_cpu_ms, 2)
+        }));
+        out.push_str(&row("speed reward", &|f| opt(f.mean_speed, 3)));
+        out.push_str(&row("stability", &|f| opt(f.mean_stability, 3)));
+        out.push_str(&row("flaky fraction", &|f| opt(f.flaky_fraction, 3)));
+    }
     out
 }

@@ -12,8 +12,15 @@ use unitforge_trainer::model::Model;
 use unitforge_trainer::prompts;
 use unitforge_trainer::tokenizer::ModelTokenizer;
 
-use super::{module_name, progress_bar, read_source, runtime, start_backend};
-use crate::cli::{EvalCommand, EvalSamplesArgs, GenerateArgs};
+use unitforge_sandbox::backend::BlockingBackend;
+use unitforge_trainer::eval_report::{evaluate_model, read_report, EvalOptions};
+use unitforge_trainer::pareto::write_pareto;
+
+use super::{
+    load_reward_config, module_name, notice, progress_bar, read_source, runtime, start_backend,
+};
+use crate::cli::{EvalCommand, EvalFocus, EvalRunArgs, EvalSamplesArgs, GenerateArgs, ParetoArgs};
+use crate::render;
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     let device = unitforge_trainer::device::select()?;
@@ -194,5 +201,116 @@ async fn score_samples(
 pub fn run(command: &EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Samples(args) => eval_samples(args),
+        EvalCommand::Mutation(args) => eval_run(args, EvalFocus::Mutation),
+        EvalCommand::Speed(args) => eval_run(args, EvalFocus::Speed),
+        EvalCommand::All(args) => eval_run(args, EvalFocus::All),
+        EvalCommand::Pareto(args) => pareto(args),
     }
+}
+
+/// The report file `eval … --out RUN_DIR/eval_report.json` writes and `eval pareto` looks for.
+pub const EVAL_REPORT: &str = "eval_report.json";
+
+fn eval_run(args: &EvalRunArgs, focus: EvalFocus) -> Result<()> {
+    let device = unitforge_trainer::device::select()?;
+    let text = ModelTokenizer::load(&args.model)?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
+    let config = load_reward_config(args.config.as_deref())?;
+    let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
+    let options = EvalOptions {
+        samples: args.samples,
+        limit: args.limit,
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        seed: args.seed,
+        ..EvalOptions::default()
+    };
+    let rows = if args.limit == 0 {
+        examples.len()
+    } else {
+        args.limit.min(examples.len())
+    };
+    let generation = progress_bar(rows, "rows generated");
+    let scoring = progress_bar(0, "suites scored");
+    let report = evaluate_model(
+        &model,
+        &text,
+        &examples,
+        &options,
+        &backend,
+        &config,
+        (
+            &args.model.display().to_string(),
+            &args.data.display().to_string(),
+        ),
+        &|phase, done, total| match phase {
+            "generated" => generation.set_position(done as u64),
+            _ => {
+                generation.finish_and_clear();
+                scoring.set_length(total as u64);
+                scoring.set_position(done as u64);
+            }
+        },
+    )?;
+    scoring.finish_and_clear();
+    if let Some(out) = &args.out {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!(
+            "{}",
+            render::eval_table(
+                &report,
+                focus == EvalFocus::Mutation || focus == EvalFocus::All,
+                focus != EvalFocus::Mutation
+            )
+        );
+    }
+    Ok(())
+}
+
+fn pareto(args: &ParetoArgs) -> Result<()> {
+    let mut reports = Vec::new();
+    for path in &args.reports {
+        let file = if path.is_dir() {
+            path.join(EVAL_REPORT)
+        } else {
+            path.clone()
+        };
+        let label = if path.is_dir() {
+            path
+        } else {
+            path.parent().unwrap_or(path)
+        }
+        .file_name()
+        .map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        reports.push((label, read_report(&file)?));
+    }
+    let report = write_pareto(&reports, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "wrote {}/pareto.png, report.md and report.json: {} checkpoints, on the front: {}",
+            args.out.display(),
+            report.points.len(),
+            report
+                .points
+                .iter()
+                .filter(|p| p.on_front)
+                .map(|p| p.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
 }

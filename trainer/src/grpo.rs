@@ -140,6 +140,7 @@ pub fn train_with(
             plot: Plot {
                 file: "reward_curve.png",
                 title: "GRPO reward".into(),
+                y_label: "reward (composite)",
                 curves: vec![
                     Curve {
                         metric: "reward",

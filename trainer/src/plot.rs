@@ -23,7 +23,7 @@ const FONT_CANDIDATES: &[&str] = &[
 ];
 
 /// Register a system font under the name "sans-serif" once; whether one was found.
-fn font_available() -> bool {
+pub fn font_available() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
         let from_env = std::env::var("UNITFORGE_FONT").ok();
@@ -57,8 +57,13 @@ fn plot_error(e: impl std::fmt::Display) -> TrainerError {
     TrainerError::Data(format!("cannot draw the loss curve: {e}"))
 }
 
-/// Draw `series` against the step into a PNG at `path`.
-pub fn line_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), TrainerError> {
+/// Draw `series` against the step into a PNG at `path`, `y_label` on the vertical axis.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+) -> Result<(), TrainerError> {
     let points = series
         .iter()
         .flat_map(|s| s.points.iter())
@@ -89,7 +94,7 @@ pub fn line_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), Tra
         .map_err(plot_error)?;
     let mut mesh = chart.configure_mesh();
     if labelled {
-        mesh.x_desc("step").y_desc("loss");
+        mesh.x_desc("step").y_desc(y_label);
     } else {
         mesh.disable_x_axis().disable_y_axis();
     }
@@ -135,6 +140,7 @@ mod tests {
         line_chart(
             &path,
             "test",
+            "loss",
             &[
                 Series {
                     name: "train",

@@ -148,6 +148,8 @@ pub struct Stage<'a> {
 pub struct Plot {
     pub file: &'static str,
     pub title: String,
+    /// What the vertical axis measures.
+    pub y_label: &'static str,
     pub curves: Vec<Curve>,
 }
 
@@ -157,6 +159,7 @@ impl Plot {
         Self {
             file: "loss_curve.png",
             title: format!("{} loss", stage.to_uppercase()),
+            y_label: "loss (nats per token)",
             curves: vec![
                 Curve {
                     metric: "loss",
@@ -358,7 +361,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
         checkpoint::save_final(model, config, &tokenizer.tokenizer)?;
     }
     let png = config.output_dir.join(plot.file);
-    plot_metrics(&metrics_path, &png, &plot.title, &plot.curves)?;
+    plot_metrics(&metrics_path, &png, &plot)?;
     Ok(StageSummary {
         steps: last_done,
         headline: headline.to_string(),
@@ -371,14 +374,10 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
 }
 
 /// Draw `curves` of a metrics file into a PNG.
-pub fn plot_metrics(
-    metrics: &Path,
-    png: &Path,
-    title: &str,
-    curves: &[Curve],
-) -> Result<(), TrainerError> {
+pub fn plot_metrics(metrics: &Path, png: &Path, plot: &Plot) -> Result<(), TrainerError> {
     let lines = read_metrics(metrics)?;
-    let series: Vec<Series> = curves
+    let series: Vec<Series> = plot
+        .curves
         .iter()
         .map(|curve| Series {
             name: curve.label,
@@ -390,7 +389,7 @@ pub fn plot_metrics(
             markers: curve.markers,
         })
         .collect();
-    line_chart(png, title, &series)
+    line_chart(png, &plot.title, plot.y_label, &series)
 }
 
 /// Read `metrics.jsonl`.
