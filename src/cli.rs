@@ -29,6 +29,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Run the reward service: JSON over HTTP in front of a warm sandbox pool, with a cache.
     Serve(ServeArgs),
+    /// Ask a running reward service whether it is healthy (exit 0) or not (exit 2): for
+    /// health checks, as in compose.yaml.
+    Health(HealthArgs),
     /// Write a randomly initialised model in Hugging Face layout (config.json,
     /// model.safetensors) with a BPE tokenizer (tokenizer.json) trained on the project's data;
     /// or, with --from and --keep-layers, a student made of evenly spaced layers of a teacher.
@@ -183,8 +186,21 @@ pub struct ServeArgs {
     /// Scores admitted at once (in progress or waiting); more get 429 with Retry-After.
     #[arg(long, default_value_t = 512)]
     pub queue: usize,
+    /// Stop gracefully once this file exists (a pipeline's last stage creates it, so the
+    /// service ends with the pipeline).
+    #[arg(long, value_name = "PATH")]
+    pub stop_file: Option<PathBuf>,
     #[command(flatten)]
     pub executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+pub struct HealthArgs {
+    /// The service's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -4,7 +4,7 @@
 //! this binary only wires them to files, flags, progress bars and exit codes. A reader starts
 //! here: `cli.rs` lists every command and flag, and each command's body is in `commands/`:
 //!
-//! - `commands/sandbox.rs` — score, serve, mutants, variants, image, doctor
+//! - `commands/sandbox.rs` — score, serve, health, mutants, variants, image, doctor
 //! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, teacher-logprobs
 //! - `commands/eval.rs` — generate, eval
 //! - `commands/data.rs` — data from-pairs, data generate
@@ -33,6 +33,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(sandbox::score(args))),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(sandbox::serve(args))),
+        Command::Health(args) => runtime().and_then(|rt| rt.block_on(sandbox::health(args))),
         Command::Mutants(args) => sandbox::mutants(args),
         Command::Variants(args) => sandbox::variants(args),
         Command::Image(command) => runtime().and_then(|rt| rt.block_on(sandbox::image(command))),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::api::{ErrorKind, ErrorResponse, ScoreRequest, ScoreResponse};
+use crate::api::{ErrorKind, ErrorResponse, Health, ScoreRequest, ScoreResponse};
 use crate::rng::SplitMix64;
 
 #[derive(Debug, thiserror::Error)]
@@ -156,5 +156,32 @@ impl Client {
             attempts: self.options.attempts,
             last,
         })
+    }
+
+    /// The first endpoint's `/healthz` (one attempt: a health check must not wait).
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let endpoint = self.endpoints[0].clone();
+        let unavailable = |e: reqwest::Error| ClientError::Unavailable {
+            attempts: 1,
+            last: format!("{endpoint}: {e}"),
+        };
+        let response = self
+            .http
+            .get(format!("{endpoint}/healthz"))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        let status = response.status();
+        let health: Health = response.json().await.map_err(|e| ClientError::Protocol {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        })?;
+        if !status.is_success() {
+            return Err(ClientError::Unavailable {
+                attempts: 1,
+                last: format!("{endpoint}: HTTP {status}, status {}", health.status),
+            });
+        }
+        Ok(health)
     }
 }

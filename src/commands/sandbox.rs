@@ -2,13 +2,14 @@
 //! `variants`, `image` and `doctor`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use unitforge_sandbox::backend::start_scorer;
 use unitforge_sandbox::cache::ResultCache;
+use unitforge_sandbox::client::{Client, ClientOptions};
 use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreInput, ScoreReport, DEFAULT_MODULE};
@@ -17,7 +18,9 @@ use unitforge_sandbox::source::PythonSource;
 use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 
 use super::{load_reward_config, module_name, notice, progress_bar, read_source, start_backend};
-use crate::cli::{DoctorArgs, ImageCommand, MutantsArgs, ScoreArgs, ServeArgs, VariantsArgs};
+use crate::cli::{
+    DoctorArgs, HealthArgs, ImageCommand, MutantsArgs, ScoreArgs, ServeArgs, VariantsArgs,
+};
 use crate::render;
 
 pub async fn score(args: ScoreArgs) -> Result<()> {
@@ -145,8 +148,52 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         }
     );
     let service = Service::new(scorer, identity, cache, config, limits);
-    service.run(listener, shutdown_signal()).await?;
+    let stop_file = args.stop_file.clone();
+    service
+        .run(listener, async move {
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                _ = file_appears(stop_file) => eprintln!("unitforge serve: the stop file appeared"),
+            }
+        })
+        .await?;
     eprintln!("unitforge serve: stopped");
+    Ok(())
+}
+
+/// Resolves once `path` is written after now (never without one): a stop file left by an
+/// earlier run does not stop this one.
+async fn file_appears(path: Option<PathBuf>) {
+    let Some(path) = path else {
+        return std::future::pending().await;
+    };
+    let started = std::time::SystemTime::now();
+    loop {
+        let written = std::fs::metadata(&path).and_then(|m| m.modified());
+        if written.is_ok_and(|at| at >= started) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn health(args: HealthArgs) -> Result<()> {
+    let client = Client::new(
+        vec![args.url.clone()],
+        ClientOptions {
+            timeout: std::time::Duration::from_secs(5),
+            ..ClientOptions::default()
+        },
+    )?;
+    let health = client.health().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
+    } else {
+        println!(
+            "{}: {} ({} executor, {} workers, queue {})",
+            args.url, health.status, health.executor, health.workers, health.queue_depth
+        );
+    }
     Ok(())
 }
 

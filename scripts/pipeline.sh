@@ -1,0 +1,114 @@
+#!/bin/sh
+# One stage of the compose pipeline (compose.yaml runs `sh scripts/pipeline.sh STAGE` in the
+# unitforge runtime image, working directory /opt/unitforge, volumes at runs/ and models/).
+#   PIPELINE=tiny (default): the tiny models, few steps: the whole chain in ~15 minutes on 2 cores.
+#   PIPELINE=smollm2: SmolLM2-135M-Instruct, the configs in configs/smollm2/ (hours on 2 cores).
+# Stages: prepare, sft, distill, grpo-mutant, grpo-speed, eval. A failing stage creates the stop
+# file, so the reward service (and with it `docker compose up`) ends too; the eval stage creates
+# it when the report is written. Extra `--set` overrides for one stage: SET_<STAGE>="k=v k=v".
+set -eu
+stage=${1:?usage: pipeline.sh prepare|sft|distill|grpo-mutant|grpo-speed|eval}
+pipeline=${PIPELINE:-tiny}
+server=${REWARD_SERVER:-http://sandbox:8080}
+stop_file=runs/.pipeline-done
+uf=unitforge
+
+finish() {
+    status=$?
+    if [ "$status" -ne 0 ] || [ "$stage" = eval ]; then
+        [ "$status" -ne 0 ] && echo "pipeline: stage $stage failed (exit $status); stopping the chain" >&2
+        touch "$stop_file"
+    fi
+    exit "$status"
+}
+trap finish EXIT
+
+# The --set arguments of SET_<STAGE> (letters, digits and underscores in the variable name).
+extra() {
+    var="SET_$(echo "$1" | tr 'a-z-' 'A-Z_')"
+    eval "values=\${$var:-}"
+    for kv in $values; do printf -- '--set %s ' "$kv"; done
+}
+
+case "$pipeline" in
+tiny)
+    base=models/tiny teacher_base=models/tiny-teacher out=runs/tiny
+    configs=configs
+    sft_steps="--set max_steps=150 --set eval_every=50 --set save_every=150 --set eval_batches=4"
+    distill_steps="--set max_steps=30 --set eval_every=15 --set save_every=30 --set eval_batches=4"
+    grpo_steps="--set max_steps=8 --set eval_every=8 --set save_every=8 --set grpo.eval_prompts=8"
+    eval_limit=24
+    ;;
+smollm2)
+    base=models/smollm2-135m-instruct out=runs/smollm2
+    configs=configs/smollm2
+    sft_steps="" distill_steps="" grpo_steps=""
+    eval_limit=0
+    ;;
+*)
+    echo "pipeline: unknown PIPELINE=$pipeline (tiny or smollm2)" >&2
+    exit 2
+    ;;
+esac
+common="--set progress=false"
+echo "pipeline $pipeline: stage $stage"
+case "$stage" in
+prepare)
+    rm -f "$stop_file"
+    test -s data/corpus/train.jsonl && test -s data/corpus/eval.jsonl
+    echo "corpus: $(wc -l < data/corpus/train.jsonl) training rows, $(wc -l < data/corpus/eval.jsonl) held out"
+    if [ "$pipeline" = tiny ]; then
+        $uf init-model --config configs/model_tiny.yaml --out "$base"
+        $uf init-model --config configs/model_tiny_teacher.yaml --out "$teacher_base"
+    else
+        $uf import-gguf --gguf gguf/SmolLM2-135M-Instruct.Q4_1.gguf --out "$base"
+    fi
+    ;;
+sft)
+    if [ "$pipeline" = tiny ]; then
+        # Student and (larger) teacher side by side, one core each.
+        RAYON_NUM_THREADS=1 $uf train sft --config $configs/sft.yaml --set base_model=$teacher_base \
+            --set output_dir=$out/sft-teacher $sft_steps $common $(extra sft) &
+        teacher=$!
+        RAYON_NUM_THREADS=1 $uf train sft --config $configs/sft.yaml --set base_model=$base \
+            --set output_dir=$out/sft $sft_steps $common $(extra sft)
+        wait "$teacher"
+    else
+        $uf train sft --config $configs/sft.yaml --set output_dir=$out/sft $common $(extra sft)
+    fi
+    ;;
+distill)
+    if [ "$pipeline" = tiny ]; then
+        $uf train distill --config $configs/distill_gkd.yaml --set base_model=$out/sft \
+            --set teacher_model=$out/sft-teacher --set output_dir=$out/distill $distill_steps \
+            $common $(extra distill)
+    else
+        $uf init-model --from $out/sft --keep-layers 10 --out models/smollm2-student-10l
+        $uf train distill --config $configs/distill_gkd.yaml --set teacher_model=$out/sft \
+            --set output_dir=$out/distill $common $(extra distill)
+    fi
+    ;;
+grpo-mutant | grpo-speed)
+    case "$stage" in grpo-mutant) config=grpo_mutant_max ;; *) config=grpo_speed_stable ;; esac
+    RAYON_NUM_THREADS=1 $uf train grpo --config $configs/$config.yaml --server "$server" \
+        --set base_model=$out/distill --set output_dir=$out/$stage $grpo_steps $common \
+        $(extra "$stage")
+    ;;
+eval)
+    checkpoints="start=$base sft=$out/sft distill=$out/distill grpo-mutant=$out/grpo-mutant grpo-speed=$out/grpo-speed"
+    dirs=""
+    for entry in $checkpoints; do
+        name=${entry%%=*} model=${entry#*=}
+        echo "evaluating $name ($model)"
+        $uf eval all --model "$model" --server "$server" --limit $eval_limit \
+            --out $out/eval/$name/eval_report.json $(extra eval)
+        dirs="$dirs $out/eval/$name"
+    done
+    $uf eval pareto $dirs --out $out/report
+    cat $out/report/report.md
+    ;;
+*)
+    echo "pipeline: unknown stage $stage" >&2
+    exit 2
+    ;;
+esac
