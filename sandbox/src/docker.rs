@@ -27,6 +27,16 @@ use crate::worker::{BoxFuture, InfraError, Launcher, WorkerIo};
 
 /// The label every sandbox container carries, with the launcher's instance id as value.
 pub const POOL_LABEL: &str = "org.unitforge.pool";
+/// The label naming the host (the UTS namespace: a container's is its short id) whose process
+/// owns a sandbox container, so that stale-container cleanup judges only owners it can see.
+pub const OWNER_HOST_LABEL: &str = "org.unitforge.owner-host";
+
+/// This process's host name (a container's short id inside a container).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
 
 /// Container-level limits (the runner's per-run rlimits come from the reward config).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -94,10 +104,10 @@ pub fn container_config(
         stdin_once: Some(false),
         tty: Some(false),
         network_disabled: Some(true),
-        labels: Some(HashMap::from([(
-            POOL_LABEL.to_string(),
-            instance.to_string(),
-        )])),
+        labels: Some(HashMap::from([
+            (POOL_LABEL.to_string(), instance.to_string()),
+            (OWNER_HOST_LABEL.to_string(), host_name()),
+        ])),
         host_config: Some(HostConfig {
             network_mode: Some("none".into()),
             readonly_rootfs: Some(true),
@@ -280,7 +290,7 @@ impl tokio::io::AsyncWrite for PinnedWriter {
     }
 }
 
-async fn remove_container(docker: &Docker, id: &str) {
+pub async fn remove_container(docker: &Docker, id: &str) {
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
@@ -332,23 +342,43 @@ impl Launcher for DockerLauncher {
     }
 }
 
-/// Remove sandbox containers left behind by processes that no longer exist (a crash, a kill -9).
+/// Remove sandbox containers left behind by processes that no longer exist (a crash, a kill -9):
+/// an owner on this host whose pid is gone, or an owner inside a container that no longer runs.
+/// Owners this process cannot see (another host's, another live container's) are left alone, so
+/// a containerised service and the host's own scorers never remove each other's containers.
 pub async fn remove_stale_containers(docker: &Docker) -> Result<usize, bollard::errors::Error> {
     let filters = HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
     let options = ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
         .build();
+    let sandboxes = docker.list_containers(Some(options)).await?;
+    // Owners in another host namespace are judged by whether their container still runs.
+    let running: Vec<String> = docker
+        .list_containers(Some(ListContainersOptionsBuilder::default().build()))
+        .await?
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect();
+    let here = host_name();
     let mut removed = 0;
-    for container in docker.list_containers(Some(options)).await? {
-        let owner_pid = container
-            .labels
-            .as_ref()
-            .and_then(|labels| labels.get(POOL_LABEL))
+    for container in sandboxes {
+        let labels = container.labels.clone().unwrap_or_default();
+        let owner_pid = labels
+            .get(POOL_LABEL)
             .and_then(|instance| instance.split('-').next())
             .and_then(|pid| pid.parse::<u32>().ok());
-        let owner_alive =
-            owner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let owner_alive = match labels.get(OWNER_HOST_LABEL).filter(|h| **h != here) {
+            // Another namespace: a container whose id starts with the host name, still
+            // running; a host name that is no container id we cannot judge, so it stays.
+            Some(host) => {
+                let container_id = host.len() >= 12 && host.chars().all(|c| c.is_ascii_hexdigit());
+                !container_id || running.iter().any(|id| id.starts_with(host.as_str()))
+            }
+            None => {
+                owner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+            }
+        };
         if !owner_alive {
             if let Some(id) = container.id {
                 remove_container(docker, &id).await;

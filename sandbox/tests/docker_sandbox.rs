@@ -210,3 +210,74 @@ async fn an_idle_container_killed_meanwhile_is_replaced_before_use() {
     assert_eq!(report.infra_errors, 0);
     scorer.pool().shutdown(Duration::from_secs(5)).await;
 }
+
+/// A stopped sandbox-labelled container owned by `instance` on `host` (never started).
+async fn labelled_container(
+    docker: &unitforge_sandbox::bollard::Docker,
+    instance: &str,
+    host: &str,
+) -> String {
+    use unitforge_sandbox::bollard::models::ContainerCreateBody;
+    use unitforge_sandbox::docker::{OWNER_HOST_LABEL, POOL_LABEL};
+    let body = ContainerCreateBody {
+        image: Some(unitforge_sandbox::image::sandbox_image_tag()),
+        network_disabled: Some(true),
+        labels: Some(std::collections::HashMap::from([
+            (POOL_LABEL.to_string(), instance.to_string()),
+            (OWNER_HOST_LABEL.to_string(), host.to_string()),
+        ])),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            None::<unitforge_sandbox::bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await
+        .expect("create a labelled container")
+        .id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_cleanup_removes_only_containers_whose_owner_is_gone() {
+    let _lock = DOCKER.lock().await;
+    let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
+    let here = unitforge_sandbox::docker::host_name();
+    // Owners: a dead process on this host; a container (by its id-like host name) that no
+    // longer runs; a host this process cannot see; this very process.
+    let dead_here = labelled_container(&docker, "4194304-1", &here).await;
+    let gone_container = labelled_container(&docker, "1-1", "0123456789ab").await;
+    let elsewhere = labelled_container(&docker, "1-1", "another-machine").await;
+    let ours = labelled_container(&docker, &format!("{}-1", std::process::id()), &here).await;
+    unitforge_sandbox::docker::remove_stale_containers(&docker)
+        .await
+        .unwrap();
+    let exists = |id: String| {
+        let docker = docker.clone();
+        async move {
+            docker
+                .inspect_container(
+                    &id,
+                    None::<unitforge_sandbox::bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .is_ok()
+        }
+    };
+    assert!(
+        !exists(dead_here).await,
+        "a dead local owner's container goes"
+    );
+    assert!(
+        !exists(gone_container).await,
+        "a gone container's sandboxes go"
+    );
+    assert!(
+        exists(elsewhere.clone()).await,
+        "an owner we cannot see keeps its own"
+    );
+    assert!(exists(ours.clone()).await, "a live owner keeps its own");
+    for id in [elsewhere, ours] {
+        unitforge_sandbox::docker::remove_container(&docker, &id).await;
+    }
+}

@@ -1,0 +1,171 @@
+//! The whole pipeline as a user runs it: `docker-compose up` on compose.yaml with the default
+//! (tiny) profile runs every stage to the end by itself, exit status 0, the report on the `runs`
+//! volume with every stage's metrics; `down -v` leaves no container or volume. A stage with a bad
+//! config stops the chain with a non-zero exit.
+//!
+//! Needs the images `make images` builds (`make test` does). Each run uses its own compose
+//! project name, so nothing of it meets anything else on the engine.
+
+use std::process::{Command, Output};
+
+const RUNTIME_IMAGE: &str = "unitforge-runtime:local";
+
+fn root() -> &'static str {
+    env!("CARGO_MANIFEST_DIR")
+}
+
+/// `docker-compose` (1.29, this machine's) or the v2 plugin.
+fn compose(project: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let (program, prefix): (&str, &[&str]) = if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        ("docker-compose", &[])
+    } else {
+        ("docker", &["compose"])
+    };
+    let mut command = Command::new(program);
+    command
+        .args(prefix)
+        .args(["--project-name", project, "--file", "compose.yaml"])
+        .args(args)
+        .current_dir(root());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("docker-compose runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A file from a compose project's `runs` volume.
+fn read_from_volume(project: &str, path: &str) -> Option<String> {
+    let output = Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "cat",
+            "-v",
+            &format!("{project}_runs:/runs:ro"),
+            RUNTIME_IMAGE,
+            &format!("/runs/{path}"),
+        ])
+        .output()
+        .expect("docker runs");
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Containers and volumes the engine still has for `project`.
+fn leftovers(project: &str) -> Vec<String> {
+    let label = format!("label=com.docker.compose.project={project}");
+    let mut found = Vec::new();
+    for args in [
+        vec!["ps", "-a", "-q", "--filter", label.as_str()],
+        vec!["volume", "ls", "-q", "--filter", label.as_str()],
+    ] {
+        let output = Command::new("docker").args(&args).output().unwrap();
+        found.extend(
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    found
+}
+
+/// Runs `up` for a fresh project and always takes it down again.
+struct Project(String);
+
+impl Project {
+    fn new(name: &str) -> Self {
+        let project = format!("uf{name}{}", std::process::id());
+        Self(project)
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        compose(&self.0, &["down", "-v", "--remove-orphans"], &[]);
+    }
+}
+
+#[test]
+fn the_default_profile_runs_every_stage_and_down_leaves_nothing() {
+    let project = Project::new("ok");
+    let up = compose(&project.0, &["up", "--no-build"], &[]);
+    let log = text(&up);
+    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+    let report: serde_json::Value = serde_json::from_str(
+        &read_from_volume(&project.0, "tiny/report/report.json").expect("the report is written"),
+    )
+    .unwrap();
+    let points = report["points"].as_array().unwrap();
+    let labels: Vec<&str> = points
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["start", "sft", "distill", "grpo-mutant", "grpo-speed"]
+    );
+    for point in points {
+        let f = &point["figures"];
+        for key in [
+            "valid_pytest_rate",
+            "pass_rate",
+            "mean_kill_rate",
+            "mean_composite",
+        ] {
+            let v = f[key].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{key} = {v} in {point}");
+        }
+        assert_eq!(
+            f["suites"].as_u64().unwrap() + f["excluded"].as_u64().unwrap(),
+            24
+        );
+    }
+    assert_eq!(report["reference"]["pass_rate"], 1.0);
+    assert_eq!(report["trivial"]["mean_composite"], 0.0);
+    assert!(points.iter().any(|p| p["on_front"] == true));
+    for stage in ["sft", "sft-teacher", "distill", "grpo-mutant", "grpo-speed"] {
+        let metrics = read_from_volume(&project.0, &format!("tiny/{stage}/metrics.jsonl"))
+            .unwrap_or_else(|| panic!("{stage} wrote no metrics"));
+        assert!(metrics.lines().count() >= 8, "{stage}");
+    }
+    assert!(read_from_volume(&project.0, "tiny/report/report.md").is_some());
+    let down = compose(&project.0, &["down", "-v", "--remove-orphans"], &[]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(leftovers(&project.0), Vec::<String>::new());
+}
+
+#[test]
+fn a_stage_with_a_bad_config_stops_the_chain_with_a_non_zero_exit() {
+    let project = Project::new("bad");
+    let up = compose(
+        &project.0,
+        &["up", "--no-build"],
+        &[("SET_SFT", "lora.rnak=4")],
+    );
+    let log = text(&up);
+    assert!(
+        !up.status.success(),
+        "a bad config must fail the run:\n{log}"
+    );
+    assert!(log.contains("rnak"), "the error is in the logs:\n{log}");
+    // The chain stopped: nothing after sft ran.
+    assert!(read_from_volume(&project.0, "tiny/distill/metrics.jsonl").is_none());
+    assert!(read_from_volume(&project.0, "tiny/report/report.json").is_none());
+}
