@@ -12,6 +12,7 @@ pub mod api;
 pub mod backend;
 pub mod cache;
 pub mod client;
+pub mod completion;
 pub mod docker;
 pub mod doctor;
 pub mod executor;
