@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv image images images-debug model lint bench demo demo-grpo pipeline
+.PHONY: test venv client-venv image images images-debug model lint bench demo demo-grpo pipeline
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -14,6 +14,16 @@ $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The Python client's environment: the package itself, its test tools, ruff, mypy, schemathesis.
+CLIENT_VENV := .venv-client
+$(CLIENT_VENV)/.installed: clients/python/pyproject.toml
+	$(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  -e 'clients/python[test]' ruff mypy schemathesis
+	touch $@
+
+client-venv: $(CLIENT_VENV)/.installed
 
 # The Docker sandbox image (built offline with mmdebstrap, which the build installs if missing).
 image:
@@ -40,15 +50,22 @@ pipeline: images
 model:
 	PYTHON=$(PYTHON) scripts/get-model.sh
 
-# Every test; the last line sums cargo's per-binary results ("tests: N passed, M failed").
-test: venv image model images-debug
-	set -o pipefail; cargo test --workspace --locked 2>&1 | awk '{ print } \
+# Every test: the Rust workspace, then the Python client against a real service. The last line
+# sums cargo's per-binary results and pytest's ("tests: N passed, M failed").
+test: venv image model images-debug client-venv
+	set -o pipefail; { cargo test --workspace --locked 2>&1; rust=$$?; \
+	  (cd clients/python && ../../$(CLIENT_VENV)/bin/python -m pytest -q -p no:cacheprovider 2>&1); \
+	  python=$$?; exit $$((rust | python)); } | awk '{ print } \
 	  /^test result:/ { passed += $$4; failed += $$6 } \
+	  !/^test result:/ && / in [0-9.]+s/ && /(passed|failed)/ { for (i = 2; i <= NF; i++) { \
+	    if ($$i ~ /^passed/) passed += $$(i - 1); if ($$i ~ /^failed/) failed += $$(i - 1) } } \
 	  END { printf "tests: %d passed, %d failed\n", passed, failed }'
 
-lint:
+lint: client-venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cd clients/python && ../../$(CLIENT_VENV)/bin/ruff check . && ../../$(CLIENT_VENV)/bin/ruff format --check . \
+	  && ../../$(CLIENT_VENV)/bin/mypy
 
 bench: venv
 	cargo run --release --locked -- bench score

@@ -95,4 +95,21 @@ mod tests {
             "def test_(:\n\nmore\n"
         );
     }
+
+    #[test]
+    fn the_cases_the_python_client_checks_too() {
+        // The same fixture the Python adapters' tests read, so the two implementations agree.
+        let cases: serde_json::Value = serde_json::from_str(include_str!(
+            "../../clients/python/tests/extract_cases.json"
+        ))
+        .unwrap();
+        for case in cases["cases"].as_array().unwrap() {
+            let completion = case["completion"].as_str().unwrap();
+            assert_eq!(
+                extract_tests(completion),
+                case["tests"].as_str().unwrap(),
+                "{completion:?}"
+            );
+        }
+    }
 }

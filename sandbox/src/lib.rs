@@ -19,6 +19,7 @@ pub mod executor;
 pub mod image;
 pub mod local;
 pub mod mutant;
+pub mod openrlhf;
 pub mod operator;
 pub mod outcome;
 pub mod protocol;

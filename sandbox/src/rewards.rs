@@ -150,9 +150,13 @@ impl RewardConfig {
         if [t.baseline_s, t.factor, t.floor_s]
             .iter()
             .any(|x| !x.is_finite() || *x <= 0.0)
-            || t.slack_s < 0.0
+            || [t.slack_s, t.test_factor, t.test_floor_s]
+                .iter()
+                .any(|x| !x.is_finite() || *x < 0.0)
         {
-            return Err("timeouts must be positive".into());
+            return Err(
+                "timeouts must be positive (slack_s, test_factor and test_floor_s may be 0)".into(),
+            );
         }
         Ok(())
     }

@@ -157,7 +157,8 @@ const RESERVED_MODULES: [&str; 6] = [
     "py",
 ];
 
-fn check_module_name(name: &str) -> Result<(), ScoreError> {
+/// Whether `name` can be the module the tests import the code under test by.
+pub fn check_module_name(name: &str) -> Result<(), ScoreError> {
     let valid_identifier = name
         .chars()
         .next()

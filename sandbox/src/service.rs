@@ -29,7 +29,7 @@ use crate::cache::{cache_key, CacheOutcome, ResultCache};
 use crate::executor::ExecutorIdentity;
 use crate::protocol::PROTOCOL_VERSION;
 use crate::rewards::RewardConfig;
-use crate::score::{ScoreError, Scorer};
+use crate::score::{check_module_name, ScoreError, Scorer};
 
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -74,7 +74,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 #[derive(Default)]
-struct Metrics {
+pub(crate) struct Metrics {
     requests: Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
     scores: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -83,7 +83,7 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn request(&self, endpoint: &'static str, status: StatusCode) {
+    pub(crate) fn request(&self, endpoint: &'static str, status: StatusCode) {
         *self
             .requests
             .lock()
@@ -105,15 +105,15 @@ impl Metrics {
     }
 }
 
-struct AppState {
+pub(crate) struct AppState {
     scorer: Scorer,
     identity: ExecutorIdentity,
     cache: Option<ResultCache>,
     default_config: RewardConfig,
-    limits: ServiceLimits,
+    pub(crate) limits: ServiceLimits,
     queue: Arc<Semaphore>,
     active: Semaphore,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     started: Instant,
     shutting_down: AtomicBool,
 }
@@ -126,7 +126,7 @@ pub struct Service {
 
 type Failure = (StatusCode, ErrorBody);
 
-fn failure(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Failure {
+pub(crate) fn failure(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> Failure {
     (
         status,
         ErrorBody {
@@ -136,7 +136,7 @@ fn failure(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> F
     )
 }
 
-fn error_response((status, body): Failure) -> Response {
+pub(crate) fn error_response((status, body): Failure) -> Response {
     let mut response = (status, Json(ErrorResponse { error: body })).into_response();
     if status == StatusCode::TOO_MANY_REQUESTS {
         response
@@ -176,6 +176,7 @@ impl Service {
         Router::new()
             .route("/v1/score", post(score_handler))
             .route("/v1/score/batch", post(batch_handler))
+            .route("/get_reward", post(crate::openrlhf::get_reward_handler))
             .route("/healthz", get(health_handler))
             .route("/metrics", get(metrics_handler))
             .route(
@@ -215,6 +216,21 @@ fn check_limits(
     request: &ScoreRequest,
     config: &RewardConfig,
 ) -> Result<(), Failure> {
+    // What the schema says of every request, checked before any work (a batch item too).
+    if request.code.is_empty() {
+        return Err(failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Input,
+            "code under test is empty",
+        ));
+    }
+    if let Err(err) = check_module_name(&request.module) {
+        return Err(failure(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Input,
+            err.to_string(),
+        ));
+    }
     let too = |what: String| {
         Err(failure(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -273,7 +289,10 @@ fn check_limits(
 }
 
 /// Admit, queue and score one request.
-async fn score_one(state: &AppState, request: ScoreRequest) -> Result<ScoreResponse, Failure> {
+pub(crate) async fn score_one(
+    state: &AppState,
+    request: ScoreRequest,
+) -> Result<ScoreResponse, Failure> {
     if state.shutting_down.load(Ordering::SeqCst) {
         return Err(failure(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -380,6 +399,16 @@ async fn batch_handler(
                 state.limits.max_batch
             ),
         ));
+    }
+    // A malformed item (a config over the limits or invalid) rejects the whole batch before
+    // anything is scored; unusable code is reported on the item's own line.
+    for (index, item) in batch.items.iter().enumerate() {
+        let config = item.config.as_ref().unwrap_or(&state.default_config);
+        if let Err((status, mut body)) = check_limits(&state.limits, item, config) {
+            state.metrics.request("batch", status);
+            body.message = format!("item {index}: {}", body.message);
+            return error_response((status, body));
+        }
     }
     state.metrics.request("batch", StatusCode::OK);
     let pending: FuturesUnordered<_> = batch

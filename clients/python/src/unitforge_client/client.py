@@ -1,0 +1,259 @@
+"""Clients of the unitforge reward service: ``Client`` (blocking) and ``AsyncClient``.
+
+Both retry what is worth retrying — connection errors, timeouts, 429 (after its
+``Retry-After``), 503 — with exponential backoff and jitter, and never retry input errors
+(400, 413, 422). ``score_batch`` uses the streamed ``/v1/score/batch`` endpoint and returns one
+result per pair, in order: a ``Score``, or the ``UnitforgeError`` that pair got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .types import InfrastructureError, InputError, Score, UnitforgeError
+
+Pair = Mapping[str, Any] | Sequence[str]
+Result = Score | UnitforgeError
+
+_RETRYABLE_STATUS = {429, 502, 503, 504}
+
+
+def _request_body(
+    code: str, tests: str, module: str, config: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "tests": tests, "module": module}
+    if config is not None:
+        body["config"] = dict(config)
+    return body
+
+
+def _pair_body(pair: Pair, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    if isinstance(pair, Mapping):
+        return _request_body(
+            str(pair["code"]), str(pair["tests"]), str(pair.get("module", "solution")), config
+        )
+    code, tests = pair[0], pair[1]
+    module = pair[2] if len(pair) > 2 else "solution"
+    return _request_body(code, tests, module, config)
+
+
+def _error(status: int, body: Any) -> UnitforgeError:
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    kind = str(error.get("kind", "infra"))
+    message = str(error.get("message", f"HTTP {status}"))
+    if kind in ("input", "limit") or status in (400, 413, 415, 422):
+        return InputError(status, kind, message)
+    return InfrastructureError(f"HTTP {status} ({kind}): {message}")
+
+
+def _retry_after(response: httpx.Response, backoff: float) -> float:
+    try:
+        return max(float(response.headers.get("retry-after", "")), backoff)
+    except ValueError:
+        return backoff
+
+
+class _Settings:
+    def __init__(self, url: str, timeout: float, retries: int, backoff: float) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+
+    def wait(self, attempt: int, at_least: float = 0.0) -> float:
+        base = max(self.backoff * (2**attempt), at_least)
+        return float(min(base, 30.0) * (0.5 + random.random()))
+
+
+class Client:
+    """A blocking client. ``url``: the service's base URL, e.g. ``http://127.0.0.1:8080``."""
+
+    def __init__(
+        self, url: str, timeout: float = 600.0, retries: int = 5, backoff: float = 0.2
+    ) -> None:
+        self._settings = _Settings(url, timeout, retries, backoff)
+        self._http = httpx.Client(timeout=timeout)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        settings = self._settings
+        last = ""
+        for attempt in range(settings.retries + 1):
+            wait = settings.wait(attempt)
+            try:
+                response = self._http.post(settings.url + path, json=body)
+            except httpx.HTTPError as err:
+                last = f"{type(err).__name__}: {err}"
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                if response.status_code not in _RETRYABLE_STATUS:
+                    raise _error(response.status_code, _json(response))
+                last = f"HTTP {response.status_code}"
+                wait = settings.wait(attempt, _retry_after(response, settings.backoff))
+            if attempt < settings.retries:
+                time.sleep(wait)
+        raise InfrastructureError(
+            f"{path}: no answer after {settings.retries + 1} attempts ({last})"
+        )
+
+    def score(
+        self,
+        code: str,
+        tests: str,
+        config: Mapping[str, Any] | None = None,
+        module: str = "solution",
+    ) -> Score:
+        """Score ``tests`` against ``code`` (a module importable as ``module``)."""
+        return Score.from_response(
+            self._post("/v1/score", _request_body(code, tests, module, config))
+        )
+
+    def score_batch(
+        self, pairs: Iterable[Pair], config: Mapping[str, Any] | None = None
+    ) -> list[Result]:
+        """Score many pairs (dicts with ``code``, ``tests``, optional ``module``, or tuples) in
+        one streamed request; results in input order."""
+        items = [_pair_body(pair, config) for pair in pairs]
+        settings = self._settings
+        for attempt in range(settings.retries + 1):
+            try:
+                with self._http.stream(
+                    "POST", settings.url + "/v1/score/batch", json={"items": items}
+                ) as response:
+                    if response.status_code == 200:
+                        return _batch_results(len(items), response.iter_lines())
+                    response.read()
+                    if response.status_code not in _RETRYABLE_STATUS:
+                        raise _error(response.status_code, _json(response))
+            except httpx.HTTPError:
+                pass
+            if attempt < settings.retries:
+                time.sleep(settings.wait(attempt))
+        raise InfrastructureError("/v1/score/batch: no answer after every attempt")
+
+    def health(self) -> dict[str, Any]:
+        response = self._http.get(self._settings.url + "/healthz")
+        result: dict[str, Any] = response.json()
+        return result
+
+
+class AsyncClient:
+    """An asyncio client; ``max_in_flight`` caps the requests in flight at once."""
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 600.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        max_in_flight: int = 64,
+    ) -> None:
+        self._settings = _Settings(url, timeout, retries, backoff)
+        self._http = httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_connections=max_in_flight)
+        )
+        self._permits = asyncio.Semaphore(max_in_flight)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        settings = self._settings
+        last = ""
+        async with self._permits:
+            for attempt in range(settings.retries + 1):
+                wait = settings.wait(attempt)
+                try:
+                    response = await self._http.post(settings.url + path, json=body)
+                except httpx.HTTPError as err:
+                    last = f"{type(err).__name__}: {err}"
+                else:
+                    if response.status_code == 200:
+                        return response.json()
+                    if response.status_code not in _RETRYABLE_STATUS:
+                        raise _error(response.status_code, _json(response))
+                    last = f"HTTP {response.status_code}"
+                    wait = settings.wait(attempt, _retry_after(response, settings.backoff))
+                if attempt < settings.retries:
+                    await asyncio.sleep(wait)
+        raise InfrastructureError(
+            f"{path}: no answer after {settings.retries + 1} attempts ({last})"
+        )
+
+    async def score(
+        self,
+        code: str,
+        tests: str,
+        config: Mapping[str, Any] | None = None,
+        module: str = "solution",
+    ) -> Score:
+        body = _request_body(code, tests, module, config)
+        return Score.from_response(await self._post("/v1/score", body))
+
+    async def score_batch(
+        self, pairs: Iterable[Pair], config: Mapping[str, Any] | None = None
+    ) -> list[Result]:
+        """Score many pairs concurrently (one request each, ``max_in_flight`` at a time);
+        results in input order, a failure in its pair's place."""
+
+        async def one(pair: Pair) -> Result:
+            body = _pair_body(pair, config)
+            try:
+                return Score.from_response(await self._post("/v1/score", body))
+            except UnitforgeError as err:
+                return err
+
+        return list(await asyncio.gather(*(one(pair) for pair in pairs)))
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (json.JSONDecodeError, ValueError):
+        return None
+
+
+def _batch_results(count: int, lines: Iterable[str]) -> list[Result]:
+    results: list[Result | None] = [None] * count
+    for line in lines:
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        index = int(item["index"])
+        if item.get("response") is not None:
+            results[index] = Score.from_response(item["response"])
+        else:
+            error = item.get("error") or {}
+            kind = str(error.get("kind", "infra"))
+            message = str(error.get("message", ""))
+            results[index] = (
+                InputError(422, kind, message)
+                if kind in ("input", "limit")
+                else InfrastructureError(f"{kind}: {message}")
+            )
+    return [
+        result if result is not None else InfrastructureError("no result in the batch stream")
+        for result in results
+    ]
