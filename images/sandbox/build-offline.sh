@@ -14,17 +14,7 @@ pip=${PIP:-python3 -m pip}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# mmdebstrap comes from Debian's packages: install it when we can (root with apt), else say how.
-if ! command -v mmdebstrap >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "[0/4] mmdebstrap is missing: installing it from Debian's packages (apt-get install mmdebstrap)"
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null
-    else
-        echo "error: building the sandbox image needs mmdebstrap; install it with 'sudo apt-get install mmdebstrap' and run again" >&2
-        exit 1
-    fi
-fi
+. "$repo/images/ensure-mmdebstrap.sh"
 
 echo "[1/4] downloading the pinned runner requirements (PyPI wheels)"
 $pip download --quiet --disable-pip-version-check --only-binary=:all: \

@@ -12,16 +12,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-if ! command -v mmdebstrap >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "[0/3] mmdebstrap is missing: installing it from Debian's packages (apt-get install mmdebstrap)"
-        apt-get update -q >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mmdebstrap >/dev/null
-    else
-        echo "error: building the runtime image needs mmdebstrap; install it with 'sudo apt-get install mmdebstrap' and run again" >&2
-        exit 1
-    fi
-fi
+. "$repo/images/ensure-mmdebstrap.sh"
 
 echo "[1/3] staging the binary, configs, corpus and pipeline script"
 stage="$work/opt/unitforge"

@@ -19,27 +19,13 @@ use unitforge_trainer::tokenizer::{self, ModelTokenizer};
 use unitforge_trainer::train_loop::read_metrics;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    common::repo_root()
 }
 
 /// A student (32 wide) and a teacher (64 wide) sharing the student's tokenizer, and 24 + 8 rows
 /// of the shipped corpus.
 fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
-    let corpus = root().join("data/corpus/train.jsonl");
-    let text = std::fs::read_to_string(&corpus).unwrap();
-    let rows: Vec<&str> = text.lines().take(32).collect();
-    let (train, eval) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
-    std::fs::write(&train, rows[..24].join("\n")).unwrap();
-    std::fs::write(&eval, rows[24..].join("\n")).unwrap();
-
-    let mut init = read_init_config(&root().join("configs/model_tiny.yaml")).unwrap();
-    init.tokenizer.corpus = vec![train.clone()];
-    init.tokenizer.vocab_size = 400;
-    init.hidden_size = 32;
-    init.intermediate_size = 64;
-    init.num_hidden_layers = 2;
-    let student = dir.join("student");
-    init_model(&init, &student).unwrap();
+    let (student, train, eval, mut init) = common::small_student(dir, 24, 8);
     init.tokenizer.from = Some(student.join("tokenizer.json"));
     init.hidden_size = 64;
     init.intermediate_size = 128;

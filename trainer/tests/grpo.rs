@@ -9,31 +9,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use unitforge_trainer::grpo::train_with;
-use unitforge_trainer::init::{init_model, read_init_config};
 use unitforge_trainer::reward_source::{Reward, RewardSource};
 use unitforge_trainer::stage_config::StageConfig;
 use unitforge_trainer::train_loop::{read_metrics, StepMetrics};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// A 2-layer, 32-wide model with a 400-token vocabulary, and 16 + 4 corpus rows.
 fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let corpus = root().join("data/corpus/train.jsonl");
-    let text = std::fs::read_to_string(&corpus).unwrap();
-    let rows: Vec<&str> = text.lines().take(20).collect();
-    let (train, eval) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
-    std::fs::write(&train, rows[..16].join("\n")).unwrap();
-    std::fs::write(&eval, rows[16..].join("\n")).unwrap();
-    let mut init = read_init_config(&root().join("configs/model_tiny.yaml")).unwrap();
-    init.tokenizer.corpus = vec![train.clone()];
-    init.tokenizer.vocab_size = 400;
-    init.hidden_size = 32;
-    init.intermediate_size = 64;
-    init.num_hidden_layers = 2;
-    let model = dir.join("model");
-    init_model(&init, &model).unwrap();
+    let (model, train, eval, _) = common::small_student(dir, 16, 4);
     (model, train, eval)
 }
 

@@ -118,3 +118,38 @@ pub fn randomise_b(model: &Model, seed: u64) {
         }
     }
 }
+
+/// The repository root.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The first `train + eval` rows of the shipped corpus, split into `dir/train.jsonl` and
+/// `dir/eval.jsonl`, and a 2-layer, 32-wide model (`dir/student`) with a 400-token tokenizer
+/// trained on those rows; the init config comes back too, for a teacher of the same vocabulary.
+pub fn small_student(
+    dir: &Path,
+    train: usize,
+    eval: usize,
+) -> (
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    unitforge_trainer::init::InitConfig,
+) {
+    use unitforge_trainer::init::{init_model, read_init_config};
+    let text = std::fs::read_to_string(repo_root().join("data/corpus/train.jsonl")).unwrap();
+    let rows: Vec<&str> = text.lines().take(train + eval).collect();
+    let (train_path, eval_path) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
+    std::fs::write(&train_path, rows[..train].join("\n")).unwrap();
+    std::fs::write(&eval_path, rows[train..].join("\n")).unwrap();
+    let mut init = read_init_config(&repo_root().join("configs/model_tiny.yaml")).unwrap();
+    init.tokenizer.corpus = vec![train_path.clone()];
+    init.tokenizer.vocab_size = 400;
+    init.hidden_size = 32;
+    init.intermediate_size = 64;
+    init.num_hidden_layers = 2;
+    let student = dir.join("student");
+    init_model(&init, &student).unwrap();
+    (student, train_path, eval_path, init)
+}

@@ -60,6 +60,14 @@ def _retry_after(response: httpx.Response, backoff: float) -> float:
         return backoff
 
 
+class _Retry:
+    """A retryable answer: wait this long, and why."""
+
+    def __init__(self, wait: float, why: str) -> None:
+        self.wait = wait
+        self.why = why
+
+
 class _Settings:
     def __init__(self, url: str, timeout: float, retries: int, backoff: float) -> None:
         self.url = url.rstrip("/")
@@ -70,6 +78,15 @@ class _Settings:
     def wait(self, attempt: int, at_least: float = 0.0) -> float:
         base = max(self.backoff * (2**attempt), at_least)
         return float(min(base, 30.0) * (0.5 + random.random()))
+
+    def judge(self, response: httpx.Response, attempt: int) -> Any:
+        """The JSON of a 200; a `_Retry` for what is worth retrying; raises for the rest."""
+        if response.status_code == 200:
+            return response.json()
+        if response.status_code not in _RETRYABLE_STATUS:
+            raise _error(response.status_code, _json(response))
+        wait = self.wait(attempt, _retry_after(response, self.backoff))
+        return _Retry(wait, f"HTTP {response.status_code}")
 
 
 class Client:
@@ -96,16 +113,13 @@ class Client:
         for attempt in range(settings.retries + 1):
             wait = settings.wait(attempt)
             try:
-                response = self._http.post(settings.url + path, json=body)
+                answer = settings.judge(self._http.post(settings.url + path, json=body), attempt)
             except httpx.HTTPError as err:
                 last = f"{type(err).__name__}: {err}"
             else:
-                if response.status_code == 200:
-                    return response.json()
-                if response.status_code not in _RETRYABLE_STATUS:
-                    raise _error(response.status_code, _json(response))
-                last = f"HTTP {response.status_code}"
-                wait = settings.wait(attempt, _retry_after(response, settings.backoff))
+                if not isinstance(answer, _Retry):
+                    return answer
+                wait, last = answer.wait, answer.why
             if attempt < settings.retries:
                 time.sleep(wait)
         raise InfrastructureError(
@@ -187,15 +201,13 @@ class AsyncClient:
                 wait = settings.wait(attempt)
                 try:
                     response = await self._http.post(settings.url + path, json=body)
+                    answer = settings.judge(response, attempt)
                 except httpx.HTTPError as err:
                     last = f"{type(err).__name__}: {err}"
                 else:
-                    if response.status_code == 200:
-                        return response.json()
-                    if response.status_code not in _RETRYABLE_STATUS:
-                        raise _error(response.status_code, _json(response))
-                    last = f"HTTP {response.status_code}"
-                    wait = settings.wait(attempt, _retry_after(response, settings.backoff))
+                    if not isinstance(answer, _Retry):
+                        return answer
+                    wait, last = answer.wait, answer.why
                 if attempt < settings.retries:
                     await asyncio.sleep(wait)
         raise InfrastructureError(
