@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GRPO demo (stage 3) on the tiny models: both branches from the same GKD checkpoint, side by
 # side, then the figures README.md quotes. Needs scripts/demo-train.sh's runs/distill-jsd (stage 2)
-# and the Docker sandbox image (`make image`). About 40 minutes on 2 cores. `make demo-grpo`.
+# and the Docker sandbox image (`make image`). About an hour on 2 cores. `make demo-grpo`.
 set -euo pipefail
 UF=${UF:-./target/release/unitforge}
 START=${START:-runs/distill-jsd}
 [ -f "$START/model.safetensors" ] || { echo "no GKD checkpoint at $START: run scripts/demo-train.sh first" >&2; exit 1; }
-mkdir -p runs/demo
+mkdir -p runs/demo runs/eval
 
 # One core each: candle's thread pool spins at its barriers, so two multi-threaded trainings on
 # two cores slow each other down; the sandbox's two workers share the same cores.
@@ -16,6 +16,17 @@ $UF train grpo --config configs/grpo_mutant_max.yaml --set base_model="$START" \
 $UF train grpo --config configs/grpo_speed_stable.yaml --set base_model="$START" \
   --set progress=false --json > runs/demo/grpo_speed.json &
 wait
+
+# Held-out evaluation of every checkpoint on all 120 rows (greedy), and their Pareto picture.
+unset RAYON_NUM_THREADS
+for entry in sft=runs/sft gkd="$START" grpo-mutant=runs/grpo-mutant grpo-speed=runs/grpo-speed; do
+  name=${entry%%=*} model=${entry#*=}
+  $UF eval all --model "$model" --workers 2 --out "runs/eval/$name/eval_report.json" \
+    > "runs/eval/$name.txt"
+done
+$UF eval pareto runs/eval/sft runs/eval/gkd runs/eval/grpo-mutant runs/eval/grpo-speed \
+  --out runs/report-tiny
+cat runs/report-tiny/report.md
 
 python3 - <<'PY'
 import json
