@@ -128,6 +128,7 @@ fn draw(points: &[ParetoPoint], path: &Path) -> Result<(), TrainerError> {
     if labelled {
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
