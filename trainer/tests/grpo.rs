@@ -280,3 +280,56 @@ fn a_few_steps_against_the_local_sandbox_write_every_output() {
 fn a_few_steps_against_docker_sandbox_containers() {
     against_the_sandbox("docker");
 }
+
+#[test]
+fn several_iterations_reuse_their_samples_with_a_frozen_reference_and_a_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train, eval) = setup(dir.path());
+    let out = dir.path().join("iterations");
+    // μ = 2, full fine-tuning with β > 0 (a frozen copy is the reference), and online JSD to a
+    // teacher (the starting model itself).
+    let mut cfg = config(
+        &model,
+        &train,
+        &eval,
+        &out,
+        &format!("teacher_model: {}\n", model.display()),
+    );
+    cfg.max_steps = 4;
+    cfg.eval_every = 100;
+    cfg.save_every = 2;
+    cfg.grpo.num_iterations = 2;
+    cfg.grpo.beta = 0.1;
+    cfg.grpo.gkd_online.weight = 0.5;
+    cfg.grpo.loss_type = unitforge_trainer::stage_config::LossType::Grpo;
+    train_with(&cfg, &Device::Cpu, &share_of_e()).unwrap();
+    let metrics = read_metrics(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.len(), 4);
+    // Steps 1 and 3 sample; steps 2 and 4 train on the same samples again.
+    for m in &metrics {
+        let sampled = m.step % 2 == 1;
+        assert_eq!(m.parts["gen_s"] > 0.0, sampled, "step {}", m.step);
+        assert!(m.parts["jsd"].is_finite() && m.parts["jsd"] >= 0.0);
+    }
+    assert_eq!(metrics[0].parts["reward"], metrics[1].parts["reward"]);
+    // The first pass starts at the reference (KL 0); the second has moved away from it.
+    assert_eq!(metrics[0].parts["kl"], 0.0);
+    assert!(metrics[1].parts["kl"] > 0.0, "{:?}", metrics[1].parts);
+    let steps: std::collections::BTreeSet<u64> =
+        std::fs::read_to_string(out.join("completions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+    assert_eq!(steps, [1, 3].into_iter().collect());
+    // A checkpoint between the two iterations could not resume exactly: refused.
+    cfg.save_every = 3;
+    let err = train_with(&cfg, &Device::Cpu, &share_of_e())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("num_iterations"), "{err}");
+}
