@@ -260,10 +260,12 @@ impl WorkerPool {
 
     /// Start every worker now and return one greeting (python and pytest versions).
     pub async fn warm_up(&self) -> Result<Hello, InfraError> {
-        let mut started = Vec::new();
-        for _ in 0..self.size {
-            started.push(self.checkout().await?);
-        }
+        // All at once: a worker spends most of its start importing pytest, so starting them one
+        // after the other made a one-shot score wait for each in turn.
+        let started = futures::future::join_all((0..self.size).map(|_| self.checkout()))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<Worker>, InfraError>>()?;
         let hello = started[0].hello.clone();
         self.idle.lock().expect("idle lock").extend(started);
         Ok(hello)
