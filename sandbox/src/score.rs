@@ -15,7 +15,7 @@ use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use crate::mutant::{generate_mutants, Mutant, MutantCensus};
-use crate::outcome::{judge_run, mutant_status, MutantStatus, Verdict};
+use crate::outcome::{judge_run, mutant_status, JudgedRun, MutantStatus, Verdict};
 use crate::protocol::{RunLimits, RunRequest, TestReport, PROTOCOL_VERSION};
 use crate::rewards::{composite_reward, median, RewardConfig};
 use crate::source::{PythonSource, SourceError};
@@ -391,6 +391,26 @@ impl Scorer {
         finish(report)
     }
 
+    /// One mutant run, judged. A timeout that looks like starvation (little CPU for its wall
+    /// time) is run once more, so that a loaded machine does not turn a surviving mutant into a
+    /// kill; a mutant that really loops times out again, on the CPU.
+    async fn run_mutant(
+        &self,
+        request: &RunRequest,
+        static_tests: &BTreeSet<String>,
+    ) -> Result<JudgedRun, InfraError> {
+        let first = judge_run(&self.pool.run(request).await?, static_tests)?;
+        if !timeout_needs_confirmation(&first) {
+            return Ok(first);
+        }
+        tracing::debug!(
+            cpu_ms = first.cpu_ms,
+            wall_ms = first.wall_ms,
+            "a mutant timed out with little CPU; running it again"
+        );
+        judge_run(&self.pool.run(request).await?, static_tests)
+    }
+
     /// Compile the mutants (dropping equivalent and unviable ones), then run each of the rest
     /// with a limit derived from the baseline, stopping at the first failing test, fastest
     /// baseline tests first. Returns each mutant's status, detail and wall time, in order.
@@ -446,12 +466,7 @@ impl Scorer {
                         "same bytecode as the original".into(),
                         0.0,
                     ),
-                    _ => match self
-                        .pool
-                        .run(&request)
-                        .await
-                        .and_then(|r| judge_run(&r, static_tests))
-                    {
+                    _ => match self.run_mutant(&request, static_tests).await {
                         Ok(run) => (mutant_status(&run), run.detail, run.wall_ms),
                         Err(err) => (MutantStatus::Excluded, err.to_string(), 0.0),
                     },
@@ -464,6 +479,16 @@ impl Scorer {
             notes,
         }
     }
+}
+
+/// A timed-out run that spent less than this share of its wall time on the CPU was starved (a
+/// loaded machine), not looping: a mutant that loops burns CPU for as long as it runs.
+const STARVED_CPU_SHARE: f64 = 0.5;
+
+/// Whether a timeout may be the machine's load rather than the mutant: it must be seen again
+/// before it counts as a kill.
+pub fn timeout_needs_confirmation(run: &JudgedRun) -> bool {
+    run.verdict == Verdict::TimedOut && run.cpu_ms < STARVED_CPU_SHARE * run.wall_ms
 }
 
 /// A run of `source` (the original, a variant or a mutant) under `input`'s tests; seed 0 keeps
@@ -496,6 +521,24 @@ fn run_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_starved_timeout_is_run_again() {
+        let run = |verdict, cpu_ms, wall_ms| JudgedRun {
+            verdict,
+            detail: String::new(),
+            tests: Default::default(),
+            violations: Vec::new(),
+            cpu_ms,
+            wall_ms,
+        };
+        // A loop burns CPU for as long as it runs: a kill at once.
+        assert!(!timeout_needs_confirmation(&run(Verdict::TimedOut, 240.0, 260.0)));
+        // 5 ms of CPU in 300 ms of wall time: the machine was busy elsewhere.
+        assert!(timeout_needs_confirmation(&run(Verdict::TimedOut, 5.0, 300.0)));
+        assert!(!timeout_needs_confirmation(&run(Verdict::Failed, 5.0, 300.0)));
+        assert!(!timeout_needs_confirmation(&run(Verdict::Passed, 5.0, 300.0)));
+    }
 
     #[test]
     fn module_names() {
