@@ -66,7 +66,7 @@ model:
 # Every test: the Rust workspace, then the Python client against a real service. The last line
 # sums cargo's per-binary results and pytest's ("tests: N passed, M failed").
 test: venv image model images-debug client-venv
-	set -o pipefail; { cargo test --workspace --locked 2>&1; rust=$$?; \
+	set -o pipefail; { cargo test --workspace --locked --no-fail-fast 2>&1; rust=$$?; \
 	  (cd clients/python && ../../$(CLIENT_VENV)/bin/python -m pytest -q -p no:cacheprovider 2>&1); \
 	  python=$$?; exit $$((rust | python)); } | awk '{ print } \
 	  /^test result:/ { passed += $$4; failed += $$6 } \

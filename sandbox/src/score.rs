@@ -533,11 +533,27 @@ mod tests {
             wall_ms,
         };
         // A loop burns CPU for as long as it runs: a kill at once.
-        assert!(!timeout_needs_confirmation(&run(Verdict::TimedOut, 240.0, 260.0)));
+        assert!(!timeout_needs_confirmation(&run(
+            Verdict::TimedOut,
+            240.0,
+            260.0
+        )));
         // 5 ms of CPU in 300 ms of wall time: the machine was busy elsewhere.
-        assert!(timeout_needs_confirmation(&run(Verdict::TimedOut, 5.0, 300.0)));
-        assert!(!timeout_needs_confirmation(&run(Verdict::Failed, 5.0, 300.0)));
-        assert!(!timeout_needs_confirmation(&run(Verdict::Passed, 5.0, 300.0)));
+        assert!(timeout_needs_confirmation(&run(
+            Verdict::TimedOut,
+            5.0,
+            300.0
+        )));
+        assert!(!timeout_needs_confirmation(&run(
+            Verdict::Failed,
+            5.0,
+            300.0
+        )));
+        assert!(!timeout_needs_confirmation(&run(
+            Verdict::Passed,
+            5.0,
+            300.0
+        )));
     }
 
     #[test]
