@@ -5,7 +5,8 @@
 #   PIPELINE=smollm2: SmolLM2-135M-Instruct, the configs in configs/smollm2/ (hours on 2 cores).
 # Stages: prepare, sft, distill, grpo-mutant, grpo-speed, eval. A failing stage creates the stop
 # file, so the reward service (and with it `docker compose up`) ends too; the eval stage creates
-# it when the report is written. Extra `--set` overrides for one stage: SET_<STAGE>="k=v k=v".
+# it when the report is written. Extra `--set` overrides for one training stage:
+# SET_SFT, SET_DISTILL, SET_GRPO_MUTANT, SET_GRPO_SPEED="k=v k=v"; EVAL_LIMIT: held-out rows.
 set -eu
 stage=${1:?usage: pipeline.sh prepare|sft|distill|grpo-mutant|grpo-speed|eval}
 pipeline=${PIPELINE:-tiny}
@@ -37,13 +38,13 @@ tiny)
     sft_steps="--set max_steps=150 --set eval_every=50 --set save_every=150 --set eval_batches=4"
     distill_steps="--set max_steps=30 --set eval_every=15 --set save_every=30 --set eval_batches=4"
     grpo_steps="--set max_steps=8 --set eval_every=8 --set save_every=8 --set grpo.eval_prompts=8"
-    eval_limit=24
+    eval_limit=${EVAL_LIMIT:-24}
     ;;
 smollm2)
     base=models/smollm2-135m-instruct out=runs/smollm2
     configs=configs/smollm2
     sft_steps="" distill_steps="" grpo_steps=""
-    eval_limit=0
+    eval_limit=${EVAL_LIMIT:-0}
     ;;
 *)
     echo "pipeline: unknown PIPELINE=$pipeline (tiny or smollm2)" >&2
@@ -100,8 +101,8 @@ eval)
     for entry in $checkpoints; do
         name=${entry%%=*} model=${entry#*=}
         echo "evaluating $name ($model)"
-        $uf eval all --model "$model" --server "$server" --limit $eval_limit \
-            --out $out/eval/$name/eval_report.json $(extra eval)
+        $uf eval all --model "$model" --server "$server" --limit "$eval_limit" \
+            --out $out/eval/$name/eval_report.json
         dirs="$dirs $out/eval/$name"
     done
     $uf eval pareto $dirs --out $out/report
