@@ -12,21 +12,29 @@ import resource
 import time
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 SHAPES = {
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                  num_attention_heads=4, num_key_value_heads=2, vocab_size=2048),
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, vocab_size=151936),
+    # SmolLM2-135M-Instruct's shape (Llama: no q/k/v bias, RoPE base 1e5).
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, vocab_size=49152),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def build(shape, mode):
-    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, rope_theta=1e6,
-                         tie_word_embeddings=True, initializer_range=0.02)
-    model = Qwen2ForCausalLM(config)
+    if shape == "smollm2":
+        config = LlamaConfig(**SHAPES[shape], max_position_embeddings=4096, rope_theta=1e5,
+                             tie_word_embeddings=True, initializer_range=0.02)
+        model = LlamaForCausalLM(config)
+    else:
+        config = Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, rope_theta=1e6,
+                             tie_word_embeddings=True, initializer_range=0.02)
+        model = Qwen2ForCausalLM(config)
     if mode == "full" or mode == "generate":
         return model
     from peft import LoraConfig, get_peft_model

@@ -631,7 +631,8 @@ pub struct BenchServeArgs {
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
-    /// Model shapes: `tiny` (configs/model_tiny.yaml) and `0.5b` (Qwen2-0.5B's shape).
+    /// Model shapes: `tiny` (configs/model_tiny.yaml), `0.5b` (Qwen2-0.5B's shape) and
+    /// `smollm2` (SmolLM2-135M-Instruct's shape; random weights, the same arithmetic).
     #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
     pub shapes: Vec<String>,
     /// Timed training steps per configuration (after one warm-up step).

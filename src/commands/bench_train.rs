@@ -58,13 +58,16 @@ struct Figures {
 }
 
 fn shape(name: &str) -> Result<ModelConfig> {
-    let (h, i, layers, heads, kv, vocab, bias) = match name {
-        "tiny" => (128, 384, 4, 4, 2, 2048, true),
-        "0.5b" => (896, 4864, 24, 14, 2, 151_936, true),
-        other => bail!("unknown shape `{other}` (tiny, 0.5b)"),
+    // (model type, hidden, intermediate, layers, heads, KV heads, vocabulary, RoPE base, q/k/v bias)
+    let (kind, h, i, layers, heads, kv, vocab, rope, bias) = match name {
+        "tiny" => ("qwen2", 128, 384, 4, 4, 2, 2048, 1e6, true),
+        "0.5b" => ("qwen2", 896, 4864, 24, 14, 2, 151_936, 1e6, true),
+        // SmolLM2-135M-Instruct's shape, the real model of configs/smollm2/.
+        "smollm2" => ("llama", 576, 1536, 30, 9, 3, 49_152, 1e5, false),
+        other => bail!("unknown shape `{other}` (tiny, 0.5b, smollm2)"),
     };
     Ok(serde_json::from_value(serde_json::json!({
-        "model_type": "qwen2",
+        "model_type": kind,
         "vocab_size": vocab,
         "hidden_size": h,
         "intermediate_size": i,
@@ -72,7 +75,7 @@ fn shape(name: &str) -> Result<ModelConfig> {
         "num_attention_heads": heads,
         "num_key_value_heads": kv,
         "max_position_embeddings": 4096,
-        "rope_theta": 1_000_000.0,
+        "rope_theta": rope,
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": true,
         "attention_bias": bias,
