@@ -88,6 +88,6 @@ for name in ("sft", "sft-qlora", "distill", "distill-ce"):
         t = open(f"{out}/{name}.time").read().strip()
         print(f"{name}: {s['steps']} steps, eval loss {s['first_eval'].get('eval_loss', float('nan')):.3f} -> "
               f"{s['final_eval'].get('eval_loss', float('nan')):.3f}; {t}")
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # not run, or still running
         pass
 PY
