@@ -73,10 +73,11 @@ print("|---|---|---|---|---|")
 for name, label in [("zero-shot", "SmolLM2-135M-Instruct, zero-shot"), ("sft", "after LoRA SFT"),
                     ("student-pruned", "10-layer student, pruned"), ("student-gkd", "student after GKD"),
                     ("student-ce", "student, CE-only control")]:
-    if report(name) is None:
+    r = report(name)
+    if r is None:
         print(f"| {label} | not run | | | |")
         continue
-    f = report(name)["figures"]
+    f = r["figures"]
     print(f"| {label} | {100*f['valid_pytest_rate']:.1f} % | {100*f['pass_rate']:.1f} % | "
           f"{f['mean_kill_rate']:.3f} | {f['mean_composite']:.3f} |")
 r = next(filter(None, map(report, ("sft", "zero-shot", "student-pruned"))), None)

@@ -103,25 +103,21 @@ impl Drop for Project {
     }
 }
 
+/// Held-out rows the shortened eval stage scores.
+const EVAL_ROWS: &str = "12";
+
 /// The default profile, shortened for CI (a third of its steps and rows): every stage still runs.
 const SHORTER: [(&str, &str); 5] = [
     ("SET_SFT", "max_steps=60 eval_every=30 save_every=60"),
     ("SET_DISTILL", "max_steps=10 eval_every=10 save_every=10"),
     ("SET_GRPO_MUTANT", "max_steps=4 eval_every=4 save_every=4"),
     ("SET_GRPO_SPEED", "max_steps=4 eval_every=4 save_every=4"),
-    ("EVAL_LIMIT", "12"),
+    ("EVAL_LIMIT", EVAL_ROWS),
 ];
 
 #[test]
 fn the_default_profile_runs_every_stage_and_down_leaves_nothing() {
     let project = Project::new("ok");
-    let eval_rows: u64 = SHORTER
-        .iter()
-        .find(|(key, _)| *key == "EVAL_LIMIT")
-        .unwrap()
-        .1
-        .parse()
-        .unwrap();
     let up = compose(&project.0, &["up", "--no-build"], &SHORTER);
     let log = text(&up);
     assert!(up.status.success(), "docker-compose up failed:\n{log}");
@@ -151,7 +147,7 @@ fn the_default_profile_runs_every_stage_and_down_leaves_nothing() {
         }
         assert_eq!(
             f["suites"].as_u64().unwrap() + f["excluded"].as_u64().unwrap(),
-            eval_rows,
+            EVAL_ROWS.parse::<u64>().unwrap(),
             "every held-out row is scored or excluded"
         );
     }

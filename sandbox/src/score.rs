@@ -487,7 +487,7 @@ const STARVED_CPU_SHARE: f64 = 0.5;
 
 /// Whether a timeout may be the machine's load rather than the mutant: it must be seen again
 /// before it counts as a kill.
-pub fn timeout_needs_confirmation(run: &JudgedRun) -> bool {
+fn timeout_needs_confirmation(run: &JudgedRun) -> bool {
     run.verdict == Verdict::TimedOut && run.cpu_ms < STARVED_CPU_SHARE * run.wall_ms
 }
 
