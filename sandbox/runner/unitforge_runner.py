@@ -177,6 +177,13 @@ class ResultsPlugin:
             entry["message"] = _short(report.longreprtext)
 
 
+class _QuietTerminal:
+    """Stands in for pytest's terminal reporter (disabled): only its writer is ever asked for."""
+
+    def __init__(self, writer):
+        self._tw = writer
+
+
 def _phase_outcome(report):
     """Reduce one phase's report to a test outcome; anything but a clean pass is not a pass."""
     if hasattr(report, "wasxfail"):
@@ -239,6 +246,13 @@ class Server:
         ]  # fmt: skip
         config = _pytest.config._prepareconfig(args, plugins=[self.plugin])
         config._do_configure()
+        # pytest's assertion explanations of sequences and dicts ask the terminal reporter for
+        # its writer (to highlight diffs); without one (`no:terminal`) a failing `assert a == b`
+        # reported an internal AssertionError instead of the diff. A writer to nowhere suffices.
+        import io
+        from _pytest._io import TerminalWriter
+
+        config.pluginmanager.register(_QuietTerminal(TerminalWriter(io.StringIO())), "terminalreporter")
         # Assertion rewriting of a test file is identical for every run of a suite: do it once
         # here (it only parses and compiles, never executes) and let the children reuse it.
         original = rewrite._rewrite_test
@@ -396,13 +410,18 @@ class Server:
         policy = _Policy(self.workdir, self.allowed_read_roots, self.protected)
         sys.addaudithook(policy.hook)
         policy.block_unaudited_process_creation()
+        cut_code, cut_error = _compile_cut(module_name, source, self.workdir)
+        del source
+        # A second hook, holding what it needs in its closure only (see _white_box_guard).
+        sys.addaudithook(_white_box_guard(_code_ids(cut_code), self.workdir, policy.violations))
 
         import random
 
         random.seed(seed)
         self.plugin.reset(seed, shuffle, policy, first, test_budget)
-        cut_error = _load_module_from_source(module_name, source, self.workdir)
-        del source
+        if cut_error is None:
+            cut_error = _exec_cut(module_name, cut_code, self.workdir)
+        del cut_code
         session_error = None
         finished = False
         if cut_error is None:
@@ -457,19 +476,162 @@ def _run_session(config, session, test_path):
     return error, error is None
 
 
-def _load_module_from_source(name, source, workdir):
+def _compile_cut(name, source, workdir):
+    """The code under test's module code object, or the error that compiling it raised."""
+    try:
+        return compile(source, os.path.join(workdir, name + ".py"), "exec", dont_inherit=True), None
+    except BaseException as exc:  # noqa: BLE001 - a broken CUT or mutant is an outcome
+        return None, "%s: %s" % (type(exc).__name__, _short(str(exc), 500))
+
+
+def _exec_cut(name, code, workdir):
     """Install the code under test as module `name` without a file a test could read."""
     module = types.ModuleType(name)
     module.__file__ = os.path.join(workdir, name + ".py")  # does not exist, on purpose
     module.__loader__ = None
     sys.modules[name] = module
     try:
-        code = compile(source, module.__file__, "exec", dont_inherit=True)
         exec(code, module.__dict__)
     except BaseException as exc:  # noqa: BLE001 - a broken CUT or mutant is an outcome
         sys.modules.pop(name, None)
         return "%s: %s" % (type(exc).__name__, _short(str(exc), 500))
     return None
+
+
+def _code_ids(code):
+    """Identities of a module's code object and every code object nested in it."""
+    ids = set()
+    pending = [code] if code is not None else []
+    while pending:
+        current = pending.pop()
+        ids.add(id(current))
+        pending.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
+    return frozenset(ids)
+
+
+# Audited reads (CPython's `object.__getattr__` event) that hand out a code object, a frame, or a
+# function's default values.
+WHITE_BOX_ATTRIBUTES = frozenset(
+    {"__code__", "__defaults__", "__kwdefaults__", "tb_frame", "f_code", "gi_code", "gi_frame",
+     "cr_code", "cr_frame", "ag_code", "ag_frame"}
+)
+
+
+def _white_box_guard(cut_code_ids, workdir, violations):
+    """An audit hook that refuses job code any look inside the code under test.
+
+    Tests must check behaviour. Python raises audit events for the reads that expose code (a
+    function's `__code__` and defaults, a traceback's frame, a frame's code, a generator's code or
+    frame) however they are spelled: `f.__code__`, `getattr` with a computed name,
+    `operator.attrgetter`, `type(f).__code__.__get__(f)`, through `inspect`, `dis` or pytest's own
+    `ExceptionInfo.traceback`. A read is refused when its object belongs to the code under test
+    (its code object is one the CUT's compilation produced: identity, not file name) and the
+    innermost frame on the stack that is either CUT or job code is job code: test code, anything
+    compiled from a string, or code compiled by a test under a borrowed file name. So the CUT may
+    still look at itself (`logging.exception` formats its own traceback), and pytest formats
+    tracebacks after the test returned, with no job frame on the stack.
+
+    Everything this hook consults lives in its closure and is bound at creation, not looked up in
+    a module a test could patch; nothing else refers to the hook, so a test cannot reach it.
+    """
+    import _thread
+    import io
+
+    # Builtins too: a test can rebind `builtins.type` or `builtins.open`.
+    get_frame, get_ident, identity, type_of, attribute = sys._getframe, _thread.get_ident, id, type, getattr
+    is_instance, size, open_file, text, raw, error = isinstance, len, io.open, str, bytes, BaseException
+    function_type, traceback_type, frame_type = types.FunctionType, types.TracebackType, types.FrameType
+    generator_types = {types.GeneratorType: "gi_code", types.CoroutineType: "cr_code",
+                       types.AsyncGeneratorType: "ag_code"}
+    violation, white_box = SandboxViolation, WHITE_BOX_ATTRIBUTES
+    job_prefixes = tuple({os.path.join(workdir, ""), os.path.join(os.path.realpath(workdir), "")})
+    forged = set()  # library file names job code compiled code under
+    inside = set()  # threads inside this hook: its own audited reads must not re-enter it
+    CUT, JOB = 1, 2
+
+    def kind_of(code):
+        if identity(code) in cut_code_ids:
+            return CUT
+        name = code.co_filename
+        # `<string>` and the like are compiled from strings; `<frozen …>` is the import system.
+        if name.startswith(job_prefixes) or name in forged:
+            return JOB
+        if name.startswith("<") and not name.startswith("<frozen "):
+            return JOB
+        return 0
+
+    def initiator():
+        """CUT or JOB: the innermost frame of either kind, from the frame that raised the event."""
+        frame = get_frame(2)
+        while frame is not None:
+            kind = kind_of(frame.f_code)
+            if kind:
+                return kind
+            frame = frame.f_back
+        return 0
+
+    def owned_by_cut(obj):
+        cls = type_of(obj)
+        if cls is function_type:
+            code = obj.__code__
+        elif cls is frame_type:
+            code = obj.f_code
+        elif cls is traceback_type:
+            code = obj.tb_frame.f_code
+        elif cls in generator_types:
+            code = attribute(obj, generator_types[cls])
+        else:
+            return False
+        return identity(code) in cut_code_ids
+
+    def refuse(what):
+        if size(violations) < 1000:
+            violations.append(what)
+        raise violation("unitforge sandbox: %s is not allowed: tests must check behaviour" % what)
+
+    def genuine(source, filename):
+        """Whether `source` is the text of the file `filename` (an import compiling a module)."""
+        if not is_instance(source, (text, raw)):
+            return False
+        try:
+            with open_file(filename, "rb") as file:
+                content = file.read()
+        except error:  # noqa: BLE001 - unreadable: not a genuine import
+            return False
+        return content == (source.encode("utf-8") if is_instance(source, text) else source)
+
+    def hook(event, args):
+        if event == "object.__getattr__":
+            if args[1] not in white_box:
+                return
+        elif event not in ("sys._getframe", "compile", "code.__new__"):
+            return
+        thread = get_ident()
+        if thread in inside:
+            return
+        inside.add(thread)
+        try:
+            if event == "object.__getattr__" or event == "sys._getframe":
+                if owned_by_cut(args[0]) and initiator() == JOB:
+                    what = args[1] if event == "object.__getattr__" else "a frame"
+                    refuse("reading %s of the code under test" % what)
+            else:
+                # Code compiled or built by job code under a library's file name (or the import
+                # system's) would pass for library code on the stack: from now on that file name
+                # counts as job code.
+                source, filename = args[0], args[1]
+                if is_instance(filename, raw):
+                    filename = filename.decode("utf-8", "surrogateescape")
+                borrowed = is_instance(filename, text) and (
+                    filename.startswith("<frozen ") or filename.startswith("/") and not filename.startswith(job_prefixes)
+                )
+                if (borrowed and initiator() == JOB
+                        and (event == "code.__new__" or not genuine(source, filename))):
+                    forged.add(filename)
+        finally:
+            inside.discard(thread)
+
+    return hook
 
 
 class _Policy:

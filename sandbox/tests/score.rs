@@ -176,6 +176,158 @@ async fn runtime_defences_alone_catch_source_reading() {
     assert!(detail.contains("test_source"), "{detail}");
 }
 
+/// The adversarial corpus's white-box cases: tests that read the CUT's code objects, defaults or
+/// frames, each spelled statically and with computed names.
+fn white_box_corpus() -> Vec<(String, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/adversarial");
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            let name = path.file_name().unwrap().to_string_lossy();
+            name.starts_with("white_box_") && name.ends_with(".py")
+        })
+        .map(|path| {
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read_to_string(&path).unwrap())
+        })
+        .collect();
+    cases.sort();
+    cases
+}
+
+#[tokio::test]
+async fn white_box_suites_earn_nothing_at_run_time() {
+    let cases = white_box_corpus();
+    assert!(cases.len() >= 8, "{} white-box cases", cases.len());
+    let scorer = scorer().await;
+    for (name, tests) in &cases {
+        for config in [runtime_only(), RewardConfig::default()] {
+            let report = scorer
+                .score(&input(CLAMP, tests), &config)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_no_credit(&report, name);
+        }
+        // With the static check off, the runtime refusal is what made it invalid.
+        let report = scorer
+            .score(&input(CLAMP, tests), &runtime_only())
+            .await
+            .unwrap();
+        let violations = &report.baseline.as_ref().unwrap().violations;
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("of the code under test")),
+            "{name}: {violations:?}"
+        );
+    }
+}
+
+/// A CUT that looks at itself: it formats its own traceback and logs it, and has a generator.
+const SELF_AWARE_CUT: &str = r#"import logging
+import traceback
+
+log = logging.getLogger(__name__)
+
+
+def clamp(value, low, high):
+    if low > high:
+        raise ValueError("low must not exceed high")
+    return min(max(value, low), high)
+
+
+def parse(text):
+    try:
+        return int(text)
+    except ValueError:
+        log.exception("not a number: %s", text)
+        return -len(traceback.format_exc().splitlines())
+
+
+def evens(n):
+    for i in range(n):
+        yield 2 * i
+"#;
+
+/// Ordinary pytest machinery, some of which reads code objects and frames itself.
+const ORDINARY_MACHINERY: &str = r#"import collections
+import dataclasses
+
+import pytest
+
+import clamp as cut
+from clamp import clamp, evens, parse
+
+
+@pytest.fixture
+def bounds():
+    return (0, 10)
+
+
+@pytest.mark.parametrize("value, expected", [(-1, 0), (5, 5), (11, 10)])
+def test_parametrize_and_fixture(value, expected, bounds):
+    assert clamp(value, *bounds) == expected
+
+
+def test_raises():
+    with pytest.raises(ValueError, match="exceed") as info:
+        clamp(1, 5, 0)
+    assert info.type is ValueError and "low" in str(info.value)
+
+
+def test_monkeypatch(monkeypatch):
+    monkeypatch.setattr(cut, "clamp", lambda value, low, high: 42)
+    assert cut.clamp(1, 2, 3) == 42
+
+
+def test_approx():
+    assert clamp(0.1 + 0.2, 0, 1) == pytest.approx(0.3)
+
+
+def test_the_cut_logs_its_own_traceback(caplog):
+    assert parse("7") == 7
+    assert parse("x") < 0
+    assert "not a number: x" in caplog.text
+
+
+def test_generator():
+    assert list(evens(3)) == [0, 2, 4]
+
+
+def test_own_code_and_generated_classes():
+    def helper(a=3):
+        return a
+
+    Point = collections.namedtuple("Point", "x y")
+
+    @dataclasses.dataclass
+    class Box:
+        size: int = 1
+
+    assert helper.__code__.co_argcount == 1 and helper.__defaults__ == (3,)
+    assert Point(1, 2).x == 1 and Box().size == 1
+"#;
+
+#[tokio::test]
+async fn ordinary_pytest_machinery_keeps_working() {
+    let report = score_with(SELF_AWARE_CUT, ORDINARY_MACHINERY, &runtime_only()).await;
+    assert_eq!(report.validity, 1.0, "{:?}", report.invalid_reason);
+    let baseline = report.baseline.as_ref().unwrap();
+    assert!(baseline.violations.is_empty(), "{:?}", baseline.violations);
+    assert_eq!(baseline.tests.len(), 9);
+    assert!(report.mutant_kill > 0.3, "kill rate {}", report.mutant_kill);
+}
+
+#[tokio::test]
+async fn a_failing_comparison_reports_its_diff() {
+    // pytest's explanation of `assert [..] == [..]` asks for the (disabled) terminal reporter.
+    let tests = "from clamp import clamp\n\ndef test_list():\n    assert [clamp(5, 0, 3)] == [5]\n";
+    let report = score(CLAMP, tests).await;
+    let detail = &report.baseline.as_ref().unwrap().detail;
+    assert!(detail.contains("At index 0 diff: 3 != 5"), "{detail}");
+}
+
 #[tokio::test]
 async fn cut_syntax_error_is_a_clear_error() {
     let err = scorer()
