@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv client-venv image images images-debug model lint bench demo demo-grpo pipeline trl-demo
+.PHONY: test venv client-venv image images images-debug model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -74,6 +74,11 @@ test: venv image model images-debug client-venv
 	    if ($$i ~ /^passed/) passed += $$(i - 1); if ($$i ~ /^failed/) failed += $$(i - 1) } } \
 	  END { printf "tests: %d passed, %d failed\n", passed, failed }'
 
+# The GPU build (`--features cuda`) compiled and linked here, with no GPU: the CUDA 13.4 toolkit
+# from PyPI into .cuda/, candle's kernels for CUDA_COMPUTE_CAP (default 90). See the script.
+check-cuda:
+	scripts/check-cuda.sh
+
 lint: client-venv
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -82,6 +87,15 @@ lint: client-venv
 
 bench: venv
 	cargo run --release --locked -- bench score
+
+# One-shot latency: a fresh `unitforge score` process per pair beside a fresh mutmut run (mutmut
+# 3.8.1 and the runner's pytest in .venv-mutmut).
+MUTMUT_VENV := .venv-mutmut
+bench-oneshot: image
+	test -x $(MUTMUT_VENV)/bin/mutmut || { $(PYTHON) -m venv $(MUTMUT_VENV) && \
+	  $(MUTMUT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check mutmut==3.8.1 pytest==8.4.2; }
+	cargo build --release --locked
+	target/release/unitforge bench oneshot --mutmut-python $(MUTMUT_VENV)/bin/python
 
 # The training demo: tiny student and teacher, SFT, samples, JSD- and RKL-heavy distillation.
 demo:
