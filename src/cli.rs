@@ -62,6 +62,10 @@ pub enum Command {
     /// The sandbox image: show its tag and state, or build it (offline, with mmdebstrap).
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The background scorer `unitforge score` starts and reuses: a warm worker pool behind a
+    /// Unix socket only this user can reach, one per configuration, gone after an idle timeout.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
     /// Check the Docker engine, the sandbox image, and which protections hold inside a probe
     /// container.
     Doctor(DoctorArgs),
@@ -162,6 +166,39 @@ pub struct ScoreArgs {
     /// endpoints; requests are spread over them).
     #[arg(long, value_name = "URL")]
     pub server: Vec<String>,
+    /// Score in this process (start the workers, score, stop them) instead of through the
+    /// background scorer that one `unitforge score` starts and later ones reuse (`unitforge
+    /// daemon`). The report is the same either way. Also set by UNITFORGE_NO_DAEMON=1.
+    #[arg(long)]
+    pub no_daemon: bool,
+    /// Seconds the background scorer waits for the next pair before it exits.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub daemon_idle_timeout: u64,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+}
+
+#[derive(Subcommand)]
+pub enum DaemonCommand {
+    /// List the running background scorers: pid, executor, workers, pairs scored, idle time.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every background scorer of this user (their workers stop with them).
+    Stop,
+    /// Internal: be the background scorer on SOCKET (`unitforge score` starts this).
+    #[command(hide = true)]
+    Run(DaemonRunArgs),
+}
+
+#[derive(Args)]
+pub struct DaemonRunArgs {
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub idle_timeout: u64,
     #[command(flatten)]
     pub executor: ExecutorArgs,
 }
@@ -590,6 +627,29 @@ pub enum BenchCommand {
     /// tokens/s, achieved FLOP/s against this CPU's matmul peak, peak memory (bf16 vs 4-bit
     /// base); with torch installed, PyTorch's figures beside them.
     Train(BenchTrainArgs),
+    /// One-shot latency as a user meets it: `unitforge score` on each pair in a fresh process
+    /// (through the background scorer, and with --no-daemon: pool start-up included), and
+    /// mutmut on the same pair in a fresh process, side by side, with the ratio and medians.
+    Oneshot(BenchOneshotArgs),
+}
+
+#[derive(Args)]
+pub struct BenchOneshotArgs {
+    /// Directory of pairs: one folder per pair holding `<name>.py` and `test_<name>.py`.
+    #[arg(long, default_value = "data/pairs")]
+    pub pairs: PathBuf,
+    /// Only the first N pairs (in name order).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Python of a virtual environment with mutmut 3 (`make bench-oneshot` makes
+    /// .venv-mutmut); without it only unitforge is timed.
+    #[arg(long, value_name = "PATH")]
+    pub mutmut_python: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 #[derive(Args)]
@@ -650,6 +710,9 @@ pub struct BenchTrainArgs {
     /// Python with torch + transformers (+ peft) for the PyTorch reference (skipped if absent).
     #[arg(long, value_name = "PATH")]
     pub python: Option<PathBuf>,
+    /// Where candle runs: `cpu`, or `cuda` (the first GPU; needs a `--features cuda` build).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
     #[arg(long)]
     pub json: bool,
     /// Internal: run one configuration (JSON) and print its figures.

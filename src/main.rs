@@ -5,10 +5,11 @@
 //! here: `cli.rs` lists every command and flag, and each command's body is in `commands/`:
 //!
 //! - `commands/sandbox.rs` — score, serve, health, mutants, variants, image, doctor
+//! - `commands/daemon.rs` — the background scorer `score` starts and reuses: daemon status, stop
 //! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, teacher-logprobs
 //! - `commands/eval.rs` — generate, eval
 //! - `commands/data.rs` — data from-pairs, data generate
-//! - `commands/bench.rs`, `commands/bench_train.rs` — bench score, serve, train
+//! - `commands/bench.rs`, `commands/bench_train.rs` — bench score, serve, oneshot, train
 //!
 //! `render.rs` draws the human tables. Exit status: 0 on success, 2 with a message on stderr
 //! for anything that stopped a command.
@@ -20,7 +21,7 @@ mod render;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{bench, data, eval, runtime, sandbox, train};
+use commands::{bench, daemon, data, eval, runtime, sandbox, train};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -37,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Mutants(args) => sandbox::mutants(args),
         Command::Variants(args) => sandbox::variants(args),
         Command::Image(command) => runtime().and_then(|rt| rt.block_on(sandbox::image(command))),
+        Command::Daemon(command) => runtime().and_then(|rt| rt.block_on(daemon::run(command))),
         Command::Doctor(args) => runtime().and_then(|rt| rt.block_on(sandbox::doctor(args))),
         Command::InitModel(args) => train::init_model(&args),
         Command::ImportGguf(args) => train::import_gguf(&args),

@@ -2,10 +2,13 @@
 
 use std::process::{Command, Output};
 
+/// The binary, scoring in-process: no test leaves a background scorer behind (the daemon's own
+/// test starts and stops its daemons in a directory of its own).
 fn unitforge(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_unitforge"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("UNITFORGE_NO_DAEMON", "1")
         .output()
         .expect("the unitforge binary runs")
 }
@@ -268,6 +271,88 @@ fn score_through_a_server_prints_what_an_in_process_score_prints() {
     let _ = server.wait();
     assert_eq!(remote["validity"], 1.0);
     assert_eq!(remote, local);
+}
+
+#[test]
+fn score_through_the_background_scorer_prints_what_an_in_process_score_prints() {
+    let runtime_dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_unitforge"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("XDG_RUNTIME_DIR", runtime_dir.path())
+            .env_remove("UNITFORGE_NO_DAEMON")
+            .output()
+            .expect("the unitforge binary runs")
+    };
+    let score = |extra: &[&str]| {
+        let mut args = vec![
+            "score",
+            "--code",
+            "data/pairs/gcd_lcm/gcd_lcm.py",
+            "--tests",
+            "data/pairs/gcd_lcm/test_gcd_lcm.py",
+            "--json",
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        let output = run(&args);
+        let mut value = json_of(&output);
+        without_timing(&mut value);
+        (value, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let statuses = || json_of(&run(&["daemon", "status", "--json"]));
+
+    let (first, said) = score(&["--daemon-idle-timeout", "60"]);
+    assert!(said.contains("started a background scorer"), "{said}");
+    let (second, said) = score(&["--daemon-idle-timeout", "60"]);
+    assert!(
+        !said.contains("started"),
+        "the second call started another: {said}"
+    );
+    let (in_process, _) = score(&["--no-daemon"]);
+    assert_eq!(first["validity"], 1.0);
+    assert_eq!(first, in_process);
+    assert_eq!(second, in_process);
+
+    let running = statuses();
+    let running = running.as_array().unwrap();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0]["scored"], 2);
+    assert_eq!(running[0]["executor"], "local");
+    let stopped = run(&["daemon", "stop"]);
+    assert!(
+        stdout(&stopped).contains("stopped 1"),
+        "{}",
+        stdout(&stopped)
+    );
+    assert_eq!(statuses(), serde_json::json!([]));
+    let socket_dir = runtime_dir.path().join("unitforge");
+    let left: Vec<_> = std::fs::read_dir(&socket_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket_dir).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+
+    // Idle, it exits by itself.
+    score(&["--daemon-idle-timeout", "1"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while statuses() != serde_json::json!([]) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        statuses(),
+        serde_json::json!([]),
+        "the idle daemon did not exit"
+    );
 }
 
 #[test]

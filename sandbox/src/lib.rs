@@ -6,13 +6,15 @@
 //! the test file statically; [`worker`] drives the Python fork-server runner over the
 //! [`protocol`]; [`outcome`] classifies each run; [`timeouts`] derives mutant time limits;
 //! [`rewards`] holds the formulas; [`score`] orchestrates one score; [`backend`] is how every
-//! caller scores many (an in-process pool or the [`service`] through the [`client`]).
+//! caller scores many (an in-process pool or the [`service`] through the [`client`]); [`daemon`]
+//! keeps a warm pool behind a Unix socket between one-shot `unitforge score` calls.
 
 pub mod api;
 pub mod backend;
 pub mod cache;
 pub mod client;
 pub mod completion;
+pub mod daemon;
 pub mod docker;
 pub mod doctor;
 pub mod executor;

@@ -186,7 +186,7 @@ pub fn judge_run(
             .unwrap_or_default();
         (
             Verdict::Failed,
-            format!("{} {outcome}: {}", bad.nodeid, last_line(&bad.message)),
+            format!("{} {outcome}: {}", bad.nodeid, summary_line(&bad.message)),
         )
     } else if !never_ran.is_empty() {
         (
@@ -207,13 +207,29 @@ fn first_line(text: &str) -> &str {
         .trim()
 }
 
-/// The last non-empty line of a traceback is the exception, the most useful single line.
-fn last_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
+/// The most useful single line of a traceback: its exception line (`AssertionError: assert 3
+/// == 5`), which pytest's explanation lines (`At index 0 diff …`, `Use -v …`) may follow; else
+/// the last non-empty line.
+fn summary_line(text: &str) -> &str {
+    let mut lines = text.lines().rev().filter(|l| !l.trim().is_empty());
+    let last = lines.clone().next().unwrap_or("").trim();
+    lines
+        .find(|line| is_exception_line(line))
+        .map_or(last, str::trim)
+}
+
+/// `ValueError: …`, `module.SomeError: …`, `KeyboardInterrupt`: an unindented dotted name ending
+/// in Error, Exception, Exit or Interrupt, alone or before a colon.
+fn is_exception_line(line: &str) -> bool {
+    let name = line.split(':').next().unwrap_or("");
+    !line.starts_with(char::is_whitespace)
+        && !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && ["Error", "Exception", "Exit", "Interrupt"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix))
 }
 
 /// What became of one mutant (cargo-mutants' words where they fit).
@@ -263,6 +279,21 @@ pub fn mutant_status(run: &JudgedRun) -> MutantStatus {
 mod tests {
     use super::*;
     use crate::protocol::{ChildReport, TestReport};
+
+    #[test]
+    fn the_summary_line_is_the_exception_not_pytest_s_explanation() {
+        let diff = "Traceback (most recent call last):\n  File \"t.py\", line 4, in test_list\n    assert [3] == [5]\nAssertionError: assert [3] == [5]\n  \n  At index 0 diff: 3 != 5\n  Use -v to get more diff\n";
+        assert_eq!(summary_line(diff), "AssertionError: assert [3] == [5]");
+        let raised = "  File \"m.py\", line 3, in f\nmodule.BadInput: x\n";
+        assert_eq!(summary_line(raised), "module.BadInput: x");
+        // A one-line (`--tb=line`) message, or nothing like an exception: the last line.
+        assert_eq!(
+            summary_line("/w/test_m.py:5: assert 1 == 2\n"),
+            "/w/test_m.py:5: assert 1 == 2"
+        );
+        assert_eq!(summary_line("a\nlast words\n\n"), "last words");
+        assert_eq!(summary_line(""), "");
+    }
 
     fn reply(exit: i32, outcomes: &[(&str, TestOutcome)]) -> RunReply {
         RunReply {

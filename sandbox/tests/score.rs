@@ -324,8 +324,17 @@ async fn a_failing_comparison_reports_its_diff() {
     // pytest's explanation of `assert [..] == [..]` asks for the (disabled) terminal reporter.
     let tests = "from clamp import clamp\n\ndef test_list():\n    assert [clamp(5, 0, 3)] == [5]\n";
     let report = score(CLAMP, tests).await;
-    let detail = &report.baseline.as_ref().unwrap().detail;
-    assert!(detail.contains("At index 0 diff: 3 != 5"), "{detail}");
+    let baseline = report.baseline.as_ref().unwrap();
+    let message = &baseline.tests[0].message;
+    assert!(message.contains("At index 0 diff: 3 != 5"), "{message}");
+    // The one-line detail is the assertion, not the explanation's last line.
+    assert!(
+        baseline
+            .detail
+            .contains("AssertionError: assert [3] == [5]"),
+        "{}",
+        baseline.detail
+    );
 }
 
 #[tokio::test]
@@ -434,10 +443,15 @@ async fn flaky_suite_loses_stability() {
 }
 
 #[tokio::test]
-async fn a_suite_depending_on_local_names_loses_robustness() {
-    let code = "def total(xs):\n    acc = 0\n    for x in xs:\n        acc += x\n    return acc\n";
-    let tests = "from clamp import total\n\ndef test_total():\n    assert total([1, 2]) == 3\n    assert total.__code__.co_varnames[1] == 'acc'\n";
+async fn a_suite_depending_on_the_cut_s_text_loses_robustness() {
+    let code = "def total(xs):\n    \"\"\"Sum xs.\"\"\"\n    acc = 0\n    for x in xs:\n        acc += x\n    return acc\n";
+    // The docstring is public, but a variant rewrites it: the suite fails there.
+    let tests = "from clamp import total\n\ndef test_total():\n    assert total([1, 2]) == 3\n    assert total.__doc__ == 'Sum xs.'\n";
     let report = score_with(code, tests, &runtime_only()).await;
     assert_eq!(report.validity, 1.0);
     assert!(report.robustness < 1.0, "{:?}", report.variants);
+    // Local names live in the code object, which tests may not read at all.
+    let tests = "from clamp import total\n\ndef test_total():\n    assert total([1, 2]) == 3\n    assert total.__code__.co_varnames[1] == 'acc'\n";
+    let report = score_with(code, tests, &runtime_only()).await;
+    assert_no_credit(&report, "reads co_varnames");
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -281,17 +281,24 @@ async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
     ];
     let (serial, reference) = serial_reference(&service.url, &names).await;
 
-    // Kill one sandbox container a second (a fresh one takes ~0.5 s to start) while 40 requests
-    // are scored, so kills land in the middle of runs.
+    // Kill a sandbox container a second (a fresh one takes ~0.5 s to start) while 40 requests
+    // are scored, so kills land in the middle of runs; but never twice before another reply
+    // came back, so that on a loaded machine, where a score takes longer, the kills cannot
+    // outpace every request.
     let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
     let done = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let killer = {
-        let (docker, done) = (docker.clone(), done.clone());
+        let (docker, done, answered) = (docker.clone(), done.clone(), answered.clone());
         tokio::spawn(async move {
             let mut kills = 0;
             let mut turn = 0usize;
+            let mut answered_at_last_kill = usize::MAX;
             while !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(1000)).await;
+                if answered.load(Ordering::SeqCst) == answered_at_last_kill {
+                    continue;
+                }
                 let containers: Vec<String> = own_containers(&docker)
                     .await
                     .into_iter()
@@ -304,6 +311,7 @@ async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
                         .build();
                     if docker.kill_container(id, Some(options)).await.is_ok() {
                         kills += 1;
+                        answered_at_last_kill = answered.load(Ordering::SeqCst);
                     }
                 }
                 turn += 1;
@@ -327,6 +335,7 @@ async fn killed_containers_give_correct_results_or_explicit_infra_errors() {
         names.iter().map(|n| n.to_string()).collect(),
         40,
         8,
+        answered,
     )
     .await;
     done.store(true, Ordering::Relaxed);
@@ -369,21 +378,25 @@ async fn serial_reference(url: &str, names: &[&str]) -> (Client, BTreeMap<String
 }
 
 /// `count` uncached requests cycling over `names`, `concurrency` at a time.
+/// Score `count` requests over `names`, `concurrency` at a time; `answered` counts the replies
+/// as they come.
 async fn score_uncached(
     client: Arc<Client>,
     names: Vec<String>,
     count: usize,
     concurrency: usize,
+    answered: Arc<AtomicUsize>,
 ) -> Vec<(String, Result<ScoreReport, ClientError>)> {
     stream::iter((0..count).map(|i| names[i % names.len()].clone()))
         .map(|name| {
-            let client = client.clone();
+            let (client, answered) = (client.clone(), answered.clone());
             async move {
                 let request = ScoreRequest {
                     no_cache: true,
                     ..pair(&name)
                 };
                 let result = client.score(&request).await.map(|r| r.report);
+                answered.fetch_add(1, Ordering::SeqCst);
                 (name, result)
             }
         })
@@ -502,6 +515,7 @@ async fn the_engine_restarted_under_the_service() {
         names.iter().map(|n| n.to_string()).collect(),
         16,
         4,
+        Arc::new(AtomicUsize::new(0)),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
     restart_engine().await;

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_train;
+pub mod daemon;
 pub mod data;
 pub mod eval;
 pub mod sandbox;

@@ -37,8 +37,26 @@ pub async fn score(args: ScoreArgs) -> Result<()> {
         code: read_source(code_path)?,
         tests: read_source(tests_path)?,
     };
-    let backend = start_backend(&args.executor.backend(&args.server, args.jobs)).await?;
-    let report = backend.score(&input, &config).await?;
+    let no_daemon = args.no_daemon
+        || std::env::var("UNITFORGE_NO_DAEMON").is_ok_and(|v| !matches!(v.as_str(), "" | "0"));
+    let through_daemon = if args.server.is_empty() && !no_daemon {
+        super::daemon::score_through_daemon(
+            &args.executor,
+            args.daemon_idle_timeout,
+            &input,
+            &config,
+        )
+        .await?
+    } else {
+        None
+    };
+    let report = match through_daemon {
+        Some(result) => result?,
+        None => {
+            let backend = start_backend(&args.executor.backend(&args.server, args.jobs)).await?;
+            backend.score(&input, &config).await?
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -271,6 +289,14 @@ pub fn variants(args: VariantsArgs) -> Result<()> {
 fn connect_docker() -> Result<unitforge_sandbox::bollard::Docker> {
     unitforge_sandbox::bollard::Docker::connect_with_local_defaults()
         .context("cannot reach the Docker engine")
+}
+
+/// Build the sandbox image `image` (default: this build's tag) if the engine lacks it.
+pub async fn ensure_sandbox_image(image: Option<&str>) -> Result<()> {
+    let docker = connect_docker()?;
+    let tag = image.map_or_else(unitforge_sandbox::image::sandbox_image_tag, str::to_string);
+    unitforge_sandbox::image::ensure_image(&docker, &tag, &notice).await?;
+    Ok(())
 }
 
 pub async fn image(command: ImageCommand) -> Result<()> {
