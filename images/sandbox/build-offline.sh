@@ -3,7 +3,9 @@
 #   1. mmdebstrap a minimal Debian bookworm root filesystem with python3 (Debian's packages),
 #   2. install the pinned pytest from PyPI wheels into its dist-packages (pure Python), compiled
 #      to bytecode by the image's own python3: the runner starts with -B (it never writes .pyc),
-#      so without them every worker start compiled pytest again (~0.5 s of each start),
+#      so without them every worker start compiled pytest again. Hash-based, unchecked .pyc
+#      (PEP 552): the root filesystem's tarball clamps file times, which would make
+#      timestamp-checked .pyc look stale, and nothing in the image ever changes,
 #   3. add the runner and a non-root user (uid 10001),
 #   4. `docker import` the tarball with the runner as entrypoint.
 # Usage: images/sandbox/build-offline.sh TAG     (needs root, mmdebstrap, pip and docker)
@@ -30,7 +32,7 @@ mmdebstrap --quiet --variant=essential --include=python3 --components=main \
     --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --customize-hook="$pip install --quiet --disable-pip-version-check --no-deps --no-compile \
         --target \"\$1/usr/local/lib/python3.11/dist-packages\" $work/wheels/*.whl" \
-    --customize-hook='chroot "$1" /usr/bin/python3 -m compileall -q /usr/local/lib/python3.11/dist-packages' \
+    --customize-hook='chroot "$1" /usr/bin/python3 -m compileall -q --invalidation-mode unchecked-hash /usr/local/lib/python3.11/dist-packages' \
     --customize-hook="mkdir -p \"\$1/opt/unitforge\" \"\$1/work\" && cp '$runner' \"\$1/opt/unitforge/\"" \
     --customize-hook='echo "sandbox:x:10001:10001:unitforge sandbox:/work:/usr/sbin/nologin" >> "$1/etc/passwd"' \
     --customize-hook='echo "sandbox:x:10001:" >> "$1/etc/group"' \

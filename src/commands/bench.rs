@@ -414,6 +414,8 @@ fn run_mutmut(python: &Path, pair: &Pair) -> Result<MutmutFigures> {
             python.display()
         );
     }
+    // It runs in a temporary directory: a relative path would no longer lead to it.
+    let mutmut = std::fs::canonicalize(&mutmut)?;
     let work = tempfile::tempdir()?;
     let src = work.path().join("src");
     let tests = work.path().join("tests");
@@ -428,7 +430,7 @@ fn run_mutmut(python: &Path, pair: &Pair) -> Result<MutmutFigures> {
         work.path().join("setup.cfg"),
         format!("[mutmut]\npaths_to_mutate=src/{}.py\ntests_dir=tests/\npytest_add_cli_args_test_selection=tests/\n\n[tool:pytest]\npythonpath = src\n", pair.name),
     )?;
-    let bin_dir = python.parent().map(Path::to_path_buf).unwrap_or_default();
+    let bin_dir = mutmut.parent().map(Path::to_path_buf).unwrap_or_default();
     let path = format!(
         "{}:{}",
         bin_dir.display(),
