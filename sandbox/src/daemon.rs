@@ -6,9 +6,9 @@
 //! their pair to it over a Unix socket and pay only the scoring. The daemon scores with the same
 //! [`Scorer`] an in-process call uses, so the report is the same.
 //!
-//! One daemon per configuration: the socket's name is a hash of this build's version, the
-//! sandbox image tag (which covers the runner and the protocol) and the executor options, so a
-//! new build or other options never talk to an old daemon. The socket lives in a directory only
+//! One daemon per configuration: the socket's name is a hash of this build's version and binary
+//! (size, modification time), the sandbox image tag (which covers the runner and the protocol)
+//! and the executor options, so a new build or other options never talk to an old daemon. The socket lives in a directory only
 //! its user can enter (`$XDG_RUNTIME_DIR/unitforge`, else `/tmp/unitforge-<uid>`, mode 0700,
 //! refused if anyone else owns it or can enter it), and the daemon also checks each peer's uid.
 //! It exits after an idle timeout, on `unitforge daemon stop`, or on SIGTERM, and removes its
@@ -133,8 +133,15 @@ pub fn socket_path(options: &ExecutorOptions) -> Result<PathBuf, DaemonError> {
             .display()
             .to_string()
     });
+    // The running binary itself (size and modification time): a rebuilt `unitforge` with other
+    // scoring code must not be answered by a daemon of the old one.
+    let binary = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{}:{}", m.len(), m.mtime()))
+        .unwrap_or_default();
     let identity = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "binary": binary,
         "image": options.image.clone().unwrap_or_else(sandbox_image_tag),
         "kind": format!("{:?}", options.kind),
         "workers": options.workers,
