@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use unitforge_sandbox::backend::BackendOptions;
+use unitforge_sandbox::daemon::DEFAULT_IDLE_TIMEOUT;
 use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
 use unitforge_trainer::stage::StageKind;
 
@@ -122,6 +123,30 @@ impl ExecutorArgs {
         }
     }
 
+    /// The flags that recreate these arguments on another `unitforge` command line.
+    pub fn flags(&self) -> Vec<String> {
+        let mut flags = vec![
+            "--executor".to_string(),
+            self.options().kind.name().to_string(),
+            "--recycle-after".to_string(),
+            self.recycle_after.to_string(),
+        ];
+        let optional = [
+            ("--image", self.image.clone()),
+            (
+                "--python",
+                self.python.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("--workers", self.workers.map(|w| w.to_string())),
+        ];
+        for (flag, value) in optional {
+            if let Some(value) = value {
+                flags.extend([flag.to_string(), value]);
+            }
+        }
+        flags
+    }
+
     /// A reward backend on this executor, or on `servers` when any are given.
     pub fn backend(&self, servers: &[String], concurrency: usize) -> BackendOptions {
         BackendOptions {
@@ -172,7 +197,7 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub no_daemon: bool,
     /// Seconds the background scorer waits for the next pair before it exits.
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub daemon_idle_timeout: u64,
     #[command(flatten)]
     pub executor: ExecutorArgs,
@@ -197,7 +222,7 @@ pub enum DaemonCommand {
 pub struct DaemonRunArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
-    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
     #[command(flatten)]
     pub executor: ExecutorArgs,

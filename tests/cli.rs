@@ -217,6 +217,24 @@ fn without_timing(value: &mut serde_json::Value) {
     }
 }
 
+/// `unitforge score --json` of the gcd_lcm pair on two local workers, then `extra`.
+fn gcd_lcm_score_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "score",
+        "--code",
+        "data/pairs/gcd_lcm/gcd_lcm.py",
+        "--tests",
+        "data/pairs/gcd_lcm/test_gcd_lcm.py",
+        "--json",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 #[test]
 fn score_through_a_server_prints_what_an_in_process_score_prints() {
     use std::io::BufRead;
@@ -246,19 +264,7 @@ fn score_through_a_server_prints_what_an_in_process_score_prints() {
         })
         .expect("the service says where it listens");
     let score = |extra: &[&str]| {
-        let mut args = vec![
-            "score",
-            "--code",
-            "data/pairs/gcd_lcm/gcd_lcm.py",
-            "--tests",
-            "data/pairs/gcd_lcm/test_gcd_lcm.py",
-            "--json",
-            "--executor",
-            "local",
-            "--workers",
-            "2",
-        ];
-        args.extend_from_slice(extra);
+        let args = gcd_lcm_score_args(extra);
         let mut value = json_of(&unitforge(&args));
         without_timing(&mut value);
         value
@@ -286,19 +292,7 @@ fn score_through_the_background_scorer_prints_what_an_in_process_score_prints() 
             .expect("the unitforge binary runs")
     };
     let score = |extra: &[&str]| {
-        let mut args = vec![
-            "score",
-            "--code",
-            "data/pairs/gcd_lcm/gcd_lcm.py",
-            "--tests",
-            "data/pairs/gcd_lcm/test_gcd_lcm.py",
-            "--json",
-            "--executor",
-            "local",
-            "--workers",
-            "2",
-        ];
-        args.extend_from_slice(extra);
+        let args = gcd_lcm_score_args(extra);
         let output = run(&args);
         let mut value = json_of(&output);
         without_timing(&mut value);

@@ -420,7 +420,7 @@ class Server:
         random.seed(seed)
         self.plugin.reset(seed, shuffle, policy, first, test_budget)
         if cut_error is None:
-            cut_error = _exec_cut(module_name, cut_code, self.workdir)
+            cut_error = _exec_cut(module_name, cut_code)
         del cut_code
         session_error = None
         finished = False
@@ -484,10 +484,10 @@ def _compile_cut(name, source, workdir):
         return None, "%s: %s" % (type(exc).__name__, _short(str(exc), 500))
 
 
-def _exec_cut(name, code, workdir):
+def _exec_cut(name, code):
     """Install the code under test as module `name` without a file a test could read."""
     module = types.ModuleType(name)
-    module.__file__ = os.path.join(workdir, name + ".py")  # does not exist, on purpose
+    module.__file__ = code.co_filename  # does not exist, on purpose
     module.__loader__ = None
     sys.modules[name] = module
     try:

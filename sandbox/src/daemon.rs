@@ -48,8 +48,6 @@ pub enum DaemonError {
     Protocol(PathBuf, String),
     #[error("the daemon did not start within {0:?} (its log: {1})")]
     StartTimeout(Duration, PathBuf),
-    #[error("cannot start the daemon: {0}")]
-    Spawn(String),
 }
 
 /// What a client asks.
@@ -220,20 +218,13 @@ pub async fn score(
     }
 }
 
-/// Wait until a daemon answers on `socket` (it binds only once its pool is warm), up to `limit`.
-pub async fn wait_until_ready(
-    socket: &Path,
-    limit: Duration,
-    log: &Path,
-) -> Result<(), DaemonError> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Ok(DaemonReply::Status { .. }) = request(socket, &DaemonRequest::Status).await {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(DaemonError::StartTimeout(limit, log.to_path_buf()))
+/// Whether a daemon answers on `socket`; it binds only once its pool is warm, so an answer also
+/// means it is ready to score.
+pub async fn answers(socket: &Path) -> bool {
+    matches!(
+        request(socket, &DaemonRequest::Status).await,
+        Ok(DaemonReply::Status { .. })
+    )
 }
 
 /// The daemon's side: serve `listener` with `scorer` until stopped or idle for `idle_timeout`.
@@ -248,24 +239,24 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let uid = current_uid().ok();
+    let workers = scorer.pool().size();
     let state = Arc::new(State {
         scorer,
         started: Instant::now(),
-        started_unix_s: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
         last_active_ms: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         scored: AtomicUsize::new(0),
         stop: Notify::new(),
-        status: DaemonStatus {
+        fixed: DaemonStatus {
             pid: std::process::id(),
             socket: socket.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            executor: format!("{executor:?}").to_lowercase(),
+            executor: executor.name().to_string(),
             runtime,
-            workers: 0,
-            started_unix_s: 0,
+            workers,
+            started_unix_s: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             scored: 0,
             idle_s: 0.0,
             idle_timeout_s: idle_timeout.as_secs_f64(),
@@ -303,13 +294,13 @@ pub async fn serve(
 struct State {
     scorer: Scorer,
     started: Instant,
-    started_unix_s: u64,
     /// Milliseconds after `started` of the last request.
     last_active_ms: AtomicU64,
     active: AtomicUsize,
     scored: AtomicUsize,
     stop: Notify,
-    status: DaemonStatus,
+    /// What never changes while it runs; `status()` adds the counters.
+    fixed: DaemonStatus,
 }
 
 impl State {
@@ -325,11 +316,9 @@ impl State {
 
     fn status(&self) -> DaemonStatus {
         DaemonStatus {
-            workers: self.scorer.pool().size(),
-            started_unix_s: self.started_unix_s,
             scored: self.scored.load(Ordering::SeqCst),
             idle_s: self.idle().as_secs_f64(),
-            ..self.status.clone()
+            ..self.fixed.clone()
         }
     }
 }

@@ -23,6 +23,16 @@ pub enum ExecutorKind {
     Local,
 }
 
+impl ExecutorKind {
+    /// `docker` or `local`, as flags, reports and JSON spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Docker => "docker",
+            ExecutorKind::Local => "local",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ExecutorOptions {
     pub kind: ExecutorKind,

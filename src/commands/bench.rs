@@ -158,13 +158,7 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         "mutmut_median_wall_ms_per_pair": args.mutmut.then(|| median(&rows.iter().filter_map(|r| r.mutmut.as_ref().map(|m| m.wall_ms)).collect::<Vec<_>>())),
     });
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "summary": summary, "pairs": rows })
-            )?
-        );
-        return Ok(());
+        return print_summary_and_pairs(&summary, &rows);
     }
     println!(
         "unitforge bench score: {} pairs from {}, {} workers ({} executor)\n",
@@ -240,10 +234,7 @@ fn bench_oneshot(args: BenchOneshotArgs) -> Result<()> {
     let mut pairs = load_pairs(&args.pairs)?;
     pairs.truncate(args.limit.unwrap_or(usize::MAX));
     let exe = std::env::current_exe()?;
-    let executor = match args.executor.executor {
-        crate::cli::ExecutorChoice::Docker => "docker",
-        crate::cli::ExecutorChoice::Local => "local",
-    };
+    let executor = args.executor.options().kind.name();
     // The very first run may build the sandbox image: not a user's steady state, so one run
     // goes untimed.
     let score = |pair: &Pair, extra: &[&str]| -> Result<(f64, f64)> {
@@ -254,15 +245,10 @@ fn bench_oneshot(args: BenchOneshotArgs) -> Result<()> {
             .arg(pair.dir.join(format!("{}.py", pair.name)))
             .arg("--tests")
             .arg(pair.dir.join(format!("test_{}.py", pair.name)))
-            .args(["--json", "--executor", executor])
+            .arg("--json")
+            .args(args.executor.flags())
             .args(extra)
             .env_remove("UNITFORGE_NO_DAEMON");
-        if let Some(image) = &args.executor.image {
-            command.args(["--image", image]);
-        }
-        if let Some(python) = &args.executor.python {
-            command.arg("--python").arg(python);
-        }
         let started = Instant::now();
         let output = command.stdin(Stdio::null()).output()?;
         let wall_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -319,13 +305,7 @@ fn bench_oneshot(args: BenchOneshotArgs) -> Result<()> {
         "pairs_where_unitforge_is_slower": args.mutmut_python.as_ref().map(|_| slower),
     });
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({ "summary": summary, "pairs": rows })
-            )?
-        );
-        return Ok(());
+        return print_summary_and_pairs(&summary, &rows);
     }
     println!(
         "unitforge bench oneshot: {} pairs from {}, a fresh `unitforge score` process per pair ({executor} executor)\n",
@@ -379,6 +359,18 @@ fn bench_oneshot(args: BenchOneshotArgs) -> Result<()> {
     } else {
         println!("mutmut: not measured (--mutmut-python, or `make bench-oneshot`)");
     }
+    Ok(())
+}
+
+/// A bench's `--json` output: its summary and its per-pair rows, in one object.
+fn print_summary_and_pairs(
+    summary: &serde_json::Value,
+    rows: &impl serde::Serialize,
+) -> Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "summary": summary, "pairs": rows }))?
+    );
     Ok(())
 }
 

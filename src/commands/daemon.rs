@@ -86,10 +86,7 @@ async fn stop() -> Result<()> {
 /// The daemon process: warm a pool, then bind the socket (so a client that reaches it never
 /// waits for workers) and serve until idle, stopped or signalled.
 async fn be_the_daemon(args: DaemonRunArgs) -> Result<()> {
-    if matches!(
-        daemon::request(&args.socket, &DaemonRequest::Status).await,
-        Ok(DaemonReply::Status { .. })
-    ) {
+    if daemon::answers(&args.socket).await {
         eprintln!("another daemon already serves {}", args.socket.display());
         return Ok(());
     }
@@ -160,7 +157,7 @@ pub async fn score_through_daemon(
             return Ok(None);
         }
     }
-    if executor_needs_image(executor) {
+    if matches!(executor.executor, ExecutorChoice::Docker) {
         // A missing image is built here, in the foreground, where its progress shows.
         super::sandbox::ensure_sandbox_image(executor.image.as_deref()).await?;
     }
@@ -178,16 +175,12 @@ pub async fn score_through_daemon(
     ));
     let deadline = Instant::now() + START_LIMIT;
     loop {
-        if let Ok(DaemonReply::Status { .. }) =
-            daemon::request(&socket, &DaemonRequest::Status).await
-        {
+        if daemon::answers(&socket).await {
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
             // It lost a race to another daemon of the same configuration, or failed to start.
-            if let Ok(DaemonReply::Status { .. }) =
-                daemon::request(&socket, &DaemonRequest::Status).await
-            {
+            if daemon::answers(&socket).await {
                 break;
             }
             notice(&format!(
@@ -214,10 +207,6 @@ pub async fn score_through_daemon(
     }
 }
 
-fn executor_needs_image(executor: &ExecutorArgs) -> bool {
-    matches!(executor.executor, ExecutorChoice::Docker)
-}
-
 /// Start `unitforge daemon run` detached from this terminal's process group (Ctrl-C here does not
 /// reach it), its output in `log`.
 fn spawn(socket: &Path, log: &Path, executor: &ExecutorArgs, idle_timeout_s: u64) -> Result<Child> {
@@ -229,7 +218,7 @@ fn spawn(socket: &Path, log: &Path, executor: &ExecutorArgs, idle_timeout_s: u64
         .args(["daemon", "run", "--socket"])
         .arg(socket)
         .args(["--idle-timeout", &idle_timeout_s.to_string()])
-        .args(executor_flags(executor))
+        .args(executor.flags())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -237,35 +226,6 @@ fn spawn(socket: &Path, log: &Path, executor: &ExecutorArgs, idle_timeout_s: u64
     command
         .spawn()
         .context("cannot start `unitforge daemon run`")
-}
-
-/// The flags that recreate `executor` on another command line.
-fn executor_flags(executor: &ExecutorArgs) -> Vec<String> {
-    let mut flags = vec![
-        "--executor".to_string(),
-        match executor.executor {
-            ExecutorChoice::Docker => "docker",
-            ExecutorChoice::Local => "local",
-        }
-        .to_string(),
-        "--recycle-after".to_string(),
-        executor.recycle_after.to_string(),
-    ];
-    let optional: [(&str, Option<String>); 3] = [
-        ("--image", executor.image.clone()),
-        (
-            "--python",
-            executor.python.as_ref().map(|p| p.display().to_string()),
-        ),
-        ("--workers", executor.workers.map(|w| w.to_string())),
-    ];
-    for (flag, value) in optional {
-        if let Some(value) = value {
-            flags.push(flag.to_string());
-            flags.push(value);
-        }
-    }
-    flags
 }
 
 fn last_line(log: &Path) -> String {

@@ -8,10 +8,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use common::{max_abs, max_abs_diff, randn, random_weights, tiny_config, write_checkpoint};
+use common::{lora, max_abs, max_abs_diff, randn, random_weights, tiny_config, write_checkpoint};
 use unitforge_trainer::config::ModelConfig;
 use unitforge_trainer::generate::{generate_ids, SamplingConfig};
-use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::{LoadOptions, Model};
 
 fn gpu() -> Device {
@@ -20,12 +19,7 @@ fn gpu() -> Device {
 
 fn options() -> LoadOptions {
     LoadOptions {
-        lora: Some(LoraConfig {
-            rank: 2,
-            alpha: 4.0,
-            dropout: 0.0,
-            ..LoraConfig::default()
-        }),
+        lora: Some(lora(2)),
         ..LoadOptions::default()
     }
 }

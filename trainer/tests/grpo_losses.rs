@@ -7,9 +7,8 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use common::{max_abs_diff, random_weights, randomise_b, tiny_config, write_checkpoint};
+use common::{lora, max_abs_diff, random_weights, randomise_b, tiny_config, write_checkpoint};
 use unitforge_trainer::config::ModelConfig;
-use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::policy_loss::{
     advantages, policy_loss, zero_spread, PolicyInputs, PolicySettings,
@@ -334,12 +333,7 @@ fn a_lora_model_with_its_adapters_off_gives_exactly_the_reference_logits() {
     };
     let plain = load(&LoadOptions::default());
     let adapted = load(&LoadOptions {
-        lora: Some(LoraConfig {
-            rank: 4,
-            alpha: 8.0,
-            dropout: 0.0,
-            ..LoraConfig::default()
-        }),
+        lora: Some(lora(4)),
         ..LoadOptions::default()
     });
     // Trained adapters: every B non-zero, so the adapted model really differs.

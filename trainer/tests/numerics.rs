@@ -9,10 +9,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use common::{
-    max_abs, max_abs_diff, randn, random_weights, randomise_b, tiny_config, write_checkpoint,
+    lora, max_abs, max_abs_diff, randn, random_weights, randomise_b, tiny_config, write_checkpoint,
 };
 use unitforge_trainer::config::ModelConfig;
-use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::quant::Nf4Tensor;
 
@@ -122,15 +121,6 @@ fn bf16_checkpoints_load() {
         diff < 0.05 * scale,
         "bf16 vs f32: {diff} with logits up to {scale}"
     );
-}
-
-fn lora(rank: usize) -> LoraConfig {
-    LoraConfig {
-        rank,
-        alpha: 2.0 * rank as f64,
-        dropout: 0.0,
-        ..LoraConfig::default()
-    }
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use unitforge_sandbox::rng::SplitMix64;
 use unitforge_trainer::config::ModelConfig;
+use unitforge_trainer::lora::LoraConfig;
 use unitforge_trainer::model::Model;
 
 /// Deterministic normal samples (candle's CPU device cannot be seeded), f64.
@@ -105,6 +106,16 @@ pub fn write_checkpoint(dir: &Path, weights: &HashMap<String, Tensor>) {
     )
     .unwrap();
     candle_core::safetensors::save(weights, dir.join("model.safetensors")).unwrap();
+}
+
+/// LoRA of `rank` with alpha = 2·rank (scale 2) and no dropout, so runs are deterministic.
+pub fn lora(rank: usize) -> LoraConfig {
+    LoraConfig {
+        rank,
+        alpha: 2.0 * rank as f64,
+        dropout: 0.0,
+        ..LoraConfig::default()
+    }
 }
 
 /// Set every LoRA B to small random values (a fresh B is zero, which zeroes A's gradient).
