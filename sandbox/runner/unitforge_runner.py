@@ -16,6 +16,7 @@ the child's process group, caps output, and accepts a report only if the child f
 session. The Rust side then checks the report against the exit status and the static test count.
 """
 
+import dis
 import gc
 import json
 import marshal
@@ -29,7 +30,7 @@ import sys
 import time
 import types
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Exit statuses of a child; the Rust side checks them against the report.
 CHILD_ALL_PASSED = 0
@@ -118,18 +119,22 @@ class ResultsPlugin:
     def __init__(self):
         self.reset(0, False, None, None, None)
 
-    def reset(self, seed, shuffle, policy, first, test_budget):
+    def reset(self, seed, shuffle, policy, first, test_budget, only=None, coverage=None):
         self.seed = seed
         self.shuffle = shuffle
         self.policy = policy
         self.first = first or []  # node ids to run first, in this order
-        self.test_budget = test_budget  # seconds per test call, or None
+        self.only = None if only is None else set(only)  # node ids to run; None: all
+        self.coverage = coverage  # a _LineCoverage in a coverage run, else None
+        self.test_budget = test_budget  # CPU seconds per test call, or None
         self.over_budget = set()
         self.tests = {}
         self.order = []
         self.collect_errors = []
 
     def pytest_collection_modifyitems(self, session, config, items):
+        if self.only is not None:
+            items[:] = [item for item in items if item.nodeid in self.only]
         if self.shuffle:
             import random
 
@@ -139,22 +144,46 @@ class ResultsPlugin:
             items.sort(key=lambda item: rank.get(item.nodeid, len(rank)))
 
     @pytest_hookimpl_wrapper
+    def pytest_runtest_setup(self, item):
+        return (yield from self._covered_by(item.nodeid))
+
+    @pytest_hookimpl_wrapper
+    def pytest_fixture_setup(self, fixturedef, request):
+        # A fixture wider than one test (module, class, session scope) is set up during the
+        # first test that needs it and then serves others: what it runs counts for every test.
+        shared = fixturedef.scope != "function"
+        return (yield from self._covered_by(None if shared else request.node.nodeid))
+
+    def _covered_by(self, nodeid):
+        """Attribute the lines run inside this hook to test `nodeid` (None: to every test)."""
+        if self.coverage is None:
+            return (yield)
+        previous = self.coverage.attribute_to(nodeid)
+        try:
+            return (yield)
+        finally:
+            self.coverage.attribute_to(previous)
+
+    @pytest_hookimpl_wrapper
     def pytest_runtest_call(self, item):
         if not self.test_budget:
-            return (yield)
+            return (yield from self._covered_by(item.nodeid))
 
         def expire(signum, frame):
             self.over_budget.add(item.nodeid)
             raise TestBudgetExceeded("test ran past its %.3f s budget" % self.test_budget)
 
-        previous = signal.signal(signal.SIGALRM, expire)
+        # CPU time, not wall time: a loaded machine slows a test down without making it spend
+        # more CPU, so the budget can be tight without mistaking load for a loop. (A test that
+        # sleeps in a loop spends none; the run's wall limit stops it.)
+        previous = signal.signal(signal.SIGPROF, expire)
         # Repeat every 20 ms after the budget, in case the code under test catches it.
-        signal.setitimer(signal.ITIMER_REAL, self.test_budget, 0.02)
+        signal.setitimer(signal.ITIMER_PROF, self.test_budget, 0.02)
         try:
-            return (yield)
+            return (yield from self._covered_by(item.nodeid))
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0, 0)
-            signal.signal(signal.SIGALRM, previous)
+            signal.setitimer(signal.ITIMER_PROF, 0, 0)
+            signal.signal(signal.SIGPROF, previous)
 
     def pytest_collectreport(self, report):
         if report.failed:
@@ -302,9 +331,12 @@ class Server:
         except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
             return {"op": "equivalent", "error": "original does not compile: %s" % err}
         results = []
+        original = req["original"]
         for source in req["mutants"]:
             try:
-                results.append({"compiles": True, "equivalent": _normalised_code(source) == reference})
+                equivalent = _normalised_code(source) == reference
+                lines = None if equivalent else _changed_lines(original, source)
+                results.append({"compiles": True, "equivalent": equivalent, "lines": lines})
             except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
                 results.append({"compiles": False, "equivalent": False, "error": str(err)})
         return {"op": "equivalent", "results": results}
@@ -402,9 +434,12 @@ class Server:
         # A mutant needs only one failing test: stop there, trying the fastest tests first.
         self.config.option.maxfail = 1 if req.get("stop_on_first_failure") else 0
         first = req.get("run_first") or []
+        only = req.get("only")
         test_budget = req.get("test_budget_s")
         module_name = req["module"]
         source = req["source"]
+        # Before the audit hooks: they refuse sys.settrace.
+        coverage = _LineCoverage(_cut_filename(module_name, self.workdir)) if req.get("coverage") else None
         req.clear()  # the CUT's source text must not stay reachable from test code
 
         policy = _Policy(self.workdir, self.allowed_read_roots, self.protected)
@@ -418,7 +453,7 @@ class Server:
         import random
 
         random.seed(seed)
-        self.plugin.reset(seed, shuffle, policy, first, test_budget)
+        self.plugin.reset(seed, shuffle, policy, first, test_budget, only, coverage)
         if cut_error is None:
             cut_error = _exec_cut(module_name, cut_code)
         del cut_code
@@ -436,6 +471,8 @@ class Server:
             "violations": policy.violations[:50],
             "tampered": policy.tampered[:50],
         }
+        if coverage is not None:
+            report["coverage"] = coverage.report()
         all_passed = (
             finished
             and cut_error is None
@@ -479,9 +516,14 @@ def _run_session(config, session, test_path):
 def _compile_cut(name, source, workdir):
     """The code under test's module code object, or the error that compiling it raised."""
     try:
-        return compile(source, os.path.join(workdir, name + ".py"), "exec", dont_inherit=True), None
+        return compile(source, _cut_filename(name, workdir), "exec", dont_inherit=True), None
     except BaseException as exc:  # noqa: BLE001 - a broken CUT or mutant is an outcome
         return None, "%s: %s" % (type(exc).__name__, _short(str(exc), 500))
+
+
+def _cut_filename(name, workdir):
+    """The file name the code under test is compiled under (no such file exists)."""
+    return os.path.join(workdir, name + ".py")
 
 
 def _exec_cut(name, code):
@@ -632,6 +674,124 @@ def _white_box_guard(cut_code_ids, workdir, violations):
             inside.discard(thread)
 
     return hook
+
+
+class _LineCoverage:
+    """Which lines of the code under test each test runs (a coverage run, protocol `coverage`).
+
+    A global trace function (installed before the audit hooks, which refuse `sys.settrace` to
+    job code) traces only frames of the code under test, identified by its file name. Lines run
+    while a test is being set up or called count for that test; everything else (importing the
+    CUT, collecting the test file, fixtures wider than one test, teardown) counts as `shared`:
+    every test may depend on it. A thread started during the run makes the coverage incomplete
+    (threads are not traced), and the scorer then runs every test for every mutant.
+
+    Job code can disturb this only to its own cost: coverage decides which tests a mutant run
+    includes, and a kill counts only once the same tests pass on the original (score.rs).
+    """
+
+    def __init__(self, cut_filename):
+        self.shared = set()
+        self.tests = {}
+        self.complete = True
+        self.current = None  # the node id lines are attributed to; None: shared
+        self.bucket = self.shared
+        buckets = self  # the closures below read the live bucket through this
+
+        def trace_lines(frame, event, arg):
+            if event == "line":
+                buckets.bucket.add(frame.f_lineno)
+            return trace_lines
+
+        def trace_calls(frame, event, arg):
+            if frame.f_code.co_filename != cut_filename:
+                return None
+            buckets.bucket.add(frame.f_lineno)
+            return trace_lines
+
+        sys.settrace(trace_calls)
+        import _thread
+        import threading
+
+        start_new_thread = _thread.start_new_thread
+
+        def start_untraced_thread(*args, **kwargs):
+            buckets.complete = False
+            return start_new_thread(*args, **kwargs)
+
+        _thread.start_new_thread = threading._start_new_thread = start_untraced_thread
+
+    def attribute_to(self, nodeid):
+        """Attribute lines from now on to test `nodeid` (None: shared); returns the previous."""
+        previous = self.current
+        self.current = nodeid
+        self.bucket = self.shared if nodeid is None else self.tests.setdefault(nodeid, set())
+        return previous
+
+    def report(self):
+        return {
+            "complete": self.complete,
+            "shared": sorted(self.shared),
+            "tests": {nodeid: sorted(lines) for nodeid, lines in self.tests.items()},
+        }
+
+
+def _changed_lines(original, mutant):
+    """Lines of `original` whose instructions `mutant` changes, or None when the difference
+    cannot be pinned to lines (another line count, a changed signature or nesting).
+
+    Compares the two compilations code object by code object: what lies between the longest
+    common prefix and suffix of their instruction streams is the change, on whichever side.
+    Constants folded into one instruction (a tuple over several lines) land on that
+    instruction's line, which is why this asks the compiler instead of the edit's position.
+    """
+    if original.count("\n") != mutant.count("\n"):
+        return None
+    try:
+        before = compile(original, "<unitforge>", "exec", dont_inherit=True)
+        after = compile(mutant, "<unitforge>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    lines = set()
+    pending = [(before, after)]
+    while pending:
+        a, b = pending.pop()
+        shape = operator.attrgetter("co_name", "co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_flags")
+        if shape(a) != shape(b):
+            return None
+        first, second = _instruction_keys(a), _instruction_keys(b)
+        shortest = min(len(first), len(second))
+        prefix = 0
+        while prefix < shortest and first[prefix][0] == second[prefix][0]:
+            prefix += 1
+        suffix = 0
+        while suffix < shortest - prefix and first[-1 - suffix][0] == second[-1 - suffix][0]:
+            suffix += 1
+        for _, line in first[prefix : len(first) - suffix] + second[prefix : len(second) - suffix]:
+            if line is None:
+                return None
+            lines.add(line)
+        nested_a = [c for c in a.co_consts if isinstance(c, types.CodeType)]
+        nested_b = [c for c in b.co_consts if isinstance(c, types.CodeType)]
+        if len(nested_a) != len(nested_b):
+            return None
+        pending.extend(zip(nested_a, nested_b))
+    return sorted(lines)
+
+
+def _instruction_keys(code):
+    """(what the instruction does, its line) for each instruction of one code object."""
+    keys = []
+    for instruction in dis.get_instructions(code):
+        argument = instruction.argval
+        if isinstance(argument, types.CodeType):
+            argument = ("<code>", argument.co_name)  # compared on its own, nested
+        elif instruction.opcode in dis.hasjrel or instruction.opcode in dis.hasjabs:
+            argument = instruction.arg  # 3.11 jumps are relative: stable across an edit
+        else:
+            argument = repr(argument)
+        keys.append(((instruction.opname, argument), instruction.positions.lineno))
+    return keys
 
 
 class _Policy:

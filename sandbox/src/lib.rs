@@ -14,6 +14,7 @@ pub mod backend;
 pub mod cache;
 pub mod client;
 pub mod completion;
+pub mod coverage;
 pub mod daemon;
 pub mod docker;
 pub mod doctor;

@@ -22,6 +22,9 @@ pub struct MutantConfig {
     pub seed: u64,
     /// Operators to use; empty means all.
     pub operators: Vec<Operator>,
+    /// Run each mutant with only the tests that run a line it changes (line coverage from one
+    /// extra run of the suite); a mutant no test reaches is `not_covered`, never run.
+    pub coverage_guided: bool,
 }
 
 impl Default for MutantConfig {
@@ -30,6 +33,7 @@ impl Default for MutantConfig {
             max_mutants: 40,
             seed: 0,
             operators: Vec::new(),
+            coverage_guided: true,
         }
     }
 }
@@ -216,7 +220,7 @@ mod tests {
             let config = MutantConfig {
                 max_mutants: 4,
                 seed,
-                operators: vec![],
+                ..MutantConfig::default()
             };
             generate_mutants(&source, &config)
         };

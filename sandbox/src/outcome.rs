@@ -242,6 +242,11 @@ pub enum MutantStatus {
     Timeout,
     /// Every test passed on the mutant.
     Survived,
+    /// No test runs a line the mutant changes (coverage-guided runs): a survivor, never run.
+    NotCovered,
+    /// A test failed on the mutant, but the same tests run the same way also fail on the
+    /// original (order- or run-dependent tests): scored, and not a kill.
+    Unconfirmed,
     /// Compiles to the original's bytecode: not scored.
     Equivalent,
     /// Does not compile: not scored.
@@ -254,7 +259,11 @@ impl MutantStatus {
     pub fn is_scored(self) -> bool {
         matches!(
             self,
-            MutantStatus::Killed | MutantStatus::Timeout | MutantStatus::Survived
+            MutantStatus::Killed
+                | MutantStatus::Timeout
+                | MutantStatus::Survived
+                | MutantStatus::NotCovered
+                | MutantStatus::Unconfirmed
         )
     }
 

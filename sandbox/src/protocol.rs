@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Resource limits applied to each forked run (rlimits in the child).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +49,11 @@ pub struct RunRequest {
     pub stop_on_first_failure: bool,
     /// Node ids to run first, in this order (the fastest baseline tests, for mutant runs).
     pub run_first: Vec<String>,
+    /// Run only these node ids (a coverage-guided mutant run, a kill's control run); `None`:
+    /// every collected test.
+    pub only: Option<Vec<String>>,
+    /// Record which lines of the code under test each test runs (see [`LineCoverage`]).
+    pub coverage: bool,
     /// Time budget of each test's call phase; a test past it is stopped and reported `timeout`.
     pub test_budget_s: Option<f64>,
     pub limits: RunLimits,
@@ -124,6 +129,21 @@ pub struct ChildReport {
     pub violations: Vec<String>,
     #[serde(default)]
     pub tampered: Vec<String>,
+    /// Present in a coverage run.
+    #[serde(default)]
+    pub coverage: Option<LineCoverage>,
+}
+
+/// The lines of the code under test a coverage run saw run, 1-based. Untrusted like the rest of
+/// the report: it only narrows which tests a mutant run includes, and every kill is confirmed.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+pub struct LineCoverage {
+    /// False when the run started a thread (threads are not traced).
+    pub complete: bool,
+    /// Lines any test may depend on: the import, collection, wider fixtures, teardown.
+    pub shared: Vec<usize>,
+    /// Lines run while each test was set up or called, by node id.
+    pub tests: std::collections::BTreeMap<String, Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
@@ -152,12 +172,15 @@ pub struct TestReport {
 impl TestReport {
     /// `test_x` or `TestClass::test_x`, without the file and the parametrize id.
     pub fn function_name(&self) -> &str {
-        let without_file = self
-            .nodeid
-            .split_once("::")
-            .map_or(self.nodeid.as_str(), |(_, rest)| rest);
-        without_file.split('[').next().unwrap_or(without_file)
+        function_name(&self.nodeid)
     }
+}
+
+/// The test function a node id names: `test_x` or `TestClass::test_x`, without the file and the
+/// parametrize id.
+pub fn function_name(nodeid: &str) -> &str {
+    let without_file = nodeid.split_once("::").map_or(nodeid, |(_, rest)| rest);
+    without_file.split('[').next().unwrap_or(without_file)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -170,6 +193,10 @@ pub struct CollectError {
 pub struct EquivalenceResult {
     pub compiles: bool,
     pub equivalent: bool,
+    /// Lines of the original whose instructions the mutant changes; `None` when the change
+    /// cannot be pinned to lines (then every test is a candidate to kill it).
+    #[serde(default)]
+    pub lines: Option<Vec<usize>>,
     #[serde(default)]
     pub error: Option<String>,
 }

@@ -3,20 +3,25 @@
 //! The steps, in order: parse both files and read the suite's facts; run the suite once on the
 //! original (the baseline, which decides validity); then, concurrently over the worker pool,
 //! the stability runs (shuffled, reseeded), the runs on each variant, and — after the runner
-//! has compiled the mutants to drop equivalent and unviable ones — one run per mutant with a
-//! time limit derived from the baseline. Nothing a run does can make this function fail: bad
-//! tests give an invalid score, and only unusable input or a broken machine give an error.
+//! has compiled the mutants to drop equivalent and unviable ones, and one coverage run has said
+//! which tests run which lines — one run per mutant, with only the tests that run a line it
+//! changes, and a time limit derived from the baseline. A failing mutant run is a kill only
+//! once the same tests, run the same way, pass on the original (a control run, one per distinct
+//! set of tests): tests that fail because of their order, their selection or how they are run
+//! earn nothing. Nothing a run does can make this function fail: bad tests give an invalid
+//! score, and only unusable input or a broken machine give an error.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
+use crate::coverage::{Reach, TestCoverage};
 use crate::mutant::{generate_mutants, Mutant, MutantCensus};
 use crate::outcome::{judge_run, mutant_status, JudgedRun, MutantStatus, Verdict};
-use crate::protocol::{RunLimits, RunRequest, TestReport, PROTOCOL_VERSION};
+use crate::protocol::{function_name, RunLimits, RunRequest, TestReport, PROTOCOL_VERSION};
 use crate::rewards::{composite_reward, median, RewardConfig};
 use crate::source::{PythonSource, SourceError};
 use crate::suite::{suite_facts, SuiteFacts};
@@ -67,6 +72,12 @@ pub struct MutantSummary {
     pub killed: usize,
     pub timeout: usize,
     pub survived: usize,
+    /// Survivors found by coverage: no test runs a line they change (never run).
+    #[serde(default)]
+    pub not_covered: usize,
+    /// Failing runs not credited: the same tests also fail on the original run the same way.
+    #[serde(default)]
+    pub unconfirmed: usize,
     pub equivalent: usize,
     pub unviable: usize,
     pub excluded: usize,
@@ -391,29 +402,73 @@ impl Scorer {
         finish(report)
     }
 
-    /// One mutant run, judged. A timeout that looks like starvation (little CPU for its wall
-    /// time) is run once more, so that a loaded machine does not turn a surviving mutant into a
-    /// kill; a mutant that really loops times out again, on the CPU.
-    async fn run_mutant(
+    /// One run, judged, with the node ids it ran in order. A timeout that looks like starvation
+    /// (little CPU for its wall time) is run once more, so that a loaded machine does not turn a
+    /// surviving mutant into a kill (or a control into a failure); a mutant that really loops
+    /// times out again, on the CPU.
+    async fn run_judged(
         &self,
         request: &RunRequest,
         static_tests: &BTreeSet<String>,
-    ) -> Result<JudgedRun, InfraError> {
-        let first = judge_run(&self.pool.run(request).await?, static_tests)?;
-        if !timeout_needs_confirmation(&first) {
-            return Ok(first);
+    ) -> Result<(JudgedRun, Vec<String>), InfraError> {
+        let mut reply = self.pool.run(request).await?;
+        let mut run = judge_run(&reply, static_tests)?;
+        if timeout_needs_confirmation(&run) {
+            tracing::debug!(
+                cpu_ms = run.cpu_ms,
+                wall_ms = run.wall_ms,
+                "a run timed out with little CPU; running it again"
+            );
+            reply = self.pool.run(request).await?;
+            run = judge_run(&reply, static_tests)?;
         }
-        tracing::debug!(
-            cpu_ms = first.cpu_ms,
-            wall_ms = first.wall_ms,
-            "a mutant timed out with little CPU; running it again"
-        );
-        judge_run(&self.pool.run(request).await?, static_tests)
+        let ran = reply
+            .report
+            .map(|r| r.tests.into_iter().map(|t| t.nodeid).collect())
+            .unwrap_or_default();
+        Ok((run, ran))
     }
 
-    /// Compile the mutants (dropping equivalent and unviable ones), then run each of the rest
-    /// with a limit derived from the baseline, stopping at the first failing test, fastest
-    /// baseline tests first. Returns each mutant's status, detail and wall time, in order.
+    /// Which lines each test runs, from one traced run of the suite on the original; `Ok(None)`
+    /// when the configuration does not guide mutant runs by coverage.
+    async fn line_coverage(
+        &self,
+        input: &ScoreInput,
+        config: &RewardConfig,
+        baseline: &BaselineRun,
+        static_tests: &BTreeSet<String>,
+    ) -> Result<Option<TestCoverage>, String> {
+        if !config.mutants.coverage_guided {
+            return Ok(None);
+        }
+        let request = RunRequest {
+            coverage: true,
+            ..run_request(
+                input,
+                &config.limits,
+                input.code.clone(),
+                0,
+                config.timeouts.baseline_s,
+            )
+        };
+        let reply = self.pool.run(&request).await.map_err(|e| e.to_string())?;
+        let run = judge_run(&reply, static_tests).map_err(|e| e.to_string())?;
+        if !run.passed() {
+            return Err(format!("the traced run did not pass: {}", run.detail));
+        }
+        let coverage = reply
+            .report
+            .and_then(|r| r.coverage)
+            .ok_or("the traced run reported no coverage")?;
+        let order: Vec<String> = baseline.tests.iter().map(|t| t.nodeid.clone()).collect();
+        TestCoverage::from_run(&coverage, &order).map(Some)
+    }
+
+    /// Compile the mutants (dropping equivalent and unviable ones) while a coverage run finds
+    /// which tests run which lines; then run each mutant with the tests that reach it, with a
+    /// limit derived from the baseline, stopping at the first failing test, fastest baseline
+    /// tests first; then confirm each kill with a control run on the original. Returns each
+    /// mutant's status, detail and wall time, in order.
     async fn run_mutants(
         &self,
         input: &ScoreInput,
@@ -424,7 +479,11 @@ impl Scorer {
     ) -> MutantOutcomes {
         let sources: Vec<String> = mutants.iter().map(|m| m.apply(&input.code)).collect();
         let mut notes = Vec::new();
-        let prechecks = match self.pool.equivalence(&input.code, sources.clone()).await {
+        let (equivalence, coverage) = tokio::join!(
+            self.pool.equivalence(&input.code, sources.clone()),
+            self.line_coverage(input, config, baseline, static_tests)
+        );
+        let prechecks = match equivalence {
             Ok(reply) if reply.error.is_none() && reply.results.len() == mutants.len() => {
                 Some(reply.results)
             }
@@ -440,44 +499,184 @@ impl Scorer {
                 None
             }
         };
+        let coverage = coverage.unwrap_or_else(|why| {
+            notes.push(format!(
+                "coverage could not guide the mutant runs ({why}); each ran the whole suite"
+            ));
+            None
+        });
         let timeout_s = config.timeouts.mutant_timeout_s(baseline.wall_ms / 1000.0);
         let mut fastest_first: Vec<&TestReport> = baseline.tests.iter().collect();
         fastest_first.sort_by(|a, b| a.duration_s.total_cmp(&b.duration_s));
-        let run_first: Vec<String> = fastest_first.iter().map(|t| t.nodeid.clone()).collect();
         let slowest_test_s = fastest_first.last().map_or(0.0, |t| t.duration_s);
-        let test_budget_s = config.timeouts.test_budget_s(slowest_test_s);
+        let whole_suite = RunRequest {
+            stop_on_first_failure: true,
+            run_first: fastest_first.iter().map(|t| t.nodeid.clone()).collect(),
+            test_budget_s: Some(config.timeouts.test_budget_s(slowest_test_s)),
+            ..run_request(input, &config.limits, String::new(), 0, timeout_s)
+        };
         let runs = sources.into_iter().enumerate().map(|(index, source)| {
             let precheck = prechecks.as_ref().map(|p| &p[index]);
-            let request = RunRequest {
-                stop_on_first_failure: true,
-                run_first: run_first.clone(),
-                test_budget_s: Some(test_budget_s),
-                ..run_request(input, &config.limits, source, 0, timeout_s)
+            let reach = match (&coverage, precheck) {
+                (Some(coverage), Some(check)) => coverage.reach(check.lines.as_deref()),
+                _ => Reach::Everything,
             };
+            let whole_suite = &whole_suite;
             async move {
+                let settled = |status, detail: String| MutantRun::Settled(status, detail, 0.0);
                 match precheck {
-                    Some(check) if !check.compiles => (
-                        MutantStatus::Unviable,
-                        check.error.clone().unwrap_or_default(),
-                        0.0,
-                    ),
-                    Some(check) if check.equivalent => (
-                        MutantStatus::Equivalent,
-                        "same bytecode as the original".into(),
-                        0.0,
-                    ),
-                    _ => match self.run_mutant(&request, static_tests).await {
-                        Ok(run) => (mutant_status(&run), run.detail, run.wall_ms),
-                        Err(err) => (MutantStatus::Excluded, err.to_string(), 0.0),
-                    },
+                    Some(check) if !check.compiles => {
+                        return settled(
+                            MutantStatus::Unviable,
+                            check.error.clone().unwrap_or_default(),
+                        )
+                    }
+                    Some(check) if check.equivalent => {
+                        return settled(
+                            MutantStatus::Equivalent,
+                            "same bytecode as the original".into(),
+                        )
+                    }
+                    _ => {}
+                }
+                let (only, tests) = match reach {
+                    Reach::Nothing => {
+                        let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
+                        return settled(MutantStatus::NotCovered, not_covered_detail(lines));
+                    }
+                    Reach::Tests(selected) => {
+                        let names = selected
+                            .iter()
+                            .map(|nodeid| function_name(nodeid).to_string())
+                            .collect();
+                        (Some(selected), names)
+                    }
+                    Reach::Everything => (None, static_tests.clone()),
+                };
+                let request = RunRequest {
+                    source,
+                    only,
+                    ..whole_suite.clone()
+                };
+                match self.run_judged(&request, &tests).await {
+                    Ok((run, ran)) => {
+                        let status = mutant_status(&run);
+                        if status.is_killed() {
+                            MutantRun::Kill {
+                                status,
+                                detail: run.detail,
+                                wall_ms: run.wall_ms,
+                                control: Box::new(control_run(&request, &ran, &input.code)),
+                            }
+                        } else {
+                            MutantRun::Settled(status, run.detail, run.wall_ms)
+                        }
+                    }
+                    Err(err) => settled(MutantStatus::Excluded, err.to_string()),
                 }
             }
         });
+        let runs = join_all(runs).await;
+        let outcomes = self.confirm_kills(runs, static_tests).await;
         MutantOutcomes {
-            outcomes: join_all(runs).await,
+            outcomes,
             timeout_s,
             notes,
         }
+    }
+
+    /// Run each distinct control once; a kill stands if its control passes on the original, is
+    /// `Unconfirmed` if it fails there too, and is excluded if the control could not run.
+    async fn confirm_kills(
+        &self,
+        runs: Vec<MutantRun>,
+        static_tests: &BTreeSet<String>,
+    ) -> Vec<(MutantStatus, String, f64)> {
+        let mut controls: Vec<&RunRequest> = Vec::new();
+        let mut index_of: HashMap<(&Option<Vec<String>>, &Vec<String>), usize> = HashMap::new();
+        for run in &runs {
+            if let MutantRun::Kill { control, .. } = run {
+                index_of
+                    .entry((&control.only, &control.run_first))
+                    .or_insert_with(|| {
+                        controls.push(control);
+                        controls.len() - 1
+                    });
+            }
+        }
+        let verdicts = join_all(controls.iter().map(|control| async move {
+            let tests = match &control.only {
+                Some(only) => only.iter().map(|n| function_name(n).to_string()).collect(),
+                None => static_tests.clone(),
+            };
+            self.run_judged(control, &tests).await.map(|(run, _)| run)
+        }))
+        .await;
+        runs.iter()
+            .map(|run| match run {
+                MutantRun::Settled(status, detail, wall_ms) => (*status, detail.clone(), *wall_ms),
+                MutantRun::Kill {
+                    status,
+                    detail,
+                    wall_ms,
+                    control,
+                } => match &verdicts[index_of[&(&control.only, &control.run_first)]] {
+                    Ok(original) if original.passed() => (*status, detail.clone(), *wall_ms),
+                    Ok(original) => (
+                        MutantStatus::Unconfirmed,
+                        format!(
+                            "{detail}; not credited: run the same way, the original fails too \
+                             ({})",
+                            original.detail
+                        ),
+                        *wall_ms,
+                    ),
+                    Err(err) => (
+                        MutantStatus::Excluded,
+                        format!("{detail}; the kill could not be confirmed: {err}"),
+                        *wall_ms,
+                    ),
+                },
+            })
+            .collect()
+    }
+}
+
+/// A mutant's run before its kill, if any, is confirmed.
+enum MutantRun {
+    /// Status, detail, wall ms: final.
+    Settled(MutantStatus, String, f64),
+    /// A failing run, and the run of the original that must pass for it to count.
+    Kill {
+        status: MutantStatus,
+        detail: String,
+        wall_ms: f64,
+        control: Box<RunRequest>,
+    },
+}
+
+/// The control of a kill: the original, with the tests the mutant run ran, in the order it ran
+/// them (all it would have run, if it ran none: a collection error, a timeout), run the same
+/// way otherwise.
+fn control_run(mutant_run: &RunRequest, ran: &[String], original: &str) -> RunRequest {
+    let (only, run_first) = if ran.is_empty() {
+        (mutant_run.only.clone(), mutant_run.run_first.clone())
+    } else {
+        (Some(ran.to_vec()), ran.to_vec())
+    };
+    RunRequest {
+        source: original.to_string(),
+        only,
+        run_first,
+        ..mutant_run.clone()
+    }
+}
+
+fn not_covered_detail(lines: &[usize]) -> String {
+    let lines: Vec<String> = lines.iter().map(usize::to_string).collect();
+    match lines.as_slice() {
+        [line] => format!("no test runs line {line}"),
+        _ => format!("no test runs lines {}", lines.join(", ")),
     }
 }
 
@@ -513,6 +712,8 @@ fn run_request(
         tracebacks: false,
         stop_on_first_failure: false,
         run_first: Vec::new(),
+        only: None,
+        coverage: false,
         test_budget_s: None,
         limits: limits.clone(),
     }

@@ -101,6 +101,8 @@ pub(crate) fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, foun
             MutantStatus::Killed => summary.killed += 1,
             MutantStatus::Timeout => summary.timeout += 1,
             MutantStatus::Survived => summary.survived += 1,
+            MutantStatus::NotCovered => summary.not_covered += 1,
+            MutantStatus::Unconfirmed => summary.unconfirmed += 1,
             MutantStatus::Equivalent => summary.equivalent += 1,
             MutantStatus::Unviable => summary.unviable += 1,
             MutantStatus::Excluded => {
@@ -119,7 +121,11 @@ pub(crate) fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, foun
             wall_ms,
         });
     }
-    summary.scored = summary.killed + summary.timeout + summary.survived;
+    summary.scored = summary.killed
+        + summary.timeout
+        + summary.survived
+        + summary.not_covered
+        + summary.unconfirmed;
     report.mutant_kill = if summary.scored == 0 {
         report
             .exclusions

@@ -16,7 +16,8 @@ pub struct TimeoutConfig {
     pub slack_s: f64,
     pub floor_s: f64,
     /// Per-test budget in mutant runs = test_factor × the slowest baseline test's call time,
-    /// at least test_floor_s. Stops a looping test long before the run's limit.
+    /// at least test_floor_s, counted in CPU time (load does not use it up). Stops a looping
+    /// test long before the run's limit.
     pub test_factor: f64,
     pub test_floor_s: f64,
 }
@@ -29,7 +30,7 @@ impl Default for TimeoutConfig {
             slack_s: 0.1,
             floor_s: 0.25,
             test_factor: 10.0,
-            test_floor_s: 0.1,
+            test_floor_s: 0.03,
         }
     }
 }
@@ -59,7 +60,7 @@ mod tests {
         assert_eq!(config.mutant_timeout_s(0.02), 0.25);
         assert!((config.mutant_timeout_s(1.0) - 4.1).abs() < 1e-12);
         assert_eq!(config.mutant_timeout_s(100.0), 20.0);
-        assert_eq!(config.test_budget_s(0.001), 0.1);
+        assert_eq!(config.test_budget_s(0.001), 0.03);
         assert!((config.test_budget_s(0.05) - 0.5).abs() < 1e-12);
     }
 }

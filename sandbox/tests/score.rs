@@ -455,3 +455,74 @@ async fn a_suite_depending_on_the_cut_s_text_loses_robustness() {
     let report = score_with(code, tests, &runtime_only()).await;
     assert_no_credit(&report, "reads co_varnames");
 }
+
+/// Runs a mutant with differs from the baseline in how it is run (one-line tracebacks, the
+/// fastest tests first, a selection of tests, stopping at the first failure): a test that fails
+/// because of that, not because of the mutant, must earn nothing. Each kill is confirmed by the
+/// same tests, run the same way, passing on the original.
+#[tokio::test]
+async fn a_test_that_fails_only_as_mutant_runs_are_run_kills_nothing() {
+    let tests = "from clamp import clamp\n\ndef test_detects_mutant_runs(request):\n    clamp(5, 0, 10)\n    assert request.config.option.tbstyle == 'native'\n";
+    for guided in [true, false] {
+        let mut config = runtime_only();
+        config.mutants.coverage_guided = guided;
+        let report = score_with(CLAMP, tests, &config).await;
+        assert_eq!(report.validity, 1.0, "{:?}", report.invalid_reason);
+        assert_eq!(
+            report.mutant_kill, 0.0,
+            "guided {guided}: {:?}",
+            report.mutants
+        );
+        assert!(report.mutants.unconfirmed > 0, "guided {guided}");
+        let unconfirmed = report
+            .mutants
+            .results
+            .iter()
+            .find(|r| r.status == MutantStatus::Unconfirmed)
+            .unwrap();
+        assert!(
+            unconfirmed.detail.contains("the original fails too"),
+            "{}",
+            unconfirmed.detail
+        );
+    }
+    // Order dependence: test_b passes only after test_a, which is slower, so mutant runs (the
+    // fastest tests first) run test_b first.
+    let tests = "import time\nfrom clamp import clamp\nSTATE = []\n\ndef test_a():\n    time.sleep(0.02)\n    STATE.append(clamp(5, 0, 10))\n\ndef test_b():\n    clamp(-1, 0, 10)\n    assert STATE == [5]\n";
+    let report = score_with(CLAMP, tests, &runtime_only()).await;
+    assert_eq!(report.validity, 1.0, "{:?}", report.invalid_reason);
+    for result in &report.mutants.results {
+        assert!(
+            !(result.status.is_killed() && result.detail.contains("test_b")),
+            "{}: {:?} {}",
+            result.mutant.diff,
+            result.status,
+            result.detail
+        );
+    }
+}
+
+/// A mutant on lines no test runs is not covered: reported as such, never run, and it counts
+/// as a survivor exactly as a full run would find it.
+#[tokio::test]
+async fn a_mutant_no_test_reaches_is_not_covered() {
+    let tests = "from clamp import clamp\n\ndef test_inside():\n    assert clamp(5, 0, 10) == 5\n";
+    let guided = score(CLAMP, tests).await;
+    let mut full_config = RewardConfig::default();
+    full_config.mutants.coverage_guided = false;
+    let full = score_with(CLAMP, tests, &full_config).await;
+    assert_eq!(guided.mutant_kill, full.mutant_kill);
+    assert!(guided.mutants.not_covered > 0, "{:?}", guided.mutants);
+    for result in &guided.mutants.results {
+        if result.status == MutantStatus::NotCovered {
+            // Lines 4 (the raise), 6 (return low) and 8 (return high) are never run.
+            assert!([4, 6, 8].contains(&result.mutant.line), "{result:?}");
+            assert_eq!(result.wall_ms, 0.0);
+            assert!(
+                result.detail.starts_with("no test runs line"),
+                "{}",
+                result.detail
+            );
+        }
+    }
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use unitforge_sandbox::local::{discover_python, LocalLauncher};
 use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
+use unitforge_sandbox::outcome::MutantStatus;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreInput, Scorer};
 use unitforge_sandbox::source::{parses_cleanly, PythonSource};
@@ -100,4 +101,78 @@ async fn every_shipped_suite_is_valid_and_kills_mutants() {
             report.exclusions
         );
     }
+}
+
+/// The suite with only its first test function: the others are renamed so that pytest and the
+/// static facts no longer see them. A weak suite leaves lines unrun, as model output often does.
+fn first_test_only(tests: &str) -> String {
+    let mut seen = false;
+    tests
+        .lines()
+        .map(|line| {
+            let is_test = line.trim_start().starts_with("def test_");
+            if is_test && seen {
+                line.replacen("def test_", "def dropped_", 1)
+            } else {
+                seen |= is_test;
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Coverage-guided mutant runs decide every mutant as running the whole suite does: on every
+/// shipped pair, with its full suite and with its first test only (where many mutants are not
+/// covered and the rest run a selection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coverage_guided_runs_decide_every_mutant_as_full_runs_do() {
+    let launcher = LocalLauncher::new(discover_python(None)).unwrap();
+    let scorer = Scorer::new(Arc::new(WorkerPool::new(Arc::new(launcher), 2, 500)))
+        .await
+        .unwrap();
+    let guided = RewardConfig::default();
+    assert!(guided.mutants.coverage_guided, "the default");
+    let mut full = RewardConfig::default();
+    full.mutants.coverage_guided = false;
+    let (mut not_covered, mut compared) = (0, 0);
+    for (name, code, tests) in pairs() {
+        for (suite, tests) in [("full", tests.clone()), ("first", first_test_only(&tests))] {
+            let input = ScoreInput {
+                module: name.clone(),
+                code: code.clone(),
+                tests,
+            };
+            let with = scorer.score(&input, &guided).await.unwrap();
+            let without = scorer.score(&input, &full).await.unwrap();
+            assert_eq!(with.valid, without.valid, "{name} ({suite})");
+            assert_eq!(with.mutant_kill, without.mutant_kill, "{name} ({suite})");
+            assert_eq!(
+                with.mutants.unconfirmed + with.mutants.excluded,
+                0,
+                "{name}"
+            );
+            assert_eq!(without.mutants.not_covered, 0, "{name}");
+            for (a, b) in with.mutants.results.iter().zip(&without.mutants.results) {
+                assert_eq!(a.mutant.id, b.mutant.id);
+                let survived = |s: MutantStatus| {
+                    matches!(s, MutantStatus::Survived | MutantStatus::NotCovered)
+                };
+                assert!(
+                    a.status.is_killed() == b.status.is_killed()
+                        && survived(a.status) == survived(b.status),
+                    "{name} ({suite}) {}: guided {:?} ({}), full {:?} ({})",
+                    b.mutant.diff,
+                    a.status,
+                    a.detail,
+                    b.status,
+                    b.detail
+                );
+                compared += 1;
+                not_covered += usize::from(a.status == MutantStatus::NotCovered);
+            }
+        }
+    }
+    assert!(compared > 1000, "{compared} mutants compared");
+    assert!(not_covered > 50, "{not_covered} mutants not covered");
 }

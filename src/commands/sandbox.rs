@@ -237,7 +237,7 @@ pub fn mutants(args: MutantsArgs) -> Result<()> {
     let config = MutantConfig {
         max_mutants: args.max,
         seed: args.seed,
-        operators: vec![],
+        ..MutantConfig::default()
     };
     let (mutants, census) = generate_mutants(&source, &config);
     if args.json {
