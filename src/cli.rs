@@ -690,6 +690,11 @@ pub struct BenchScoreArgs {
     /// Also run mutmut on each pair (needs mutmut 3 next to the Python used).
     #[arg(long)]
     pub mutmut: bool,
+    /// Also score each pair with coverage guidance off (every mutant runs the whole suite), in
+    /// the same run: the reference for coverage-guided runs, with every mutant's verdict
+    /// compared.
+    #[arg(long)]
+    pub full_runs: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -32,10 +32,12 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
             "mutant_kill",
             report.mutant_kill,
             format!(
-                "{}/{} scored mutants killed ({} by timeout); {} equivalent, {} unviable, {} excluded",
+                "{}/{} scored mutants killed ({} by timeout); {} not covered, {} unconfirmed; {} equivalent, {} unviable, {} excluded",
                 m.killed + m.timeout,
                 m.scored,
                 m.timeout,
+                m.not_covered,
+                m.unconfirmed,
                 m.equivalent,
                 m.unviable,
                 m.excluded
@@ -97,7 +99,7 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
     let survivors: Vec<_> = m
         .results
         .iter()
-        .filter(|r| r.status == MutantStatus::Survived)
+        .filter(|r| r.status.is_scored() && !r.status.is_killed())
         .collect();
     if !survivors.is_empty() {
         let _ = writeln!(
@@ -107,9 +109,14 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
         );
         for result in survivors {
             let mutant = &result.mutant;
+            let why = match result.status {
+                MutantStatus::NotCovered => "  (no test runs this line)",
+                MutantStatus::Unconfirmed => "  (failed, but the original fails the same way)",
+                _ => "",
+            };
             let _ = writeln!(
                 out,
-                "  {}  line {:>3}:{:<3} {:<22} {}",
+                "  {}  line {:>3}:{:<3} {:<22} {}{why}",
                 mutant.id,
                 mutant.line,
                 mutant.column,

@@ -54,6 +54,10 @@ pub struct RunRequest {
     pub only: Option<Vec<String>>,
     /// Record which lines of the code under test each test runs (see [`LineCoverage`]).
     pub coverage: bool,
+    /// Check that nothing replaced pytest's or the runner's functions (after each test and at
+    /// the end). Off only in mutant runs, whose failures count once a control run, which does
+    /// check, passes on the original.
+    pub tamper_checks: bool,
     /// Time budget of each test's call phase; a test past it is stopped and reported `timeout`.
     pub test_budget_s: Option<f64>,
     pub limits: RunLimits,

@@ -78,6 +78,9 @@ pub struct MutantSummary {
     /// Failing runs not credited: the same tests also fail on the original run the same way.
     #[serde(default)]
     pub unconfirmed: usize,
+    /// Runs of the original that confirmed (or refuted) kills, one per distinct set of tests.
+    #[serde(default)]
+    pub controls: usize,
     pub equivalent: usize,
     pub unviable: usize,
     pub excluded: usize,
@@ -511,6 +514,7 @@ impl Scorer {
         let slowest_test_s = fastest_first.last().map_or(0.0, |t| t.duration_s);
         let whole_suite = RunRequest {
             stop_on_first_failure: true,
+            tamper_checks: false,
             run_first: fastest_first.iter().map(|t| t.nodeid.clone()).collect(),
             test_budget_s: Some(config.timeouts.test_budget_s(slowest_test_s)),
             ..run_request(input, &config.limits, String::new(), 0, timeout_s)
@@ -577,9 +581,10 @@ impl Scorer {
             }
         });
         let runs = join_all(runs).await;
-        let outcomes = self.confirm_kills(runs, static_tests).await;
+        let (outcomes, controls) = self.confirm_kills(runs, static_tests).await;
         MutantOutcomes {
             outcomes,
+            controls,
             timeout_s,
             notes,
         }
@@ -591,7 +596,7 @@ impl Scorer {
         &self,
         runs: Vec<MutantRun>,
         static_tests: &BTreeSet<String>,
-    ) -> Vec<(MutantStatus, String, f64)> {
+    ) -> (Vec<(MutantStatus, String, f64)>, usize) {
         let mut controls: Vec<&RunRequest> = Vec::new();
         let mut index_of: HashMap<(&Option<Vec<String>>, &Vec<String>), usize> = HashMap::new();
         for run in &runs {
@@ -612,7 +617,8 @@ impl Scorer {
             self.run_judged(control, &tests).await.map(|(run, _)| run)
         }))
         .await;
-        runs.iter()
+        let outcomes = runs
+            .iter()
             .map(|run| match run {
                 MutantRun::Settled(status, detail, wall_ms) => (*status, detail.clone(), *wall_ms),
                 MutantRun::Kill {
@@ -638,7 +644,8 @@ impl Scorer {
                     ),
                 },
             })
-            .collect()
+            .collect();
+        (outcomes, controls.len())
     }
 }
 
@@ -657,7 +664,7 @@ enum MutantRun {
 
 /// The control of a kill: the original, with the tests the mutant run ran, in the order it ran
 /// them (all it would have run, if it ran none: a collection error, a timeout), run the same
-/// way otherwise.
+/// way otherwise, and checked for tampering (which mutant runs skip).
 fn control_run(mutant_run: &RunRequest, ran: &[String], original: &str) -> RunRequest {
     let (only, run_first) = if ran.is_empty() {
         (mutant_run.only.clone(), mutant_run.run_first.clone())
@@ -668,6 +675,7 @@ fn control_run(mutant_run: &RunRequest, ran: &[String], original: &str) -> RunRe
         source: original.to_string(),
         only,
         run_first,
+        tamper_checks: true,
         ..mutant_run.clone()
     }
 }
@@ -714,6 +722,7 @@ fn run_request(
         run_first: Vec::new(),
         only: None,
         coverage: false,
+        tamper_checks: true,
         test_budget_s: None,
         limits: limits.clone(),
     }

@@ -16,6 +16,8 @@ use crate::worker::InfraError;
 pub(crate) struct MutantOutcomes {
     pub(crate) outcomes: Vec<(MutantStatus, String, f64)>,
     pub(crate) timeout_s: f64,
+    /// Control runs made to confirm kills.
+    pub(crate) controls: usize,
     pub(crate) notes: Vec<String>,
 }
 
@@ -96,6 +98,7 @@ pub(crate) fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, foun
     report.exclusions.extend(found.notes);
     let summary = &mut report.mutants;
     summary.timeout_s = found.timeout_s;
+    summary.controls = found.controls;
     for (mutant, (status, detail, wall_ms)) in mutants.into_iter().zip(found.outcomes) {
         match status {
             MutantStatus::Killed => summary.killed += 1,

@@ -526,3 +526,29 @@ async fn a_mutant_no_test_reaches_is_not_covered() {
         }
     }
 }
+
+/// The runner places a mutant's change on the lines the compiler gives it: a constant folded
+/// into a tuple over several lines lands on the tuple's first line (which the import runs), and
+/// a change that moves lines cannot be placed at all.
+#[tokio::test]
+async fn the_runner_places_each_change_on_its_compiled_lines() {
+    let original = "TABLE = (\n    (1, 'a'),\n    (2, 'b'),\n)\n\ndef f(x):\n    if x > 0:\n        return x + 1\n    return -x\n";
+    let mutants = vec![
+        original.replace("x + 1", "x - 1"),
+        original.replace("(2, 'b')", "(3, 'b')"),
+        original.replace("return -x", "return x"),
+        original.replace("x > 0", "x >= 0"),
+        original.replace("return -x", "\n    return -x"),
+    ];
+    let reply = scorer()
+        .await
+        .pool()
+        .equivalence(original, mutants)
+        .await
+        .unwrap();
+    let lines: Vec<Option<Vec<usize>>> = reply.results.into_iter().map(|r| r.lines).collect();
+    assert_eq!(
+        lines,
+        vec![Some(vec![8]), Some(vec![1]), Some(vec![9]), Some(vec![7]), None]
+    );
+}

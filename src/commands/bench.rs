@@ -13,7 +13,7 @@ use unitforge_sandbox::client::{Client, ClientOptions};
 use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::local::discover_python;
 use unitforge_sandbox::rewards::{median, RewardConfig};
-use unitforge_sandbox::score::ScoreInput;
+use unitforge_sandbox::score::{ScoreInput, ScoreReport, Scorer};
 use unitforge_sandbox::service::{Service, ServiceLimits};
 
 use super::{load_reward_config, notice, read_source, start_backend};
@@ -83,7 +83,12 @@ struct PairFigures {
     kill_rate: f64,
     composite: f64,
     runs: usize,
+    not_covered: usize,
     wall_ms: f64,
+    /// With coverage guidance off (`--full-runs`): wall time, and mutants whose verdict (killed
+    /// or not) differs from the guided score's.
+    full_runs_wall_ms: Option<f64>,
+    verdicts_differing: Option<usize>,
     mutmut: Option<MutmutFigures>,
 }
 
@@ -104,19 +109,24 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
     let python = discover_python(args.executor.python.as_deref());
     let cold_pytest_ms = cold_pytest_ms(&python, &pairs[0])?;
     let mut rows = Vec::new();
+    let mut full_config = config.clone();
+    full_config.mutants.coverage_guided = false;
     for pair in &pairs {
-        let mut walls = Vec::new();
-        let mut last = None;
-        for _ in 0..args.repeat.max(1) {
-            let started = Instant::now();
-            let report = scorer
-                .score(&pair.input, &config)
-                .await
-                .with_context(|| format!("scoring {}", pair.name))?;
-            walls.push(started.elapsed().as_secs_f64() * 1000.0);
-            last = Some(report);
-        }
-        let report = last.expect("at least one repeat");
+        let repeat = args.repeat.max(1);
+        let (wall_ms, report) = timed_score(scorer, pair, &config, repeat).await?;
+        let full = if args.full_runs {
+            let (full_ms, full) = timed_score(scorer, pair, &full_config, repeat).await?;
+            let differing = report
+                .mutants
+                .results
+                .iter()
+                .zip(&full.mutants.results)
+                .filter(|(a, b)| a.status.is_killed() != b.status.is_killed())
+                .count();
+            Some((full_ms, differing))
+        } else {
+            None
+        };
         let m = &report.mutants;
         let runs = 1
             + report.stability_runs.len()
@@ -124,6 +134,7 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
             + m.killed
             + m.timeout
             + m.survived
+            + m.unconfirmed
             + m.excluded;
         let mutmut = if args.mutmut {
             Some(run_mutmut(&python, pair)?)
@@ -137,7 +148,10 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
             kill_rate: report.mutant_kill,
             composite: report.composite,
             runs,
-            wall_ms: median(&walls),
+            not_covered: m.not_covered,
+            wall_ms,
+            full_runs_wall_ms: full.map(|f| f.0),
+            verdicts_differing: full.map(|f| f.1),
             mutmut,
         });
     }
@@ -145,6 +159,7 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
     let total_wall_s: f64 = walls.iter().sum::<f64>() / 1000.0;
     let total_mutants: usize = rows.iter().map(|r| r.scored).sum();
     let total_runs: usize = rows.iter().map(|r| r.runs).sum();
+    let full_walls: Vec<f64> = rows.iter().filter_map(|r| r.full_runs_wall_ms).collect();
     let summary = serde_json::json!({
         "pairs": rows.len(),
         "workers": scorer.pool().size(),
@@ -155,6 +170,10 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         "mean_kill_rate": rows.iter().map(|r| r.kill_rate).sum::<f64>() / rows.len() as f64,
         "mutants_per_second": total_mutants as f64 / total_wall_s,
         "runs_per_second": total_runs as f64 / total_wall_s,
+        "not_covered": rows.iter().map(|r| r.not_covered).sum::<usize>(),
+        "full_runs_median_wall_ms_per_pair": args.full_runs.then(|| median(&full_walls)),
+        "full_runs_mutants_per_second": args.full_runs.then(|| total_mutants as f64 / (full_walls.iter().sum::<f64>() / 1000.0)),
+        "verdicts_differing": args.full_runs.then(|| rows.iter().filter_map(|r| r.verdicts_differing).sum::<usize>()),
         "mutmut_median_wall_ms_per_pair": args.mutmut.then(|| median(&rows.iter().filter_map(|r| r.mutmut.as_ref().map(|m| m.wall_ms)).collect::<Vec<_>>())),
     });
     if args.json {
@@ -172,11 +191,20 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
     } else {
         ""
     };
+    let full_header = if args.full_runs {
+        "  full-run ms  differ"
+    } else {
+        ""
+    };
     println!(
-        "{:<18} {:>7} {:>6} {:>9} {:>9} {:>5} {:>9}{mutmut_header}",
-        "pair", "mutants", "scored", "kill rate", "composite", "runs", "wall ms"
+        "{:<18} {:>7} {:>6} {:>8} {:>9} {:>9} {:>5} {:>9}{full_header}{mutmut_header}",
+        "pair", "mutants", "scored", "not cov", "kill rate", "composite", "runs", "wall ms"
     );
     for row in &rows {
+        let full = match (row.full_runs_wall_ms, row.verdicts_differing) {
+            (Some(ms), Some(differing)) => format!("  {ms:>11.0}  {differing:>6}"),
+            _ => String::new(),
+        };
         let mutmut = row.mutmut.as_ref().map_or(String::new(), |m| {
             format!(
                 "          {:>7} {:>7} {:>7.0}",
@@ -184,8 +212,15 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
             )
         });
         println!(
-            "{:<18} {:>7} {:>6} {:>9.3} {:>9.3} {:>5} {:>9.0}{mutmut}",
-            row.name, row.mutants, row.scored, row.kill_rate, row.composite, row.runs, row.wall_ms
+            "{:<18} {:>7} {:>6} {:>8} {:>9.3} {:>9.3} {:>5} {:>9.0}{full}{mutmut}",
+            row.name,
+            row.mutants,
+            row.scored,
+            row.not_covered,
+            row.kill_rate,
+            row.composite,
+            row.runs,
+            row.wall_ms
         );
     }
     println!();
@@ -203,6 +238,16 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         "pytest runs per second                   {:>8.1}",
         total_runs as f64 / total_wall_s
     );
+    if args.full_runs {
+        let full_wall_s = full_walls.iter().sum::<f64>() / 1000.0;
+        println!(
+            "with every mutant running the whole suite {:>7.1} mutants/s, median {:.0} ms per pair   (coverage-guided: {:.2}×); verdicts differing: {}",
+            total_mutants as f64 / full_wall_s,
+            median(&full_walls),
+            full_wall_s / total_wall_s,
+            summary["verdicts_differing"]
+        );
+    }
     println!(
         "mean kill rate                           {:>8.3}",
         summary["mean_kill_rate"].as_f64().unwrap_or(0.0)
@@ -215,6 +260,27 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Score `pair` `repeat` times: the median wall time in ms, and the last report.
+async fn timed_score(
+    scorer: &Scorer,
+    pair: &Pair,
+    config: &RewardConfig,
+    repeat: usize,
+) -> Result<(f64, ScoreReport)> {
+    let mut walls = Vec::new();
+    let mut last = None;
+    for _ in 0..repeat {
+        let started = Instant::now();
+        let report = scorer
+            .score(&pair.input, config)
+            .await
+            .with_context(|| format!("scoring {}", pair.name))?;
+        walls.push(started.elapsed().as_secs_f64() * 1000.0);
+        last = Some(report);
+    }
+    Ok((median(&walls), last.expect("at least one repeat")))
 }
 
 #[derive(serde::Serialize)]
