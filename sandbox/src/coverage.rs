@@ -14,6 +14,10 @@
 //! code under test): such a test is not credited with the mutants only the other test's calls
 //! reach. Selection only ever leaves tests out, and every kill is confirmed on the original
 //! (`score.rs`), so coverage can cost a suite kills but never give it one.
+//!
+//! Selection is used only where it saves runs ([`selection_pays`]): each distinct selection
+//! that kills needs its own control run, so on a suite whose tests each cover most lines,
+//! running every mutant with the whole suite (one control in all) is cheaper.
 
 use std::collections::BTreeSet;
 
@@ -84,9 +88,56 @@ impl TestCoverage {
     }
 }
 
+/// Whether running the mutants that need a run with their reaches takes fewer runs than
+/// running each with the whole suite, counting one control per distinct selection (an upper
+/// bound: only selections that kill need one): reached mutants + selections < mutants + 1.
+pub fn selection_pays(reaches: &[Reach]) -> bool {
+    let mut selections: BTreeSet<Option<&[String]>> = BTreeSet::new();
+    let mut reached = 0;
+    for reach in reaches {
+        match reach {
+            Reach::Nothing => continue,
+            Reach::Everything => selections.insert(None),
+            Reach::Tests(tests) => selections.insert(Some(tests.as_slice())),
+        };
+        reached += 1;
+    }
+    reached + selections.len() < reaches.len() + usize::from(!reaches.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selection_pays_only_when_it_saves_runs() {
+        let tests = |names: &[&str]| Reach::Tests(names.iter().map(|n| n.to_string()).collect());
+        // Four mutants, whole suite: 4 runs + 1 control.
+        // Two not covered, two sharing one selection: 2 runs + 1 control.
+        assert!(selection_pays(&[
+            Reach::Nothing,
+            Reach::Nothing,
+            tests(&["a"]),
+            tests(&["a"]),
+        ]));
+        // Every mutant a different selection: 4 runs + 4 controls.
+        assert!(!selection_pays(&[
+            tests(&["a"]),
+            tests(&["b"]),
+            tests(&["a", "b"]),
+            tests(&["c"]),
+        ]));
+        // One not covered among selections: 3 runs + 3 controls > 4 + 1.
+        assert!(!selection_pays(&[
+            Reach::Nothing,
+            tests(&["a"]),
+            tests(&["b"]),
+            Reach::Everything,
+        ]));
+        assert!(!selection_pays(&[Reach::Everything, Reach::Everything]));
+        assert!(selection_pays(&[Reach::Nothing]));
+        assert!(!selection_pays(&[]));
+    }
 
     fn coverage(complete: bool) -> LineCoverage {
         LineCoverage {

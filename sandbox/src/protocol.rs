@@ -55,8 +55,8 @@ pub struct RunRequest {
     /// Record which lines of the code under test each test runs (see [`LineCoverage`]).
     pub coverage: bool,
     /// Check that nothing replaced pytest's or the runner's functions (after each test and at
-    /// the end). Off only in mutant runs, whose failures count once a control run, which does
-    /// check, passes on the original.
+    /// the end). Off only in mutant runs and their controls: a forged pass there only costs the
+    /// suite a kill, and a failure counts only once its control passes on the original.
     pub tamper_checks: bool,
     /// Time budget of each test's call phase; a test past it is stopped and reported `timeout`.
     pub test_budget_s: Option<f64>,

@@ -6,9 +6,9 @@
 //! has compiled the mutants to drop equivalent and unviable ones, and one coverage run has said
 //! which tests run which lines — one run per mutant, with only the tests that run a line it
 //! changes, and a time limit derived from the baseline. A failing mutant run is a kill only
-//! once the same tests, run the same way, pass on the original (a control run, one per distinct
-//! set of tests): tests that fail because of their order, their selection or how they are run
-//! earn nothing. Nothing a run does can make this function fail: bad tests give an invalid
+//! once the same request with the original's source passes (a control run, one per distinct
+//! selection of tests): tests that fail because of their order, their selection or how they are
+//! run earn nothing. Nothing a run does can make this function fail: bad tests give an invalid
 //! score, and only unusable input or a broken machine give an error.
 
 use std::collections::{BTreeSet, HashMap};
@@ -18,7 +18,7 @@ use std::time::Instant;
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 
-use crate::coverage::{Reach, TestCoverage};
+use crate::coverage::{selection_pays, Reach, TestCoverage};
 use crate::mutant::{generate_mutants, Mutant, MutantCensus};
 use crate::outcome::{judge_run, mutant_status, JudgedRun, MutantStatus, Verdict};
 use crate::protocol::{function_name, RunLimits, RunRequest, TestReport, PROTOCOL_VERSION};
@@ -78,9 +78,13 @@ pub struct MutantSummary {
     /// Failing runs not credited: the same tests also fail on the original run the same way.
     #[serde(default)]
     pub unconfirmed: usize,
-    /// Runs of the original that confirmed (or refuted) kills, one per distinct set of tests.
+    /// Runs of the original that confirmed (or refuted) kills, one per distinct selection.
     #[serde(default)]
     pub controls: usize,
+    /// Whether mutants ran with only the tests that reach them (coverage-guided and cheaper
+    /// here), or each with the whole suite.
+    #[serde(default)]
+    pub selected_by_coverage: bool,
     pub equivalent: usize,
     pub unviable: usize,
     pub excluded: usize,
@@ -405,7 +409,7 @@ impl Scorer {
         finish(report)
     }
 
-    /// One run, judged, with the node ids it ran in order. A timeout that looks like starvation
+    /// One run, judged. A timeout that looks like starvation
     /// (little CPU for its wall time) is run once more, so that a loaded machine does not turn a
     /// surviving mutant into a kill (or a control into a failure); a mutant that really loops
     /// times out again, on the CPU.
@@ -413,23 +417,17 @@ impl Scorer {
         &self,
         request: &RunRequest,
         static_tests: &BTreeSet<String>,
-    ) -> Result<(JudgedRun, Vec<String>), InfraError> {
-        let mut reply = self.pool.run(request).await?;
-        let mut run = judge_run(&reply, static_tests)?;
+    ) -> Result<JudgedRun, InfraError> {
+        let run = judge_run(&self.pool.run(request).await?, static_tests)?;
         if timeout_needs_confirmation(&run) {
             tracing::debug!(
                 cpu_ms = run.cpu_ms,
                 wall_ms = run.wall_ms,
                 "a run timed out with little CPU; running it again"
             );
-            reply = self.pool.run(request).await?;
-            run = judge_run(&reply, static_tests)?;
+            return judge_run(&self.pool.run(request).await?, static_tests);
         }
-        let ran = reply
-            .report
-            .map(|r| r.tests.into_iter().map(|t| t.nodeid).collect())
-            .unwrap_or_default();
-        Ok((run, ran))
+        Ok(run)
     }
 
     /// Which lines each test runs, from one traced run of the suite on the original; `Ok(None)`
@@ -512,6 +510,8 @@ impl Scorer {
         let mut fastest_first: Vec<&TestReport> = baseline.tests.iter().collect();
         fastest_first.sort_by(|a, b| a.duration_s.total_cmp(&b.duration_s));
         let slowest_test_s = fastest_first.last().map_or(0.0, |t| t.duration_s);
+        // No tamper checks: a forged pass only costs the suite a kill, and a failure counts only
+        // once its control — the same request, so also unchecked — passes on the original.
         let whole_suite = RunRequest {
             stop_on_first_failure: true,
             tamper_checks: false,
@@ -519,72 +519,101 @@ impl Scorer {
             test_budget_s: Some(config.timeouts.test_budget_s(slowest_test_s)),
             ..run_request(input, &config.limits, String::new(), 0, timeout_s)
         };
-        let runs = sources.into_iter().enumerate().map(|(index, source)| {
-            let precheck = prechecks.as_ref().map(|p| &p[index]);
-            let reach = match (&coverage, precheck) {
-                (Some(coverage), Some(check)) => coverage.reach(check.lines.as_deref()),
+        let needs_run = |index: usize| {
+            prechecks
+                .as_ref()
+                .is_none_or(|p| p[index].compiles && !p[index].equivalent)
+        };
+        let reaches: Vec<Reach> = (0..sources.len())
+            .map(|index| match (&coverage, &prechecks) {
+                (Some(coverage), Some(checks)) if needs_run(index) => {
+                    coverage.reach(checks[index].lines.as_deref())
+                }
                 _ => Reach::Everything,
-            };
-            let whole_suite = &whole_suite;
-            async move {
-                let settled = |status, detail: String| MutantRun::Settled(status, detail, 0.0);
-                match precheck {
-                    Some(check) if !check.compiles => {
-                        return settled(
-                            MutantStatus::Unviable,
-                            check.error.clone().unwrap_or_default(),
-                        )
-                    }
-                    Some(check) if check.equivalent => {
-                        return settled(
-                            MutantStatus::Equivalent,
-                            "same bytecode as the original".into(),
-                        )
-                    }
-                    _ => {}
-                }
-                let (only, tests) = match reach {
-                    Reach::Nothing => {
-                        let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
-                        return settled(MutantStatus::NotCovered, not_covered_detail(lines));
-                    }
-                    Reach::Tests(selected) => {
-                        let names = selected
-                            .iter()
-                            .map(|nodeid| function_name(nodeid).to_string())
-                            .collect();
-                        (Some(selected), names)
-                    }
-                    Reach::Everything => (None, static_tests.clone()),
-                };
-                let request = RunRequest {
-                    source,
-                    only,
-                    ..whole_suite.clone()
-                };
-                match self.run_judged(&request, &tests).await {
-                    Ok((run, ran)) => {
-                        let status = mutant_status(&run);
-                        if status.is_killed() {
-                            MutantRun::Kill {
-                                status,
-                                detail: run.detail,
-                                wall_ms: run.wall_ms,
-                                control: Box::new(control_run(&request, &ran, &input.code)),
-                            }
-                        } else {
-                            MutantRun::Settled(status, run.detail, run.wall_ms)
+            })
+            .collect();
+        let to_run: Vec<Reach> = (0..sources.len())
+            .filter(|&index| needs_run(index))
+            .map(|index| reaches[index].clone())
+            .collect();
+        let selecting = coverage.is_some() && selection_pays(&to_run);
+        let runs = sources
+            .into_iter()
+            .zip(reaches)
+            .enumerate()
+            .map(|(index, (source, reach))| {
+                let precheck = prechecks.as_ref().map(|p| &p[index]);
+                // Not selecting, a mutant no test reaches still runs, and is labelled if it survives.
+                let uncovered = reach == Reach::Nothing;
+                let reach = if selecting { reach } else { Reach::Everything };
+                let whole_suite = &whole_suite;
+                async move {
+                    let settled = |status, detail: String| MutantRun::Settled(status, detail, 0.0);
+                    match precheck {
+                        Some(check) if !check.compiles => {
+                            return settled(
+                                MutantStatus::Unviable,
+                                check.error.clone().unwrap_or_default(),
+                            )
                         }
+                        Some(check) if check.equivalent => {
+                            return settled(
+                                MutantStatus::Equivalent,
+                                "same bytecode as the original".into(),
+                            )
+                        }
+                        _ => {}
                     }
-                    Err(err) => settled(MutantStatus::Excluded, err.to_string()),
+                    let (only, tests) = match reach {
+                        Reach::Nothing => {
+                            let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
+                            return settled(MutantStatus::NotCovered, not_covered_detail(lines));
+                        }
+                        Reach::Tests(selected) => {
+                            let names = selected
+                                .iter()
+                                .map(|nodeid| function_name(nodeid).to_string())
+                                .collect();
+                            (Some(selected), names)
+                        }
+                        Reach::Everything => (None, static_tests.clone()),
+                    };
+                    let request = RunRequest {
+                        source,
+                        only,
+                        ..whole_suite.clone()
+                    };
+                    let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
+                    match self.run_judged(&request, &tests).await {
+                        Ok(run) => {
+                            let status = mutant_status(&run);
+                            if status == MutantStatus::Survived && uncovered {
+                                MutantRun::Settled(
+                                    MutantStatus::NotCovered,
+                                    not_covered_detail(lines),
+                                    run.wall_ms,
+                                )
+                            } else if status.is_killed() {
+                                MutantRun::Kill {
+                                    status,
+                                    detail: run.detail,
+                                    wall_ms: run.wall_ms,
+                                    control: Box::new(control_run(&request, &input.code)),
+                                }
+                            } else {
+                                MutantRun::Settled(status, run.detail, run.wall_ms)
+                            }
+                        }
+                        Err(err) => settled(MutantStatus::Excluded, err.to_string()),
+                    }
                 }
-            }
-        });
+            });
         let runs = join_all(runs).await;
         let (outcomes, controls) = self.confirm_kills(runs, static_tests).await;
         MutantOutcomes {
             outcomes,
             controls,
+            selected_by_coverage: selecting,
             timeout_s,
             notes,
         }
@@ -614,7 +643,7 @@ impl Scorer {
                 Some(only) => only.iter().map(|n| function_name(n).to_string()).collect(),
                 None => static_tests.clone(),
             };
-            self.run_judged(control, &tests).await.map(|(run, _)| run)
+            self.run_judged(control, &tests).await
         }))
         .await;
         let outcomes = runs
@@ -662,20 +691,14 @@ enum MutantRun {
     },
 }
 
-/// The control of a kill: the original, with the tests the mutant run ran, in the order it ran
-/// them (all it would have run, if it ran none: a collection error, a timeout), run the same
-/// way otherwise, and checked for tampering (which mutant runs skip).
-fn control_run(mutant_run: &RunRequest, ran: &[String], original: &str) -> RunRequest {
-    let (only, run_first) = if ran.is_empty() {
-        (mutant_run.only.clone(), mutant_run.run_first.clone())
-    } else {
-        (Some(ran.to_vec()), ran.to_vec())
-    };
+/// The control of a kill: the same request with the original's source — the same selection,
+/// order, settings, everything. Any other difference would let a test tell the two apart: a
+/// control of only the tests that ran (a prefix) has a shorter `request.session.items`, and a
+/// control with tamper checks a different `ResultsPlugin`; either once let a test fail in every
+/// mutant run and pass in its control.
+fn control_run(mutant_run: &RunRequest, original: &str) -> RunRequest {
     RunRequest {
         source: original.to_string(),
-        only,
-        run_first,
-        tamper_checks: true,
         ..mutant_run.clone()
     }
 }

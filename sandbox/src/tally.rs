@@ -18,6 +18,7 @@ pub(crate) struct MutantOutcomes {
     pub(crate) timeout_s: f64,
     /// Control runs made to confirm kills.
     pub(crate) controls: usize,
+    pub(crate) selected_by_coverage: bool,
     pub(crate) notes: Vec<String>,
 }
 
@@ -99,6 +100,7 @@ pub(crate) fn tally_mutants(report: &mut ScoreReport, mutants: Vec<Mutant>, foun
     let summary = &mut report.mutants;
     summary.timeout_s = found.timeout_s;
     summary.controls = found.controls;
+    summary.selected_by_coverage = found.selected_by_coverage;
     for (mutant, (status, detail, wall_ms)) in mutants.into_iter().zip(found.outcomes) {
         match status {
             MutantStatus::Killed => summary.killed += 1,

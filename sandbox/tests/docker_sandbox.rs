@@ -179,7 +179,7 @@ async fn an_idle_container_killed_meanwhile_is_replaced_before_use() {
     let docker = unitforge_sandbox::bollard::Docker::connect_with_local_defaults().unwrap();
     let launcher = unitforge_sandbox::docker::DockerLauncher::new(
         docker.clone(),
-        unitforge_sandbox::image::sandbox_image_tag(),
+        sandbox_image(&docker).await,
         Default::default(),
     );
     let pool = unitforge_sandbox::worker::WorkerPool::new(std::sync::Arc::new(launcher), 1, 500)
@@ -211,6 +211,16 @@ async fn an_idle_container_killed_meanwhile_is_replaced_before_use() {
     scorer.pool().shutdown(Duration::from_secs(5)).await;
 }
 
+/// The sandbox image's tag, built first if the engine lacks it (a test run alone, before any
+/// other test started a pool, must not depend on one having built it).
+async fn sandbox_image(docker: &unitforge_sandbox::bollard::Docker) -> String {
+    let tag = unitforge_sandbox::image::sandbox_image_tag();
+    unitforge_sandbox::image::ensure_image(docker, &tag, &|line| eprintln!("{line}"))
+        .await
+        .expect("the sandbox image is present or builds");
+    tag
+}
+
 /// A stopped sandbox-labelled container owned by `instance` on `host` (never started).
 async fn labelled_container(
     docker: &unitforge_sandbox::bollard::Docker,
@@ -220,7 +230,7 @@ async fn labelled_container(
     use unitforge_sandbox::bollard::models::ContainerCreateBody;
     use unitforge_sandbox::docker::{OWNER_HOST_LABEL, POOL_LABEL};
     let body = ContainerCreateBody {
-        image: Some(unitforge_sandbox::image::sandbox_image_tag()),
+        image: Some(sandbox_image(docker).await),
         network_disabled: Some(true),
         labels: Some(std::collections::HashMap::from([
             (POOL_LABEL.to_string(), instance.to_string()),

@@ -486,6 +486,23 @@ async fn a_test_that_fails_only_as_mutant_runs_are_run_kills_nothing() {
             unconfirmed.detail
         );
     }
+    // Tests that read how they are run: the selection (`session.items`: a control of only the
+    // tests that ran would hold fewer) and the runner's plugin (tamper checks on or off).
+    let slow = "import time\nfrom clamp import clamp\n\ndef test_slow():\n    time.sleep(0.02)\n    assert clamp(5, 0, 10) == 5\n";
+    let selection = "def test_cheat(request):\n    clamp(5, 0, 10)\n    items = request.session.items\n    assert len(items) == 1 or items[0].name == 'test_slow'\n";
+    let plugin = "def test_cheat(request):\n    clamp(5, 0, 10)\n    plugins = request.config.pluginmanager.get_plugins()\n    assert all(getattr(p, 'policy', 1) is not None for p in plugins)\n";
+    let honest = score_with(CLAMP, slow, &runtime_only()).await;
+    for cheat in [selection, plugin] {
+        let tests = format!("{slow}\n{cheat}");
+        let report = score_with(CLAMP, &tests, &runtime_only()).await;
+        assert_eq!(report.validity, 1.0, "{:?}", report.invalid_reason);
+        assert!(
+            report.mutant_kill <= honest.mutant_kill,
+            "{cheat}: {} > {} without it",
+            report.mutant_kill,
+            honest.mutant_kill
+        );
+    }
     // Order dependence: test_b passes only after test_a, which is slower, so mutant runs (the
     // fastest tests first) run test_b first.
     let tests = "import time\nfrom clamp import clamp\nSTATE = []\n\ndef test_a():\n    time.sleep(0.02)\n    STATE.append(clamp(5, 0, 10))\n\ndef test_b():\n    clamp(-1, 0, 10)\n    assert STATE == [5]\n";
@@ -549,6 +566,12 @@ async fn the_runner_places_each_change_on_its_compiled_lines() {
     let lines: Vec<Option<Vec<usize>>> = reply.results.into_iter().map(|r| r.lines).collect();
     assert_eq!(
         lines,
-        vec![Some(vec![8]), Some(vec![1]), Some(vec![9]), Some(vec![7]), None]
+        vec![
+            Some(vec![8]),
+            Some(vec![1]),
+            Some(vec![9]),
+            Some(vec![7]),
+            None
+        ]
     );
 }
