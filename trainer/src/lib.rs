@@ -12,6 +12,7 @@ pub mod distill;
 pub mod eval;
 pub mod eval_report;
 pub mod frozen;
+pub mod fused_logprobs;
 pub mod generate;
 pub mod gguf_import;
 pub mod grpo;

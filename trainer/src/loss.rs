@@ -15,6 +15,8 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+use crate::fused_logprobs::{fused_applies, fused_chosen_logprobs};
+
 /// log-softmax over the last dimension, differentiable (the max is detached: softmax does not
 /// depend on it).
 pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
@@ -28,8 +30,23 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
     masked_mean(&chosen_logprobs(logits, targets, 1.0)?.neg()?, mask)
 }
 
-/// log p(token) under `logits / temperature`: [b, t, v] and [b, t] → [b, t].
+/// log p(token) under `logits / temperature`: [b, t, v] and [b, t] → [b, t]. On the CPU in f32
+/// a fused op with its own backward (`fused_logprobs.rs`: one logit-sized tensor instead of
+/// four); elsewhere the composition, which gives the same numbers.
 pub fn chosen_logprobs(logits: &Tensor, tokens: &Tensor, temperature: f64) -> Result<Tensor> {
+    if fused_applies(logits) {
+        return fused_chosen_logprobs(logits, tokens, temperature);
+    }
+    composed_chosen_logprobs(logits, tokens, temperature)
+}
+
+/// [`chosen_logprobs`] from autograd's primitives: the reference the fused op is checked
+/// against, and the path on devices without it.
+pub fn composed_chosen_logprobs(
+    logits: &Tensor,
+    tokens: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
     log_softmax(&(logits / temperature)?)?
         .gather(&tokens.unsqueeze(D::Minus1)?, D::Minus1)?
         .squeeze(D::Minus1)

@@ -1,0 +1,238 @@
+//! log p(token) under `logits / temperature` in one fused op with its own backward.
+//!
+//! The composed version (`loss::log_softmax` then `gather`) keeps four logit-sized tensors alive
+//! for autograd — the shifted logits, their exponentials, the log-softmax and its gradient path —
+//! and with the real model's vocabulary (49,152) the logits are the largest tensors of a training
+//! step. This op keeps only its input: the forward computes each row's log-sum-exp and the chosen
+//! token's log-probability ([b, t] out), and the backward recomputes the row's softmax to write
+//! the one gradient tensor, (onehot − softmax(z)) · g / T. Rows run in parallel (rayon).
+//!
+//! CPU and f32 only; elsewhere [`chosen_logprobs`](crate::loss::chosen_logprobs) keeps the
+//! composed path, which gives the same numbers (tests compare them, and both with float64
+//! finite differences).
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// log p(token) for logits [b, t, v] (f32, CPU) and tokens [b, t] (u32): [b, t].
+pub fn fused_chosen_logprobs(logits: &Tensor, tokens: &Tensor, temperature: f64) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2(&tokens.contiguous()?, ChosenLogprobs { temperature })
+}
+
+/// Whether the fused op can serve these logits.
+pub fn fused_applies(logits: &Tensor) -> bool {
+    logits.device().is_cpu() && logits.dtype() == DType::F32
+}
+
+struct ChosenLogprobs {
+    temperature: f64,
+}
+
+/// Max and log-sum-exp of one row of z = x / T.
+fn row_max_lse(row: &[f32], inv_t: f32) -> (f32, f32) {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_t));
+    let sum: f32 = row.iter().map(|&x| (x * inv_t - max).exp()).sum();
+    (max, max + sum.ln())
+}
+
+fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
+    match storage {
+        CpuStorage::F32(values) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{what} must be f32"),
+    }
+}
+
+fn u32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [u32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("tokens must be contiguous".into()))?;
+    match storage {
+        CpuStorage::U32(values) => Ok(&values[start..end]),
+        _ => candle_core::bail!("tokens must be u32"),
+    }
+}
+
+impl CustomOp2 for ChosenLogprobs {
+    fn name(&self) -> &'static str {
+        "chosen-logprobs"
+    }
+
+    fn cpu_fwd(
+        &self,
+        logits: &CpuStorage,
+        logits_layout: &Layout,
+        tokens: &CpuStorage,
+        tokens_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = logits_layout.shape().dims();
+        let vocab = *dims.last().expect("logits have a vocabulary dimension");
+        if tokens_layout.shape().dims() != &dims[..dims.len() - 1] {
+            candle_core::bail!(
+                "chosen-logprobs: tokens {:?} do not match logits {:?}",
+                tokens_layout.shape(),
+                logits_layout.shape()
+            );
+        }
+        let x = f32_slice(logits, logits_layout, "logits")?;
+        let tokens = u32_slice(tokens, tokens_layout)?;
+        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("chosen-logprobs: token {bad} is outside the vocabulary of {vocab}");
+        }
+        let inv_t = (1.0 / self.temperature) as f32;
+        let out: Vec<f32> = x
+            .par_chunks(vocab)
+            .zip(tokens.par_iter())
+            .map(|(row, &token)| {
+                let (_, lse) = row_max_lse(row, inv_t);
+                row[token as usize] * inv_t - lse
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), tokens_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        tokens: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let shape = logits.shape().clone();
+        let vocab = *shape
+            .dims()
+            .last()
+            .expect("logits have a vocabulary dimension");
+        let x = logits.flatten_all()?.to_vec1::<f32>()?;
+        let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
+        let grads = grad_res
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?;
+        let inv_t = (1.0 / self.temperature) as f32;
+        let mut grad = vec![0f32; x.len()];
+        grad.par_chunks_mut(vocab)
+            .zip(x.par_chunks(vocab))
+            .zip(tokens.par_iter().zip(grads.par_iter()))
+            .for_each(|((out, row), (&token, &g))| {
+                let (_, lse) = row_max_lse(row, inv_t);
+                let scale = g * inv_t;
+                for (o, &v) in out.iter_mut().zip(row) {
+                    *o = -(v * inv_t - lse).exp() * scale;
+                }
+                out[token as usize] += scale;
+            });
+        let grad = Tensor::from_vec(grad, shape, logits.device())?;
+        Ok((Some(grad), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The composed path in float64: an independent reference.
+    fn reference(logits: &Tensor, tokens: &Tensor, temperature: f64) -> Tensor {
+        let z = (logits.to_dtype(DType::F64).unwrap() / temperature).unwrap();
+        crate::loss::log_softmax(&z)
+            .unwrap()
+            .gather(&tokens.unsqueeze(2).unwrap(), 2)
+            .unwrap()
+            .squeeze(2)
+            .unwrap()
+    }
+
+    fn inputs() -> (Tensor, Tensor) {
+        let device = Device::Cpu;
+        let logits = (Tensor::randn(0f32, 1.0, (2, 3, 11), &device).unwrap() * 4.0).unwrap();
+        let tokens = Tensor::new(&[[0u32, 10, 5], [7, 7, 1]], &device).unwrap();
+        (logits, tokens)
+    }
+
+    #[test]
+    fn values_match_the_composed_path_in_float64() {
+        let (logits, tokens) = inputs();
+        for temperature in [1.0, 0.7, 2.5] {
+            let fused = fused_chosen_logprobs(&logits, &tokens, temperature).unwrap();
+            let expected = reference(&logits, &tokens, temperature);
+            let diff = (fused.to_dtype(DType::F64).unwrap() - expected)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(diff < 1e-5, "temperature {temperature}: {diff}");
+        }
+    }
+
+    #[test]
+    fn gradient_matches_float64_finite_differences() {
+        let (logits, tokens) = inputs();
+        let weights = Tensor::new(&[[0.3f32, -1.2, 0.8], [2.0, 0.5, -0.4]], &Device::Cpu).unwrap();
+        let temperature = 0.7;
+        let var = Var::from_tensor(&logits).unwrap();
+        let loss = (fused_chosen_logprobs(var.as_tensor(), &tokens, temperature).unwrap()
+            * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grad = loss.backward().unwrap();
+        let grad = grad
+            .get(&var)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let x64 = logits.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+        let w64 = weights.to_dtype(DType::F64).unwrap();
+        let f = |x: &Tensor| -> f64 {
+            let x = x.reshape((2, 3, 11)).unwrap();
+            let z = (x / temperature).unwrap();
+            (crate::loss::log_softmax(&z)
+                .unwrap()
+                .gather(&tokens.unsqueeze(2).unwrap(), 2)
+                .unwrap()
+                .squeeze(2)
+                .unwrap()
+                * &w64)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let h = 1e-6;
+        let base = x64.to_vec1::<f64>().unwrap();
+        for i in 0..base.len() {
+            let mut plus = base.clone();
+            plus[i] += h;
+            let mut minus = base.clone();
+            minus[i] -= h;
+            let numeric = (f(&Tensor::new(plus, &Device::Cpu).unwrap())
+                - f(&Tensor::new(minus, &Device::Cpu).unwrap()))
+                / (2.0 * h);
+            assert!(
+                (numeric - grad[i] as f64).abs() < 1e-4,
+                "element {i}: finite difference {numeric}, fused {}",
+                grad[i]
+            );
+        }
+    }
+
+    #[test]
+    fn mismatched_tokens_are_an_error() {
+        let (logits, _) = inputs();
+        let tokens = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+        assert!(fused_chosen_logprobs(&logits, &tokens, 1.0).is_err());
+        let tokens = Tensor::new(&[[0u32, 11, 5], [7, 7, 1]], &Device::Cpu).unwrap();
+        assert!(fused_chosen_logprobs(&logits, &tokens, 1.0).is_err());
+    }
+}
