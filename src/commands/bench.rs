@@ -128,14 +128,22 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
             None
         };
         let m = &report.mutants;
+        // Every pytest run the score made: baseline, stability, variants, the traced coverage
+        // run, each mutant that ran (not-covered ones run only when selection did not pay) and
+        // the controls that confirmed kills.
+        let coverage_run = usize::from(report.valid && config.mutants.coverage_guided);
+        let uncovered_ran = if m.selected_by_coverage { 0 } else { m.not_covered };
         let runs = 1
             + report.stability_runs.len()
             + report.variants.len()
+            + coverage_run
             + m.killed
             + m.timeout
             + m.survived
+            + uncovered_ran
             + m.unconfirmed
-            + m.excluded;
+            + m.excluded
+            + m.controls;
         let mutmut = if args.mutmut {
             Some(run_mutmut(&python, pair)?)
         } else {
