@@ -132,7 +132,11 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         // run, each mutant that ran (not-covered ones run only when selection did not pay) and
         // the controls that confirmed kills.
         let coverage_run = usize::from(report.valid && config.mutants.coverage_guided);
-        let uncovered_ran = if m.selected_by_coverage { 0 } else { m.not_covered };
+        let uncovered_ran = if m.selected_by_coverage {
+            0
+        } else {
+            m.not_covered
+        };
         let runs = 1
             + report.stability_runs.len()
             + report.variants.len()
