@@ -326,16 +326,20 @@ class Server:
 
     def equivalent(self, req):
         """Compile the original and each mutant; a mutant with identical bytecode is equivalent."""
+        original = req["original"]
         try:
-            reference = _normalised_code(req["original"])
+            original_code = _compile_module(original)
+            reference = _normalised_code(original_code)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
             return {"op": "equivalent", "error": "original does not compile: %s" % err}
         results = []
-        original = req["original"]
         for source in req["mutants"]:
             try:
-                equivalent = _normalised_code(source) == reference
-                lines = None if equivalent else _changed_lines(original, source)
+                code = _compile_module(source)
+                equivalent = _normalised_code(code) == reference
+                # Line counts differ only if an edit added or removed a line: no place to pin.
+                placeable = not equivalent and original.count("\n") == source.count("\n")
+                lines = _changed_lines(original_code, code) if placeable else None
                 results.append({"compiles": True, "equivalent": equivalent, "lines": lines})
             except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
                 results.append({"compiles": False, "equivalent": False, "error": str(err)})
@@ -692,7 +696,7 @@ class _LineCoverage:
     (threads are not traced), and the scorer then runs every test for every mutant.
 
     Job code can disturb this only to its own cost: coverage decides which tests a mutant run
-    includes, and a kill counts only once the same tests pass on the original (score.rs).
+    includes, and a kill counts only once the same request passes on the original (score.rs).
     """
 
     def __init__(self, cut_filename):
@@ -741,28 +745,25 @@ class _LineCoverage:
         }
 
 
+# What a code object's nesting and signature are: a change there cannot be pinned to lines.
+_CODE_SHAPE = operator.attrgetter("co_name", "co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_flags")
+
+
 def _changed_lines(original, mutant):
-    """Lines of `original` whose instructions `mutant` changes, or None when the difference
-    cannot be pinned to lines (another line count, a changed signature or nesting).
+    """Lines of the `original` module code whose instructions the `mutant` module code changes
+    (both compiled from sources with the same line count), or None when the difference cannot
+    be pinned to lines (a changed signature or nesting).
 
     Compares the two compilations code object by code object: what lies between the longest
     common prefix and suffix of their instruction streams is the change, on whichever side.
     Constants folded into one instruction (a tuple over several lines) land on that
     instruction's line, which is why this asks the compiler instead of the edit's position.
     """
-    if original.count("\n") != mutant.count("\n"):
-        return None
-    try:
-        before = compile(original, "<unitforge>", "exec", dont_inherit=True)
-        after = compile(mutant, "<unitforge>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
     lines = set()
-    pending = [(before, after)]
+    pending = [(original, mutant)]
     while pending:
         a, b = pending.pop()
-        shape = operator.attrgetter("co_name", "co_argcount", "co_posonlyargcount", "co_kwonlyargcount", "co_flags")
-        if shape(a) != shape(b):
+        if _CODE_SHAPE(a) != _CODE_SHAPE(b):
             return None
         first, second = _instruction_keys(a), _instruction_keys(b)
         shortest = min(len(first), len(second))
@@ -928,15 +929,20 @@ def _allowed_read_roots(root):
     return sorted(roots)
 
 
-def _normalised_code(source):
-    """Bytecode of a module with line numbers and positions removed, for equivalence checks."""
+def _compile_module(source):
+    """Compile (never execute) a module's source, for the equivalence check and line placement."""
+    return compile(source, "<unitforge>", "exec", dont_inherit=True)
+
+
+def _normalised_code(code):
+    """A module's bytecode with line numbers and positions removed, for equivalence checks."""
 
     def strip(code):
         consts = tuple(strip(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
         fields = {"co_consts": consts, "co_firstlineno": 1, "co_linetable": b""}
         return code.replace(**fields)
 
-    return marshal.dumps(strip(compile(source, "<unitforge>", "exec", dont_inherit=True)))
+    return marshal.dumps(strip(code))
 
 
 def _collect_child(pid, read_fd, timeout):

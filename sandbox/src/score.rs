@@ -409,10 +409,9 @@ impl Scorer {
         finish(report)
     }
 
-    /// One run, judged. A timeout that looks like starvation
-    /// (little CPU for its wall time) is run once more, so that a loaded machine does not turn a
-    /// surviving mutant into a kill (or a control into a failure); a mutant that really loops
-    /// times out again, on the CPU.
+    /// One run, judged. A timeout that looks like starvation (little CPU for its wall time) is
+    /// run once more, so that a loaded machine does not turn a surviving mutant into a kill (or
+    /// a control into a failure); a mutant that really loops times out again, on the CPU.
     async fn run_judged(
         &self,
         request: &RunRequest,
@@ -564,26 +563,20 @@ impl Scorer {
                         }
                         _ => {}
                     }
-                    let (only, tests) = match reach {
+                    let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
+                    let only = match reach {
                         Reach::Nothing => {
-                            let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
-                            return settled(MutantStatus::NotCovered, not_covered_detail(lines));
+                            return settled(MutantStatus::NotCovered, not_covered_detail(lines))
                         }
-                        Reach::Tests(selected) => {
-                            let names = selected
-                                .iter()
-                                .map(|nodeid| function_name(nodeid).to_string())
-                                .collect();
-                            (Some(selected), names)
-                        }
-                        Reach::Everything => (None, static_tests.clone()),
+                        Reach::Tests(selected) => Some(selected),
+                        Reach::Everything => None,
                     };
+                    let tests = selected_functions(&only, static_tests);
                     let request = RunRequest {
                         source,
                         only,
                         ..whole_suite.clone()
                     };
-                    let lines = precheck.and_then(|c| c.lines.as_deref()).unwrap_or(&[]);
                     match self.run_judged(&request, &tests).await {
                         Ok(run) => {
                             let status = mutant_status(&run);
@@ -598,7 +591,7 @@ impl Scorer {
                                     status,
                                     detail: run.detail,
                                     wall_ms: run.wall_ms,
-                                    control: Box::new(control_run(&request, &input.code)),
+                                    only: request.only,
                                 }
                             } else {
                                 MutantRun::Settled(status, run.detail, run.wall_ms)
@@ -609,7 +602,11 @@ impl Scorer {
                 }
             });
         let runs = join_all(runs).await;
-        let (outcomes, controls) = self.confirm_kills(runs, static_tests).await;
+        let original = RunRequest {
+            source: input.code.clone(),
+            ..whole_suite
+        };
+        let (outcomes, controls) = self.confirm_kills(runs, &original, static_tests).await;
         MutantOutcomes {
             outcomes,
             controls,
@@ -619,31 +616,35 @@ impl Scorer {
         }
     }
 
-    /// Run each distinct control once; a kill stands if its control passes on the original, is
-    /// `Unconfirmed` if it fails there too, and is excluded if the control could not run.
+    /// Run each distinct control once — `original`, the mutant runs' request with the
+    /// original's source, restricted to a kill's selection: nothing but the code under test
+    /// differs, so a test cannot tell a control from a mutant run (a control of only the tests
+    /// that ran would have a shorter `request.session.items`; one with tamper checks, another
+    /// runner plugin state). A kill stands if its control passes, is `Unconfirmed` if the
+    /// original fails too, and is excluded if the control could not run.
     async fn confirm_kills(
         &self,
         runs: Vec<MutantRun>,
+        original: &RunRequest,
         static_tests: &BTreeSet<String>,
     ) -> (Vec<(MutantStatus, String, f64)>, usize) {
-        let mut controls: Vec<&RunRequest> = Vec::new();
-        let mut index_of: HashMap<(&Option<Vec<String>>, &Vec<String>), usize> = HashMap::new();
+        let mut selections: Vec<&Option<Vec<String>>> = Vec::new();
+        let mut index_of: HashMap<&Option<Vec<String>>, usize> = HashMap::new();
         for run in &runs {
-            if let MutantRun::Kill { control, .. } = run {
-                index_of
-                    .entry((&control.only, &control.run_first))
-                    .or_insert_with(|| {
-                        controls.push(control);
-                        controls.len() - 1
-                    });
+            if let MutantRun::Kill { only, .. } = run {
+                index_of.entry(only).or_insert_with(|| {
+                    selections.push(only);
+                    selections.len() - 1
+                });
             }
         }
-        let verdicts = join_all(controls.iter().map(|control| async move {
-            let tests = match &control.only {
-                Some(only) => only.iter().map(|n| function_name(n).to_string()).collect(),
-                None => static_tests.clone(),
+        let verdicts = join_all(selections.iter().map(|&only| async move {
+            let control = RunRequest {
+                only: only.clone(),
+                ..original.clone()
             };
-            self.run_judged(control, &tests).await
+            self.run_judged(&control, &selected_functions(only, static_tests))
+                .await
         }))
         .await;
         let outcomes = runs
@@ -654,8 +655,8 @@ impl Scorer {
                     status,
                     detail,
                     wall_ms,
-                    control,
-                } => match &verdicts[index_of[&(&control.only, &control.run_first)]] {
+                    only,
+                } => match &verdicts[index_of[only]] {
                     Ok(original) if original.passed() => (*status, detail.clone(), *wall_ms),
                     Ok(original) => (
                         MutantStatus::Unconfirmed,
@@ -674,7 +675,7 @@ impl Scorer {
                 },
             })
             .collect();
-        (outcomes, controls.len())
+        (outcomes, selections.len())
     }
 }
 
@@ -682,24 +683,27 @@ impl Scorer {
 enum MutantRun {
     /// Status, detail, wall ms: final.
     Settled(MutantStatus, String, f64),
-    /// A failing run, and the run of the original that must pass for it to count.
+    /// A failing run and its selection (`None`: the whole suite), whose run on the original
+    /// must pass for it to count.
     Kill {
         status: MutantStatus,
         detail: String,
         wall_ms: f64,
-        control: Box<RunRequest>,
+        only: Option<Vec<String>>,
     },
 }
 
-/// The control of a kill: the same request with the original's source — the same selection,
-/// order, settings, everything. Any other difference would let a test tell the two apart: a
-/// control of only the tests that ran (a prefix) has a shorter `request.session.items`, and a
-/// control with tamper checks a different `ResultsPlugin`; either once let a test fail in every
-/// mutant run and pass in its control.
-fn control_run(mutant_run: &RunRequest, original: &str) -> RunRequest {
-    RunRequest {
-        source: original.to_string(),
-        ..mutant_run.clone()
+/// The test functions a run of `only` (node ids; `None`: the whole suite) must see run.
+fn selected_functions(
+    only: &Option<Vec<String>>,
+    static_tests: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    match only {
+        Some(nodeids) => nodeids
+            .iter()
+            .map(|nodeid| function_name(nodeid).to_string())
+            .collect(),
+        None => static_tests.clone(),
     }
 }
 

@@ -32,6 +32,14 @@ fn pairs() -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// A scorer over two local runner processes.
+async fn local_scorer() -> Scorer {
+    let launcher = LocalLauncher::new(discover_python(None)).unwrap();
+    Scorer::new(Arc::new(WorkerPool::new(Arc::new(launcher), 2, 500)))
+        .await
+        .unwrap()
+}
+
 #[test]
 fn at_least_thirty_pairs_ship() {
     assert!(pairs().len() >= 30);
@@ -70,10 +78,7 @@ async fn every_mutant_and_variant_parses_and_compiles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_shipped_suite_is_valid_and_kills_mutants() {
-    let launcher = LocalLauncher::new(discover_python(None)).unwrap();
-    let scorer = Scorer::new(Arc::new(WorkerPool::new(Arc::new(launcher), 2, 500)))
-        .await
-        .unwrap();
+    let scorer = local_scorer().await;
     let config = RewardConfig::default();
     for (name, code, tests) in pairs() {
         let report = scorer
@@ -127,10 +132,7 @@ fn first_test_only(tests: &str) -> String {
 /// covered and the rest run a selection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coverage_guided_runs_decide_every_mutant_as_full_runs_do() {
-    let launcher = LocalLauncher::new(discover_python(None)).unwrap();
-    let scorer = Scorer::new(Arc::new(WorkerPool::new(Arc::new(launcher), 2, 500)))
-        .await
-        .unwrap();
+    let scorer = local_scorer().await;
     let guided = RewardConfig::default();
     assert!(guided.mutants.coverage_guided, "the default");
     let mut full = RewardConfig::default();

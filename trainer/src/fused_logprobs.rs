@@ -30,31 +30,19 @@ struct ChosenLogprobs {
     temperature: f64,
 }
 
-/// Max and log-sum-exp of one row of z = x / T.
-fn row_max_lse(row: &[f32], inv_t: f32) -> (f32, f32) {
+/// Log-sum-exp of one row of z = x / T (shifted by the row's maximum, so it cannot overflow).
+fn row_lse(row: &[f32], inv_t: f32) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_t));
     let sum: f32 = row.iter().map(|&x| (x * inv_t - max).exp()).sum();
-    (max, max + sum.ln())
+    max + sum.ln()
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The element range of a contiguous layout.
+fn contiguous(layout: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
-    match storage {
-        CpuStorage::F32(values) => Ok(&values[start..end]),
-        _ => candle_core::bail!("{what} must be f32"),
-    }
-}
-
-fn u32_slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [u32]> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("tokens must be contiguous".into()))?;
-    match storage {
-        CpuStorage::U32(values) => Ok(&values[start..end]),
-        _ => candle_core::bail!("tokens must be u32"),
-    }
+    Ok(start..end)
 }
 
 impl CustomOp2 for ChosenLogprobs {
@@ -78,8 +66,14 @@ impl CustomOp2 for ChosenLogprobs {
                 logits_layout.shape()
             );
         }
-        let x = f32_slice(logits, logits_layout, "logits")?;
-        let tokens = u32_slice(tokens, tokens_layout)?;
+        let x = match logits {
+            CpuStorage::F32(values) => &values[contiguous(logits_layout, "logits")?],
+            _ => candle_core::bail!("chosen-logprobs: logits must be f32"),
+        };
+        let tokens = match tokens {
+            CpuStorage::U32(values) => &values[contiguous(tokens_layout, "tokens")?],
+            _ => candle_core::bail!("chosen-logprobs: tokens must be u32"),
+        };
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             candle_core::bail!("chosen-logprobs: token {bad} is outside the vocabulary of {vocab}");
         }
@@ -87,10 +81,7 @@ impl CustomOp2 for ChosenLogprobs {
         let out: Vec<f32> = x
             .par_chunks(vocab)
             .zip(tokens.par_iter())
-            .map(|(row, &token)| {
-                let (_, lse) = row_max_lse(row, inv_t);
-                row[token as usize] * inv_t - lse
-            })
+            .map(|(row, &token)| row[token as usize] * inv_t - row_lse(row, inv_t))
             .collect();
         Ok((CpuStorage::F32(out), tokens_layout.shape().clone()))
     }
@@ -119,7 +110,7 @@ impl CustomOp2 for ChosenLogprobs {
             .zip(x.par_chunks(vocab))
             .zip(tokens.par_iter().zip(grads.par_iter()))
             .for_each(|((out, row), (&token, &g))| {
-                let (_, lse) = row_max_lse(row, inv_t);
+                let lse = row_lse(row, inv_t);
                 let scale = g * inv_t;
                 for (o, &v) in out.iter_mut().zip(row) {
                     *o = -(v * inv_t - lse).exp() * scale;
