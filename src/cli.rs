@@ -725,6 +725,15 @@ pub struct BenchTrainArgs {
     /// `smollm2` (SmolLM2-135M-Instruct's shape; random weights, the same arithmetic).
     #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
     pub shapes: Vec<String>,
+    /// Only these modes (`full`, `lora`, `lora-bf16`, `qlora`, `generate`; default: all that the
+    /// shape has: tiny full/lora/qlora/generate, the others lora/lora-bf16/qlora/generate).
+    #[arg(long, value_delimiter = ',')]
+    pub modes: Vec<String>,
+    /// Measure every configuration twice, with the fused CPU ops (RMSNorm, attention
+    /// probabilities, chosen-token log-probabilities) and with their compositions from
+    /// autograd's primitives, one right after the other: what the fused ops buy, in one run.
+    #[arg(long)]
+    pub compare_unfused: bool,
     /// Timed training steps per configuration (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,

@@ -38,6 +38,13 @@ struct Probe {
     /// `cpu` or `cuda` (the first GPU; needs a `--features cuda` build).
     #[serde(default = "cpu")]
     device: String,
+    /// The fused CPU ops (`fused.rs`) on, or their compositions (the reference column).
+    #[serde(default = "fused_on")]
+    fused: bool,
+}
+
+fn fused_on() -> bool {
+    true
 }
 
 fn cpu() -> String {
@@ -58,6 +65,8 @@ fn probe_device(name: &str) -> Result<Device> {
 struct Figures {
     shape: String,
     mode: String,
+    /// `fused` or `composed` (see `Probe::fused`).
+    ops: String,
     parameters: usize,
     step_s: Option<f64>,
     /// The step's parts: forward (with the loss), backward, optimiser.
@@ -158,6 +167,7 @@ fn step_flops(config: &ModelConfig, tokens: usize, seq_len: usize, full: bool) -
 }
 
 fn run_probe(probe: &Probe) -> Result<Figures> {
+    unitforge_trainer::fused::set_enabled(probe.fused);
     let config = shape(&probe.shape)?;
     let device = probe_device(&probe.device)?;
     let (dtype, quantize, lora, full) = match probe.mode.as_str() {
@@ -180,6 +190,7 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
     let mut figures = Figures {
         shape: probe.shape.clone(),
         mode: probe.mode.clone(),
+        ops: ops_name(probe.fused).into(),
         decoder_linear_mb: model.decoder_linear_bytes() as f64 / 1e6,
         ..Figures::default()
     };
@@ -286,6 +297,14 @@ fn matmul_peak_gflops(device: &Device) -> Result<f64> {
     Ok(2.0 * (n as f64).powi(3) / best / 1e9)
 }
 
+fn ops_name(fused: bool) -> &'static str {
+    if fused {
+        "fused"
+    } else {
+        "composed"
+    }
+}
+
 fn spawn_probe(probe: &Probe) -> Figures {
     let run = || -> Result<Figures> {
         let output = Command::new(std::env::current_exe()?)
@@ -300,6 +319,7 @@ fn spawn_probe(probe: &Probe) -> Figures {
     run().unwrap_or_else(|e| Figures {
         shape: probe.shape.clone(),
         mode: probe.mode.clone(),
+        ops: ops_name(probe.fused).into(),
         error: Some(format!("{e:#}")),
         ..Figures::default()
     })
@@ -319,6 +339,10 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&run_probe(&probe)?)?);
         return Ok(());
     }
+    const MODES: [&str; 5] = ["full", "lora", "lora-bf16", "qlora", "generate"];
+    if let Some(unknown) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
+        bail!("unknown mode `{unknown}` (one of {})", MODES.join(", "));
+    }
     let peak = matmul_peak_gflops(&probe_device(&args.device)?)?;
     let mut candle = Vec::new();
     for shape_name in &args.shapes {
@@ -328,18 +352,30 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         } else {
             &["lora", "lora-bf16", "qlora", "generate"]
         };
+        let modes = modes
+            .iter()
+            .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == *m));
         for mode in modes {
-            eprintln!("  measuring {shape_name} {mode} …");
             let steps = if *mode == "lora-bf16" { 1 } else { args.steps };
-            candle.push(spawn_probe(&Probe {
-                shape: shape_name.clone(),
-                mode: mode.to_string(),
-                batch: args.batch,
-                seq_len: args.seq_len,
-                steps,
-                gen_tokens: args.gen_tokens,
-                device: args.device.clone(),
-            }));
+            // The composed reference right after the fused run, so both see the same machine.
+            let settings: &[bool] = if args.compare_unfused {
+                &[true, false]
+            } else {
+                &[true]
+            };
+            for &fused in settings {
+                eprintln!("  measuring {shape_name} {mode} ({}) …", ops_name(fused));
+                candle.push(spawn_probe(&Probe {
+                    shape: shape_name.clone(),
+                    mode: mode.to_string(),
+                    batch: args.batch,
+                    seq_len: args.seq_len,
+                    steps,
+                    gen_tokens: args.gen_tokens,
+                    device: args.device.clone(),
+                    fused,
+                }));
+            }
         }
     }
     let (pytorch, pytorch_note) = pytorch_reference(&args);
@@ -358,9 +394,10 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         args.batch, args.seq_len, args.steps, peak
     );
     println!(
-        "{:<6} {:<10} {:>9} {:>10} {:>10} {:>9} {:>7} {:>13} {:>10} {:>11} {:>11}",
+        "{:<7} {:<10} {:<8} {:>9} {:>10} {:>10} {:>9} {:>7} {:>13} {:>10} {:>11} {:>11}",
         "shape",
         "mode",
+        "ops",
         "params",
         "step s",
         "tokens/s",
@@ -376,17 +413,19 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     for f in &report.candle {
         if let Some(error) = &f.error {
             println!(
-                "{:<6} {:<10} failed: {}",
+                "{:<7} {:<10} {:<8} failed: {}",
                 f.shape,
                 f.mode,
+                f.ops,
                 error.lines().last().unwrap_or("")
             );
             continue;
         }
         println!(
-            "{:<6} {:<10} {:>8.1}M {:>10} {:>10} {:>9} {:>7} {:>13.1} {:>8.0}MB {:>11} {:>11}",
+            "{:<7} {:<10} {:<8} {:>8.1}M {:>10} {:>10} {:>9} {:>7} {:>13.1} {:>8.0}MB {:>11} {:>11}",
             f.shape,
             f.mode,
+            f.ops,
             f.parameters as f64 / 1e6,
             opt(f.step_s, 3),
             opt(f.tokens_per_s, 0),

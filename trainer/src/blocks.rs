@@ -2,8 +2,11 @@
 //! softmax, grouped-query attention with its masks, the SwiGLU MLP, and the layer that holds
 //! them.
 //!
-//! RMSNorm, rotary embeddings and softmax are built from basic tensor ops because candle's fused
-//! kernels for them have no backward and would silently cut the graph (candle issue 2168).
+//! RMSNorm, rotary embeddings, the attention probabilities and the SwiGLU gate have fused CPU
+//! ops with their own backward (`fused_rms_norm.rs`, `fused_rope.rs`, `fused_attention.rs`,
+//! `fused_swiglu.rs`), which serve in f32 on the CPU (`fused.rs`); their compositions from basic
+//! tensor ops here are the reference and the path elsewhere (candle's own fused kernels for
+//! them have no backward and would silently cut the graph, candle issue 2168).
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -34,21 +37,53 @@ impl Rope {
         })
     }
 
-    /// Rotate-half RoPE on x: [batch, heads, time, head_dim], positions offset..offset+time.
+    /// Rotate-half RoPE on x: [batch, heads, time, head_dim], positions offset..offset+time:
+    /// the fused op where it applies, else the composition.
     pub(crate) fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, time, dim) = x.dims4()?;
+        let time = x.dim(2)?;
         let cos = self.cos.narrow(0, offset, time)?;
         let sin = self.sin.narrow(0, offset, time)?;
-        let x1 = x.narrow(D::Minus1, 0, dim / 2)?;
-        let x2 = x.narrow(D::Minus1, dim / 2, dim / 2)?;
-        let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[rotated_1, rotated_2], D::Minus1)
+        if crate::fused::applies(x) && cos.dtype() == DType::F32 {
+            return crate::fused_rope::fused_rope(x, &cos, &sin);
+        }
+        composed_rope(x, &cos, &sin)
     }
 }
 
-/// RMSNorm, differentiable; half-precision inputs are normalised in f32.
+/// Rotate-half RoPE from basic ops: x [b, h, t, d], cos and sin [t, d / 2].
+pub fn composed_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let dim = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, dim / 2)?;
+    let x2 = x.narrow(D::Minus1, dim / 2, dim / 2)?;
+    let rotated_1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let rotated_2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Tensor::cat(&[rotated_1, rotated_2], D::Minus1)
+}
+
+/// silu(gate) ⊙ up: the fused op where it applies, else the composition.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if crate::fused::applies(gate) && up.dtype() == DType::F32 {
+        return crate::fused_swiglu::fused_swiglu(gate, up);
+    }
+    composed_swiglu(gate, up)
+}
+
+/// [`swiglu`] from basic ops.
+pub fn composed_swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
+
+/// RMSNorm over the last dimension, differentiable: the fused op where it applies, else the
+/// composition.
 pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if crate::fused::applies(x) && weight.dtype() == DType::F32 {
+        return crate::fused_rms_norm::fused_rms_norm(x, weight, eps);
+    }
+    composed_rms_norm(x, weight, eps)
+}
+
+/// [`rms_norm`] from basic ops; half-precision inputs are normalised in f32.
+pub fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = if matches!(dtype, DType::BF16 | DType::F16) {
         x.to_dtype(DType::F32)?
@@ -67,6 +102,39 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?.detach())?;
     let exp = shifted.exp()?;
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// Attention probabilities softmax(scale · scores + causal mask + key mask) for raw scores
+/// [b, h, t, offset + t] and an additive key mask [b, 1, 1, offset + t]: the fused op where it
+/// applies, else the composition.
+pub fn attention_probs(
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    key_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    if crate::fused::applies(scores) {
+        return crate::fused_attention::fused_attention_probs(scores, scale, offset, key_mask);
+    }
+    composed_attention_probs(scores, scale, offset, key_mask)
+}
+
+/// [`attention_probs`] from basic ops.
+pub fn composed_attention_probs(
+    scores: &Tensor,
+    scale: f64,
+    offset: usize,
+    key_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (_, _, time, _) = scores.dims4()?;
+    let scores = (scores * scale)?;
+    let scores =
+        scores.broadcast_add(&causal_mask(time, offset, scores.dtype(), scores.device())?)?;
+    let scores = match key_mask {
+        Some(mask) => scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?,
+        None => scores,
+    };
+    softmax_last_dim(&scores)
 }
 
 pub(crate) struct Attention {
@@ -120,14 +188,9 @@ impl Attention {
                 .reshape((batch, self.heads, total, self.head_dim))
         };
         let (k, v) = (repeat(k)?, repeat(v)?);
-        let scores = (q.matmul(&k.t()?.contiguous()?)? / (self.head_dim as f64).sqrt())?;
-        let scores =
-            scores.broadcast_add(&causal_mask(time, offset, scores.dtype(), scores.device())?)?;
-        let scores = match key_mask {
-            Some(mask) => scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?,
-            None => scores,
-        };
-        let attended = softmax_last_dim(&scores)?.matmul(&v)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let attended = attention_probs(&scores, scale, offset, key_mask)?.matmul(&v)?;
         let merged =
             attended
                 .transpose(1, 2)?
@@ -178,7 +241,10 @@ pub(crate) struct Mlp {
 
 impl Mlp {
     pub(crate) fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let gated = (self.gate.forward_pass(x, pass)?.silu()? * self.up.forward_pass(x, pass)?)?;
+        let gated = swiglu(
+            &self.gate.forward_pass(x, pass)?,
+            &self.up.forward_pass(x, pass)?,
+        )?;
         self.down.forward_pass(&gated, pass)
     }
 }

@@ -7,7 +7,7 @@
 //! token's log-probability ([b, t] out), and the backward recomputes the row's softmax to write
 //! the one gradient tensor, (onehot − softmax(z)) · g / T. Rows run in parallel (rayon).
 //!
-//! CPU and f32 only; elsewhere [`chosen_logprobs`](crate::loss::chosen_logprobs) keeps the
+//! CPU and f32 only (`fused.rs` says where it serves); elsewhere [`chosen_logprobs`](crate::loss::chosen_logprobs) keeps the
 //! composed path, which gives the same numbers (tests compare them, and both with float64
 //! finite differences).
 
@@ -19,11 +19,6 @@ pub fn fused_chosen_logprobs(logits: &Tensor, tokens: &Tensor, temperature: f64)
     logits
         .contiguous()?
         .apply_op2(&tokens.contiguous()?, ChosenLogprobs { temperature })
-}
-
-/// Whether the fused op can serve these logits.
-pub fn fused_applies(logits: &Tensor) -> bool {
-    logits.device().is_cpu() && logits.dtype() == DType::F32
 }
 
 struct ChosenLogprobs {
@@ -38,7 +33,7 @@ fn row_lse(row: &[f32], inv_t: f32) -> f32 {
 }
 
 /// The element range of a contiguous layout.
-fn contiguous(layout: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
+pub(crate) fn contiguous(layout: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
     let (start, end) = layout
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;

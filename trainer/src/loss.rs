@@ -15,7 +15,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use crate::fused_logprobs::{fused_applies, fused_chosen_logprobs};
+use crate::fused_logprobs::fused_chosen_logprobs;
 
 /// log-softmax over the last dimension, differentiable (the max is detached: softmax does not
 /// depend on it).
@@ -34,7 +34,7 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) ->
 /// a fused op with its own backward (`fused_logprobs.rs`: one logit-sized tensor instead of
 /// four); elsewhere the composition, which gives the same numbers.
 pub fn chosen_logprobs(logits: &Tensor, tokens: &Tensor, temperature: f64) -> Result<Tensor> {
-    if fused_applies(logits) {
+    if crate::fused::applies(logits) {
         return fused_chosen_logprobs(logits, tokens, temperature);
     }
     composed_chosen_logprobs(logits, tokens, temperature)

@@ -266,6 +266,43 @@ fn every_trainable_tensor_receives_a_gradient_with_lora_and_in_full_fine_tuning(
     assert_every_gradient_is_nonzero(&full);
 }
 
+/// The fused CPU ops (RMSNorm, attention probabilities, `fused.rs`) serve an f32 model; a
+/// float64 model of the same weights takes the composed path. Every gradient of full fine-tuning
+/// (norm weights included) agrees to f32 precision.
+#[test]
+fn fused_ops_in_f32_give_the_gradients_of_the_float64_composition() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 13, DType::F32));
+    let gradients = |dtype: DType| -> Vec<(String, Tensor)> {
+        let options = LoadOptions {
+            dtype,
+            full_finetune: true,
+            ..LoadOptions::default()
+        };
+        let model = load(dir.path(), &options, &VarMap::new());
+        let probe = randn(14, &[2, 9, 96], 1.0).to_dtype(dtype).unwrap();
+        let grads = weighted_loss(&model, &probe).backward().unwrap();
+        model
+            .trainable()
+            .iter()
+            .map(|(name, var)| {
+                let grad = grads.get(var).unwrap().to_dtype(DType::F32).unwrap();
+                (name.clone(), grad)
+            })
+            .collect()
+    };
+    let probe_input = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+    assert!(unitforge_trainer::fused::applies(&probe_input));
+    let fused = gradients(DType::F32);
+    let reference = gradients(DType::F64);
+    assert_eq!(fused.len(), reference.len());
+    for ((name, ours), (_, expected)) in fused.iter().zip(&reference) {
+        let scale = max_abs(expected).max(1e-6);
+        let error = max_abs_diff(ours, expected) / scale;
+        assert!(error < 1e-4, "{name}: relative error {error}");
+    }
+}
+
 #[test]
 fn qlora_matches_a_dense_model_of_the_dequantised_weights_and_trains_the_adapters() {
     let dir = tempfile::tempdir().unwrap();

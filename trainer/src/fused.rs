@@ -1,0 +1,43 @@
+//! The switch between the fused CPU ops — chosen-token log-probabilities
+//! (`fused_logprobs.rs`), RMSNorm (`fused_rms_norm.rs`), rotary embeddings (`fused_rope.rs`),
+//! attention probabilities (`fused_attention.rs`) and the SwiGLU gate (`fused_swiglu.rs`) — and
+//! their compositions from autograd's primitives.
+//!
+//! The fused ops serve wherever they apply (a CPU tensor in f32) unless turned off. Both paths
+//! give the same numbers (each op's tests compare them, and the fused backward with float64
+//! finite differences); the switch exists so that `bench train --compare-unfused` can measure
+//! what the fused ops buy in the same run, and so that the composed path stays exercised.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor};
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+thread_local! {
+    /// A per-thread setting that overrides the process's (tests run in parallel threads).
+    static OVERRIDE: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Turn the fused ops on (the default) or off for this process.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Run `f` with the fused ops on or off on this thread (the ops are chosen on the thread that
+/// builds the graph, so their own worker threads need no setting).
+pub fn with_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    let previous = OVERRIDE.with(|o| o.replace(Some(enabled)));
+    let result = f();
+    OVERRIDE.with(|o| o.set(previous));
+    result
+}
+
+/// Whether a fused op serves this input: the switch is on and the tensor is f32 on the CPU.
+pub fn applies(input: &Tensor) -> bool {
+    let enabled = OVERRIDE
+        .with(Cell::get)
+        .unwrap_or_else(|| ENABLED.load(Ordering::Relaxed));
+    enabled && input.device().is_cpu() && input.dtype() == DType::F32
+}
