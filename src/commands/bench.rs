@@ -341,6 +341,10 @@ fn bench_oneshot(args: BenchOneshotArgs) -> Result<()> {
             .with_context(|| format!("unitforge score's JSON on {}", pair.name))?;
         Ok((wall_ms, report["composite"].as_f64().unwrap_or(f64::NAN)))
     };
+    // The background scorer this bench starts is stopped at the end; one the user already had
+    // keeps running.
+    let daemons_before: std::collections::HashSet<_> =
+        unitforge_sandbox::daemon::sockets()?.into_iter().collect();
     score(&pairs[0], &[])?;
     let mut rows = Vec::new();
     for pair in &pairs {
@@ -359,6 +363,11 @@ fn bench_oneshot(args: BenchOneshotArgs) -> Result<()> {
             mutmut,
         });
     }
+    let started_here: Vec<_> = unitforge_sandbox::daemon::sockets()?
+        .into_iter()
+        .filter(|socket| !daemons_before.contains(socket))
+        .collect();
+    tokio::runtime::Handle::current().block_on(super::daemon::stop_daemons(started_here));
     let ours: Vec<f64> = rows.iter().map(|r| r.unitforge_wall_ms).collect();
     let in_process: Vec<f64> = rows.iter().map(|r| r.in_process_wall_ms).collect();
     let theirs: Vec<f64> = rows

@@ -66,8 +66,16 @@ async fn status(json: bool) -> Result<()> {
 }
 
 async fn stop() -> Result<()> {
+    let stopped = stop_daemons(daemon::sockets()?).await;
+    println!("stopped {stopped} background scorer(s)");
+    Ok(())
+}
+
+/// Ask the daemons behind `sockets` to stop and wait until each has removed its socket; a socket
+/// nobody answers on is removed. Returns how many stopped.
+pub async fn stop_daemons(sockets: impl IntoIterator<Item = std::path::PathBuf>) -> usize {
     let mut stopped = 0;
-    for socket in daemon::sockets()? {
+    for socket in sockets {
         if let Ok(DaemonReply::Stopping) = daemon::request(&socket, &DaemonRequest::Stop).await {
             stopped += 1;
             // Wait for it to stop its workers and remove its socket.
@@ -79,8 +87,7 @@ async fn stop() -> Result<()> {
             let _ = std::fs::remove_file(&socket);
         }
     }
-    println!("stopped {stopped} background scorer(s)");
-    Ok(())
+    stopped
 }
 
 /// The daemon process: warm a pool, then bind the socket (so a client that reaches it never
