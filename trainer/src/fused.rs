@@ -11,7 +11,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -40,4 +40,20 @@ pub fn applies(input: &Tensor) -> bool {
         .with(Cell::get)
         .unwrap_or_else(|| ENABLED.load(Ordering::Relaxed));
     enabled && input.device().is_cpu() && input.dtype() == DType::F32
+}
+
+/// The f32 elements of a fused op's contiguous input; an error names the op and the input.
+pub(crate) fn f32_input<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: {what} must be contiguous")))?;
+    match storage {
+        CpuStorage::F32(values) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{op}: {what} must be f32"),
+    }
 }

@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused_logprobs::contiguous;
+use crate::fused::f32_input;
 
 /// softmax(scale · scores + causal + key_mask) for scores [b, h, t, k] (f32, CPU), where query
 /// i sits at position offset + i and k = offset + t; key_mask [b, 1, 1, k] is additive.
@@ -45,13 +45,6 @@ struct AttentionProbs {
     offset: usize,
 }
 
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match storage {
-        CpuStorage::F32(values) => Ok(&values[contiguous(layout, what)?]),
-        _ => candle_core::bail!("attention-probs: {what} must be f32"),
-    }
-}
-
 impl CustomOp2 for AttentionProbs {
     fn name(&self) -> &'static str {
         "attention-probs"
@@ -78,8 +71,8 @@ impl CustomOp2 for AttentionProbs {
                 scores_layout.shape()
             );
         }
-        let s = f32_slice(scores, scores_layout, "scores")?;
-        let mask = f32_slice(mask, mask_layout, "key mask")?;
+        let s = f32_input("attention-probs", scores, scores_layout, "scores")?;
+        let mask = f32_input("attention-probs", mask, mask_layout, "key mask")?;
         let mut out = vec![0f32; s.len()];
         out.par_chunks_mut(keys)
             .zip(s.par_chunks(keys))
@@ -147,8 +140,8 @@ impl CustomOp2 for AttentionProbsGrad {
         if probs_layout.shape() != grad_layout.shape() {
             candle_core::bail!("attention-probs-grad: gradient shape differs from the output's");
         }
-        let p = f32_slice(probs, probs_layout, "probabilities")?;
-        let dp = f32_slice(grad, grad_layout, "gradient")?;
+        let p = f32_input("attention-probs", probs, probs_layout, "probabilities")?;
+        let dp = f32_input("attention-probs", grad, grad_layout, "gradient")?;
         let mut out = vec![0f32; p.len()];
         out.par_chunks_mut(keys)
             .zip(p.par_chunks(keys).zip(dp.par_chunks(keys)))

@@ -32,14 +32,6 @@ fn row_lse(row: &[f32], inv_t: f32) -> f32 {
     max + sum.ln()
 }
 
-/// The element range of a contiguous layout.
-pub(crate) fn contiguous(layout: &Layout, what: &str) -> Result<std::ops::Range<usize>> {
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what} must be contiguous")))?;
-    Ok(start..end)
-}
-
 impl CustomOp2 for ChosenLogprobs {
     fn name(&self) -> &'static str {
         "chosen-logprobs"
@@ -61,13 +53,10 @@ impl CustomOp2 for ChosenLogprobs {
                 logits_layout.shape()
             );
         }
-        let x = match logits {
-            CpuStorage::F32(values) => &values[contiguous(logits_layout, "logits")?],
-            _ => candle_core::bail!("chosen-logprobs: logits must be f32"),
-        };
-        let tokens = match tokens {
-            CpuStorage::U32(values) => &values[contiguous(tokens_layout, "tokens")?],
-            _ => candle_core::bail!("chosen-logprobs: tokens must be u32"),
+        let x = crate::fused::f32_input("chosen-logprobs", logits, logits_layout, "logits")?;
+        let tokens = match (tokens, tokens_layout.contiguous_offsets()) {
+            (CpuStorage::U32(values), Some((start, end))) => &values[start..end],
+            _ => candle_core::bail!("chosen-logprobs: tokens must be contiguous u32"),
         };
         if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             candle_core::bail!("chosen-logprobs: token {bad} is outside the vocabulary of {vocab}");

@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused_logprobs::contiguous;
+use crate::fused::f32_input;
 
 /// RMSNorm of x [.., n] (f32, CPU) with weight [n].
 pub fn fused_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -25,13 +25,6 @@ pub fn fused_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 
 struct RmsNorm {
     eps: f32,
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match storage {
-        CpuStorage::F32(values) => Ok(&values[contiguous(layout, what)?]),
-        _ => candle_core::bail!("rms-norm: {what} must be f32"),
-    }
 }
 
 /// The row length n, checked against the weight's.
@@ -66,8 +59,8 @@ impl CustomOp2 for RmsNorm {
         weight_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let n = row_len(x_layout, weight_layout)?;
-        let x = f32_slice(x, x_layout, "input")?;
-        let w = f32_slice(weight, weight_layout, "weight")?;
+        let x = f32_input("rms-norm", x, x_layout, "input")?;
+        let w = f32_input("rms-norm", weight, weight_layout, "weight")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
@@ -125,9 +118,9 @@ impl CustomOp3 for RmsNormGradInput {
         if grad_layout.shape() != x_layout.shape() {
             candle_core::bail!("rms-norm-grad-input: gradient shape differs from the input's");
         }
-        let x = f32_slice(x, x_layout, "input")?;
-        let w = f32_slice(weight, weight_layout, "weight")?;
-        let dy = f32_slice(grad, grad_layout, "gradient")?;
+        let x = f32_input("rms-norm", x, x_layout, "input")?;
+        let w = f32_input("rms-norm", weight, weight_layout, "weight")?;
+        let dy = f32_input("rms-norm", grad, grad_layout, "gradient")?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
@@ -164,8 +157,8 @@ impl CustomOp2 for RmsNormGradWeight {
             candle_core::bail!("rms-norm-grad-weight: gradient shape differs from the input's");
         }
         let n = *x_layout.shape().dims().last().unwrap_or(&0);
-        let x = f32_slice(x, x_layout, "input")?;
-        let dy = f32_slice(grad, grad_layout, "gradient")?;
+        let x = f32_input("rms-norm", x, x_layout, "input")?;
+        let dy = f32_input("rms-norm", grad, grad_layout, "gradient")?;
         let dw = x
             .par_chunks(n)
             .zip(dy.par_chunks(n))

@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused_logprobs::contiguous;
+use crate::fused::f32_input;
 
 /// Rotate x [b, h, t, d] (f32, CPU) by cos and sin [t, d / 2] (row i: position of query i).
 pub fn fused_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -29,13 +29,6 @@ pub fn fused_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// The rotation by the angles (forward) or by their negatives (`inverse`: the backward).
 struct Rotate {
     inverse: bool,
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match storage {
-        CpuStorage::F32(values) => Ok(&values[contiguous(layout, what)?]),
-        _ => candle_core::bail!("rope: {what} must be f32"),
-    }
 }
 
 impl CustomOp3 for Rotate {
@@ -65,9 +58,9 @@ impl CustomOp3 for Rotate {
                 x_layout.shape()
             );
         }
-        let x = f32_slice(x, x_layout, "input")?;
-        let cos = f32_slice(cos, cos_layout, "cos")?;
-        let sin = f32_slice(sin, sin_layout, "sin")?;
+        let x = f32_input("rope", x, x_layout, "input")?;
+        let cos = f32_input("rope", cos, cos_layout, "cos")?;
+        let sin = f32_input("rope", sin, sin_layout, "sin")?;
         let sign = if self.inverse { -1.0 } else { 1.0 };
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim)

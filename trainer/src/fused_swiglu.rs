@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused_logprobs::contiguous;
+use crate::fused::f32_input;
 
 /// Elements per parallel task: small enough to spread, large enough to amortise the task.
 const CHUNK: usize = 4096;
@@ -23,13 +23,6 @@ pub fn fused_swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 struct SwiGlu;
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    match storage {
-        CpuStorage::F32(values) => Ok(&values[contiguous(layout, what)?]),
-        _ => candle_core::bail!("swiglu: {what} must be f32"),
-    }
-}
 
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
@@ -54,8 +47,8 @@ impl CustomOp2 for SwiGlu {
                 up_layout.shape()
             );
         }
-        let g = f32_slice(gate, gate_layout, "gate")?;
-        let u = f32_slice(up, up_layout, "up")?;
+        let g = f32_input("swiglu", gate, gate_layout, "gate")?;
+        let u = f32_input("swiglu", up, up_layout, "up")?;
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
@@ -115,9 +108,9 @@ impl CustomOp3 for SwiGluGrad {
         if gate_layout.shape() != up_layout.shape() || grad_layout.shape() != up_layout.shape() {
             candle_core::bail!("swiglu-grad: shapes differ");
         }
-        let g = f32_slice(gate, gate_layout, "gate")?;
-        let u = f32_slice(up, up_layout, "up")?;
-        let dy = f32_slice(grad, grad_layout, "gradient")?;
+        let g = f32_input("swiglu", gate, gate_layout, "gate")?;
+        let u = f32_input("swiglu", up, up_layout, "up")?;
+        let dy = f32_input("swiglu", grad, grad_layout, "gradient")?;
         let mut out = vec![0f32; g.len()];
         let which = self.0;
         out.par_chunks_mut(CHUNK)
