@@ -43,8 +43,10 @@ images-debug: model image
 
 # The whole pipeline (PIPELINE=smollm2 for the real model); the report ends up on the `runs` volume.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# docker-compose 1.29 gives up on an engine call after 60 s, which a loaded 2-core machine
+# exceeds while it starts a stage; v2 ignores the variable.
 pipeline: images
-	$(COMPOSE) up
+	COMPOSE_HTTP_TIMEOUT=600 $(COMPOSE) up
 
 # A real TRL GRPOTrainer run (and verl's compute_score) against a local reward service. Heavy
 # (torch, transformers, trl: ~6 GB), so not part of `make test`: the adapters' tests are.

@@ -91,9 +91,18 @@ distill)
     ;;
 grpo-mutant | grpo-speed)
     case "$stage" in grpo-mutant) config=grpo_mutant_max ;; *) config=grpo_speed_stable ;; esac
-    RAYON_NUM_THREADS=1 $uf train grpo --config $configs/$config.yaml --server "$server" \
-        --set base_model=$out/distill --set output_dir=$out/$stage $grpo_steps $common \
-        $(extra "$stage")
+    grpo="$uf train grpo --config $configs/$config.yaml --server $server \
+        --set base_model=$out/distill --set output_dir=$out/$stage $grpo_steps $common $(extra "$stage")"
+    if [ "$pipeline" = tiny ]; then
+        # The two branches side by side, one core each.
+        RAYON_NUM_THREADS=1 $grpo
+    else
+        # One branch at a time, with both cores: a SmolLM2 GRPO step peaks near 13 GB, and two
+        # side by side were killed for memory on a 24 GB machine. The lock lives on the runs
+        # volume both stage containers mount; the kernel releases it if a holder dies.
+        echo "$stage: waiting for the other GRPO branch to finish, if it runs"
+        flock runs/.grpo.lock $grpo
+    fi
     ;;
 eval)
     checkpoints="start=$base sft=$out/sft distill=$out/distill grpo-mutant=$out/grpo-mutant grpo-speed=$out/grpo-speed"

@@ -24,6 +24,8 @@ use cli::{Cli, Command};
 use commands::{bench, daemon, data, eval, runtime, sandbox, train};
 
 fn main() -> std::process::ExitCode {
+    // Before any thread exists: the variable is read once, by candle's first CPU op.
+    unitforge_trainer::device::keep_elementwise_ops_on_the_calling_thread();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNITFORGE_LOG")

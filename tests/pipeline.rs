@@ -31,6 +31,8 @@ fn compose(project: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         .args(prefix)
         .args(["--project-name", project, "--file", "compose.yaml"])
         .args(args)
+        // 1.29 gives up on an engine call after 60 s, which a loaded machine exceeds.
+        .env("COMPOSE_HTTP_TIMEOUT", "600")
         .current_dir(root());
     for (key, value) in env {
         command.env(key, value);

@@ -57,3 +57,13 @@ pub(crate) fn f32_input<'a>(
         _ => candle_core::bail!("{op}: {what} must be f32"),
     }
 }
+
+/// Elements a parallel task must have at least: below it rayon's hand-off to another thread
+/// costs more than the work (small tensors, and every step of generating with a small model).
+const PARALLEL_GRAIN: usize = 32 * 1024;
+
+/// The fewest rows of `row_len` elements one parallel task takes (`with_min_len`): an input of
+/// fewer than `PARALLEL_GRAIN` elements is not split, and then runs on the calling thread.
+pub(crate) fn min_rows(row_len: usize) -> usize {
+    (PARALLEL_GRAIN / row_len.max(1)).max(1)
+}

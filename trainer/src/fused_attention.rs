@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::f32_input;
+use crate::fused::{f32_input, min_rows};
 
 /// softmax(scale · scores + causal + key_mask) for scores [b, h, t, k] (f32, CPU), where query
 /// i sits at position offset + i and k = offset + t; key_mask [b, 1, 1, k] is additive.
@@ -77,6 +77,7 @@ impl CustomOp2 for AttentionProbs {
         out.par_chunks_mut(keys)
             .zip(s.par_chunks(keys))
             .enumerate()
+            .with_min_len(min_rows(keys))
             .for_each(|(row, (p, s))| {
                 let mask = &mask[row / (heads * queries) * keys..][..keys];
                 // Keys past the query's own position stay at probability 0 (the causal mask).
@@ -145,6 +146,7 @@ impl CustomOp2 for AttentionProbsGrad {
         let mut out = vec![0f32; p.len()];
         out.par_chunks_mut(keys)
             .zip(p.par_chunks(keys).zip(dp.par_chunks(keys)))
+            .with_min_len(min_rows(keys))
             .for_each(|(ds, (p, dp))| {
                 let dot: f32 = p.iter().zip(dp).map(|(p, dp)| p * dp).sum();
                 for ((ds, &p), &dp) in ds.iter_mut().zip(p).zip(dp) {
@@ -262,5 +264,28 @@ mod tests {
         assert!(fused_attention_probs(&scores, SCALE, 1, None).is_err());
         let wrong_mask = padding_mask(&[0, 1], 5, &Device::Cpu).unwrap();
         assert!(fused_attention_probs(&scores, SCALE, 2, Some(&wrong_mask)).is_err());
+    }
+    /// Inputs above `fused::min_rows`' grain are split across threads; forward and gradient
+    /// still equal the float64 composition and its autograd.
+    #[test]
+    fn large_inputs_split_across_threads_match_the_float64_composition() {
+        let (queries, offset) = (64, 64);
+        let (scores, _) = inputs(queries, offset);
+        let upstream = Tensor::randn(0f32, 1.0, scores.shape(), &Device::Cpu).unwrap();
+        let run = |scores: &Tensor, up: &Tensor, fused: bool| {
+            let var = Var::from_tensor(scores).unwrap();
+            let p = if fused {
+                fused_attention_probs(var.as_tensor(), SCALE, offset, None).unwrap()
+            } else {
+                composed_attention_probs(var.as_tensor(), SCALE, offset, None).unwrap()
+            };
+            let grads = (&p * up).unwrap().sum_all().unwrap().backward().unwrap();
+            (p, grads.get(&var).unwrap().clone())
+        };
+        let (p, g) = run(&scores, &upstream, true);
+        let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let (p64, g64) = run(&to64(&scores), &to64(&upstream), false);
+        assert!(max_diff(&p, &p64) < 1e-6);
+        assert!(max_diff(&g, &g64) < 1e-5);
     }
 }

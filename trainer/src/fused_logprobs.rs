@@ -65,6 +65,7 @@ impl CustomOp2 for ChosenLogprobs {
         let out: Vec<f32> = x
             .par_chunks(vocab)
             .zip(tokens.par_iter())
+            .with_min_len(crate::fused::min_rows(vocab))
             .map(|(row, &token)| row[token as usize] * inv_t - row_lse(row, inv_t))
             .collect();
         Ok((CpuStorage::F32(out), tokens_layout.shape().clone()))
@@ -93,6 +94,7 @@ impl CustomOp2 for ChosenLogprobs {
         grad.par_chunks_mut(vocab)
             .zip(x.par_chunks(vocab))
             .zip(tokens.par_iter().zip(grads.par_iter()))
+            .with_min_len(crate::fused::min_rows(vocab))
             .for_each(|((out, row), (&token, &g))| {
                 let lse = row_lse(row, inv_t);
                 let scale = g * inv_t;

@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::f32_input;
+use crate::fused::{f32_input, min_rows};
 
 /// RMSNorm of x [.., n] (f32, CPU) with weight [n].
 pub fn fused_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -64,6 +64,7 @@ impl CustomOp2 for RmsNorm {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n))
+            .with_min_len(min_rows(n))
             .for_each(|(y, x)| {
                 let inv = inv_rms(x, self.eps);
                 for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
@@ -124,6 +125,7 @@ impl CustomOp3 for RmsNormGradInput {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(n)
             .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
+            .with_min_len(min_rows(n))
             .for_each(|(dx, (x, dy))| {
                 let inv = inv_rms(x, self.eps);
                 let dot: f32 = x.iter().zip(dy).zip(w).map(|((x, dy), w)| w * dy * x).sum();
@@ -162,6 +164,7 @@ impl CustomOp2 for RmsNormGradWeight {
         let dw = x
             .par_chunks(n)
             .zip(dy.par_chunks(n))
+            .with_min_len(min_rows(n))
             .fold(
                 || vec![0f32; n],
                 |mut dw, (x, dy)| {
@@ -295,5 +298,43 @@ mod tests {
         let (x, _) = inputs();
         let w = Tensor::ones(6, DType::F32, &Device::Cpu).unwrap();
         assert!(fused_rms_norm(&x, &w, EPS).is_err());
+    }
+    /// Inputs above `fused::min_rows`' grain are split across threads; forward and gradient
+    /// still equal the float64 composition and its autograd.
+    #[test]
+    fn large_inputs_split_across_threads_match_the_float64_composition() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (96, 1024), &device).unwrap();
+        let w = (Tensor::randn(0f32, 1.0, 1024, &device).unwrap() + 1.0).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (96, 1024), &device).unwrap();
+        let grads_of = |x: &Tensor, w: &Tensor, up: &Tensor, fused: bool| {
+            let (xv, wv) = (Var::from_tensor(x).unwrap(), Var::from_tensor(w).unwrap());
+            let y = if fused {
+                fused_rms_norm(xv.as_tensor(), wv.as_tensor(), EPS).unwrap()
+            } else {
+                composed_rms_norm(xv.as_tensor(), wv.as_tensor(), EPS).unwrap()
+            };
+            let grads = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
+            let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+            [
+                f64_of(&y),
+                f64_of(grads.get(&xv).unwrap()),
+                f64_of(grads.get(&wv).unwrap()),
+            ]
+        };
+        let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+        let fused = grads_of(&x, &w, &upstream, true);
+        let reference = grads_of(&to64(&x), &to64(&w), &to64(&upstream), false);
+        for (ours, expected) in fused.iter().zip(&reference) {
+            let scale = expected
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let diff = (ours - expected).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f64>().unwrap() < 1e-4 * scale.max(1.0));
+        }
     }
 }

@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::f32_input;
+use crate::fused::{f32_input, min_rows};
 
 /// Rotate x [b, h, t, d] (f32, CPU) by cos and sin [t, d / 2] (row i: position of query i).
 pub fn fused_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
@@ -66,6 +66,7 @@ impl CustomOp3 for Rotate {
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
             .enumerate()
+            .with_min_len(min_rows(dim))
             .for_each(|(row, (y, x))| {
                 let position = row % time;
                 let cos = &cos[position * half..][..half];
@@ -183,5 +184,31 @@ mod tests {
         let (x, cos, sin) = inputs();
         let short = cos.narrow(0, 0, 4).unwrap();
         assert!(fused_rope(&x, &short, &sin).is_err());
+    }
+    /// Inputs above `fused::min_rows`' grain are split across threads; forward and gradient
+    /// still equal the float64 composition and its autograd.
+    #[test]
+    fn large_inputs_split_across_threads_match_the_float64_composition() {
+        let device = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 64, 64), &device).unwrap();
+        let angles = Tensor::randn(0f32, 1.0, (64, 32), &device).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let up = Tensor::randn(0f32, 1.0, x.shape(), &device).unwrap();
+        let run = |x: &Tensor, cos: &Tensor, sin: &Tensor, up: &Tensor, fused: bool| {
+            let var = Var::from_tensor(x).unwrap();
+            let y = if fused {
+                fused_rope(var.as_tensor(), cos, sin).unwrap()
+            } else {
+                composed_rope(var.as_tensor(), cos, sin).unwrap()
+            };
+            let grads = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
+            [y, grads.get(&var).unwrap().clone()]
+        };
+        let ours = run(&x, &cos, &sin, &up, true);
+        let expected = run(&to64(&x), &to64(&cos), &to64(&sin), &to64(&up), false);
+        for (a, b) in ours.iter().zip(&expected) {
+            let diff = (to64(a) - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f64>().unwrap() < 1e-5);
+        }
     }
 }

@@ -12,7 +12,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused::f32_input;
+use crate::fused::{f32_input, min_rows};
 
 /// Elements per parallel task: small enough to spread, large enough to amortise the task.
 const CHUNK: usize = 4096;
@@ -52,6 +52,7 @@ impl CustomOp2 for SwiGlu {
         let mut out = vec![0f32; g.len()];
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .with_min_len(min_rows(CHUNK))
             .for_each(|(y, (g, u))| {
                 for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
                     *y = g * sigmoid(g) * u;
@@ -116,6 +117,7 @@ impl CustomOp3 for SwiGluGrad {
         out.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .zip(dy.par_chunks(CHUNK))
+            .with_min_len(min_rows(CHUNK))
             .for_each(|((d, (g, u)), dy)| {
                 for (((d, &g), &u), &dy) in d.iter_mut().zip(g).zip(u).zip(dy) {
                     let s = sigmoid(g);
@@ -220,5 +222,34 @@ mod tests {
         let (g, _) = inputs();
         let u = Tensor::zeros((2, 3, 5), DType::F32, &Device::Cpu).unwrap();
         assert!(fused_swiglu(&g, &u).is_err());
+    }
+    /// Inputs above `fused::min_rows`' grain are split across threads; forward and gradient
+    /// still equal the float64 composition and its autograd.
+    #[test]
+    fn large_inputs_split_across_threads_match_the_float64_composition() {
+        let device = Device::Cpu;
+        let g = (Tensor::randn(0f32, 1.0, (64, 1536), &device).unwrap() * 3.0).unwrap();
+        let u = Tensor::randn(0f32, 1.0, (64, 1536), &device).unwrap();
+        let up = Tensor::randn(0f32, 1.0, (64, 1536), &device).unwrap();
+        let run = |g: &Tensor, u: &Tensor, up: &Tensor, fused: bool| {
+            let (gv, uv) = (Var::from_tensor(g).unwrap(), Var::from_tensor(u).unwrap());
+            let y = if fused {
+                fused_swiglu(gv.as_tensor(), uv.as_tensor()).unwrap()
+            } else {
+                composed_swiglu(gv.as_tensor(), uv.as_tensor()).unwrap()
+            };
+            let grads = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
+            [
+                y,
+                grads.get(&gv).unwrap().clone(),
+                grads.get(&uv).unwrap().clone(),
+            ]
+        };
+        let ours = run(&g, &u, &up, true);
+        let expected = run(&to64(&g), &to64(&u), &to64(&up), false);
+        for (a, b) in ours.iter().zip(&expected) {
+            let diff = (to64(a) - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f64>().unwrap() < 1e-4);
+        }
     }
 }
