@@ -58,6 +58,33 @@ pub(crate) fn f32_input<'a>(
     }
 }
 
+/// What the fused ops' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use candle_core::{DType, Tensor};
+
+    /// The tensor in float64, the precision of the references.
+    pub(crate) fn to64(t: &Tensor) -> Tensor {
+        t.to_dtype(DType::F64).unwrap()
+    }
+
+    /// The largest absolute element, in float64.
+    pub(crate) fn max_abs(t: &Tensor) -> f64 {
+        to64(t)
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// The largest absolute element-wise difference, in float64.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        max_abs(&(to64(a) - to64(b)).unwrap())
+    }
+}
+
 /// Elements a parallel task must have at least: below it rayon's hand-off to another thread
 /// costs more than the work (small tensors, and every step of generating with a small model).
 const PARALLEL_GRAIN: usize = 32 * 1024;

@@ -161,6 +161,7 @@ impl CustomOp2 for AttentionProbsGrad {
 mod tests {
     use super::*;
     use crate::blocks::{composed_attention_probs, padding_mask};
+    use crate::fused::test_support::{max_diff, to64};
     use candle_core::{DType, Device, Var};
 
     const SCALE: f64 = 0.35;
@@ -174,23 +175,12 @@ mod tests {
         (scores, padding_mask(&[0, 2], keys, &device).unwrap())
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
-
     #[test]
     fn probabilities_match_the_composed_path_in_float64() {
         for (queries, offset) in [(5, 0), (1, 6), (4, 3)] {
             let (scores, _) = inputs(queries, offset);
             let fused = fused_attention_probs(&scores, SCALE, offset, None).unwrap();
-            let scores64 = scores.to_dtype(DType::F64).unwrap();
+            let scores64 = to64(&scores);
             let reference = composed_attention_probs(&scores64, SCALE, offset, None).unwrap();
             let diff = max_diff(&fused, &reference);
             assert!(diff < 1e-6, "t {queries}, offset {offset}: {diff}");
@@ -226,7 +216,7 @@ mod tests {
         let grads = loss.backward().unwrap();
         let grad = grads.get(&var).unwrap().flatten_all().unwrap();
         let grad = grad.to_vec1::<f32>().unwrap();
-        let w64 = weights.to_dtype(DType::F64).unwrap();
+        let w64 = to64(&weights);
         let f = |values: Vec<f64>| -> f64 {
             let x = Tensor::from_vec(values, shape.clone(), &Device::Cpu).unwrap();
             (composed_attention_probs(&x, SCALE, offset, Some(&mask)).unwrap() * &w64)
@@ -283,7 +273,6 @@ mod tests {
             (p, grads.get(&var).unwrap().clone())
         };
         let (p, g) = run(&scores, &upstream, true);
-        let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let (p64, g64) = run(&to64(&scores), &to64(&upstream), false);
         assert!(max_diff(&p, &p64) < 1e-6);
         assert!(max_diff(&g, &g64) < 1e-5);

@@ -111,6 +111,7 @@ impl CustomOp2 for ChosenLogprobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused::test_support::max_diff;
     use candle_core::{Device, Var};
 
     /// The composed path in float64: an independent reference.
@@ -137,14 +138,7 @@ mod tests {
         for temperature in [1.0, 0.7, 2.5] {
             let fused = fused_chosen_logprobs(&logits, &tokens, temperature).unwrap();
             let expected = reference(&logits, &tokens, temperature);
-            let diff = (fused.to_dtype(DType::F64).unwrap() - expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let diff = max_diff(&fused, &expected);
             assert!(diff < 1e-5, "temperature {temperature}: {diff}");
         }
     }

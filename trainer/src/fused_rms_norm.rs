@@ -190,6 +190,7 @@ impl CustomOp2 for RmsNormGradWeight {
 mod tests {
     use super::*;
     use crate::blocks::composed_rms_norm;
+    use crate::fused::test_support::{max_abs, max_diff, to64};
     use candle_core::{DType, Device, Var};
 
     const EPS: f64 = 1e-5;
@@ -205,20 +206,8 @@ mod tests {
     fn values_match_the_composed_path_in_float64() {
         let (x, w) = inputs();
         let fused = fused_rms_norm(&x, &w, EPS).unwrap();
-        let reference = composed_rms_norm(
-            &x.to_dtype(DType::F64).unwrap(),
-            &w.to_dtype(DType::F64).unwrap(),
-            EPS,
-        )
-        .unwrap();
-        let diff = (fused.to_dtype(DType::F64).unwrap() - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let reference = composed_rms_norm(&to64(&x), &to64(&w), EPS).unwrap();
+        let diff = max_diff(&fused, &reference);
         assert!(diff < 1e-5, "{diff}");
     }
 
@@ -315,26 +304,16 @@ mod tests {
                 composed_rms_norm(xv.as_tensor(), wv.as_tensor(), EPS).unwrap()
             };
             let grads = (&y * up).unwrap().sum_all().unwrap().backward().unwrap();
-            let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
             [
-                f64_of(&y),
-                f64_of(grads.get(&xv).unwrap()),
-                f64_of(grads.get(&wv).unwrap()),
+                y,
+                grads.get(&xv).unwrap().clone(),
+                grads.get(&wv).unwrap().clone(),
             ]
         };
-        let to64 = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
         let fused = grads_of(&x, &w, &upstream, true);
         let reference = grads_of(&to64(&x), &to64(&w), &to64(&upstream), false);
         for (ours, expected) in fused.iter().zip(&reference) {
-            let scale = expected
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let diff = (ours - expected).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f64>().unwrap() < 1e-4 * scale.max(1.0));
+            assert!(max_diff(ours, expected) < 1e-4 * max_abs(expected).max(1.0));
         }
     }
 }

@@ -108,7 +108,8 @@ impl CustomOp3 for Rotate {
 mod tests {
     use super::*;
     use crate::blocks::composed_rope;
-    use candle_core::{DType, Device, Var};
+    use crate::fused::test_support::{max_diff, to64};
+    use candle_core::{Device, Var};
 
     fn inputs() -> (Tensor, Tensor, Tensor) {
         let device = Device::Cpu;
@@ -117,23 +118,12 @@ mod tests {
         (x, angles.cos().unwrap(), angles.sin().unwrap())
     }
 
-    fn to64(t: &Tensor) -> Tensor {
-        t.to_dtype(DType::F64).unwrap()
-    }
-
     #[test]
     fn values_match_the_composed_path_in_float64() {
         let (x, cos, sin) = inputs();
         let fused = fused_rope(&x, &cos, &sin).unwrap();
         let reference = composed_rope(&to64(&x), &to64(&cos), &to64(&sin)).unwrap();
-        let diff = (to64(&fused) - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let diff = max_diff(&fused, &reference);
         assert!(diff < 1e-6, "{diff}");
     }
 
@@ -207,8 +197,7 @@ mod tests {
         let ours = run(&x, &cos, &sin, &up, true);
         let expected = run(&to64(&x), &to64(&cos), &to64(&sin), &to64(&up), false);
         for (a, b) in ours.iter().zip(&expected) {
-            let diff = (to64(a) - b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f64>().unwrap() < 1e-5);
+            assert!(max_diff(a, b) < 1e-5);
         }
     }
 }

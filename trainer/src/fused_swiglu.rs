@@ -135,6 +135,7 @@ impl CustomOp3 for SwiGluGrad {
 mod tests {
     use super::*;
     use crate::blocks::composed_swiglu;
+    use crate::fused::test_support::{max_diff, to64};
     use candle_core::{DType, Device, Var};
 
     fn inputs() -> (Tensor, Tensor) {
@@ -144,23 +145,12 @@ mod tests {
         (g, u)
     }
 
-    fn to64(t: &Tensor) -> Tensor {
-        t.to_dtype(DType::F64).unwrap()
-    }
-
     #[test]
     fn values_match_the_composed_path_in_float64() {
         let (g, u) = inputs();
         let fused = fused_swiglu(&g, &u).unwrap();
         let reference = composed_swiglu(&to64(&g), &to64(&u)).unwrap();
-        let diff = (to64(&fused) - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let diff = max_diff(&fused, &reference);
         assert!(diff < 1e-5, "{diff}");
     }
 
@@ -248,8 +238,7 @@ mod tests {
         let ours = run(&g, &u, &up, true);
         let expected = run(&to64(&g), &to64(&u), &to64(&up), false);
         for (a, b) in ours.iter().zip(&expected) {
-            let diff = (to64(a) - b).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f64>().unwrap() < 1e-4);
+            assert!(max_diff(a, b) < 1e-4);
         }
     }
 }
