@@ -97,8 +97,8 @@ grpo-mutant | grpo-speed)
         # The two branches side by side, one core each.
         RAYON_NUM_THREADS=1 $grpo
     else
-        # One branch at a time, with both cores: a SmolLM2 GRPO step peaks near 13 GB, and two
-        # side by side were killed for memory on a 24 GB machine. The lock lives on the runs
+        # One branch at a time, with both cores: two SmolLM2 branches side by side ran out of a
+        # 24 GB machine's memory (the one killed held 12.9 GB). The lock lives on the runs
         # volume both stage containers mount; the kernel releases it if a holder dies.
         echo "$stage: waiting for the other GRPO branch to finish, if it runs"
         flock runs/.grpo.lock $grpo
