@@ -1,7 +1,8 @@
 //! The switch between the fused CPU ops — chosen-token log-probabilities
 //! (`fused_logprobs.rs`), RMSNorm (`fused_rms_norm.rs`), rotary embeddings (`fused_rope.rs`),
-//! attention probabilities (`fused_attention.rs`) and the SwiGLU gate (`fused_swiglu.rs`) — and
-//! their compositions from autograd's primitives.
+//! attention probabilities (`fused_attention.rs`), the SwiGLU gate (`fused_swiglu.rs`) and the
+//! product with a frozen weight (`frozen_matmul.rs`) — and their compositions from autograd's
+//! primitives.
 //!
 //! The fused ops serve wherever they apply (a CPU tensor in f32) unless turned off. Both paths
 //! give the same numbers (each op's tests compare them, and the fused backward with float64
@@ -34,12 +35,16 @@ pub fn with_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     result
 }
 
+/// Whether the fused ops are on for this thread.
+pub fn enabled() -> bool {
+    OVERRIDE
+        .with(Cell::get)
+        .unwrap_or_else(|| ENABLED.load(Ordering::Relaxed))
+}
+
 /// Whether a fused op serves this input: the switch is on and the tensor is f32 on the CPU.
 pub fn applies(input: &Tensor) -> bool {
-    let enabled = OVERRIDE
-        .with(Cell::get)
-        .unwrap_or_else(|| ENABLED.load(Ordering::Relaxed));
-    enabled && input.device().is_cpu() && input.dtype() == DType::F32
+    enabled() && input.device().is_cpu() && input.dtype() == DType::F32
 }
 
 /// The f32 elements of a fused op's contiguous input; an error names the op and the input.

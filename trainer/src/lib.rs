@@ -12,6 +12,7 @@ pub mod distill;
 pub mod eval;
 pub mod eval_report;
 pub mod frozen;
+pub mod frozen_matmul;
 pub mod fused;
 pub mod fused_attention;
 pub mod fused_logprobs;

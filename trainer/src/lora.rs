@@ -199,7 +199,7 @@ impl Linear {
         let flat = x.reshape(((), in_dim))?;
         let mut y = match &self.base {
             BaseWeight::Quantized(q) => nf4_matmul(&flat, q)?,
-            _ => flat.matmul(&self.weight(x)?.t()?)?,
+            _ => crate::frozen_matmul::frozen_matmul(&flat, &self.weight(x)?)?,
         };
         if let Some(bias) = &self.bias {
             y = y.broadcast_add(bias)?;
