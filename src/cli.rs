@@ -725,8 +725,9 @@ pub struct BenchTrainArgs {
     /// `smollm2` (SmolLM2-135M-Instruct's shape; random weights, the same arithmetic).
     #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
     pub shapes: Vec<String>,
-    /// Only these modes (`full`, `lora`, `lora-bf16`, `qlora`, `generate`; default: all that the
-    /// shape has: tiny full/lora/qlora/generate, the others lora/lora-bf16/qlora/generate).
+    /// Only these modes (`full`, `lora`, `lora-bf16`, `qlora`, `generate`, and `full-ckpt`,
+    /// `lora-ckpt`, `qlora-ckpt`: with activation checkpointing, LoRA without dropout); default:
+    /// tiny full/lora/qlora/generate, the others lora/lora-bf16/qlora/lora-ckpt/qlora-ckpt/generate.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<String>,
     /// Measure every configuration twice, with the fused CPU ops (RMSNorm, attention

@@ -29,7 +29,8 @@ use crate::cli::BenchTrainArgs;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Probe {
     shape: String,
-    /// `full` (f32), `lora` (f32 base), `lora-bf16` (bf16 base), `qlora` (NF4 base), `generate`.
+    /// `full` (f32), `lora` (f32 base), `lora-bf16` (bf16 base), `qlora` (NF4 base), `generate`;
+    /// `-ckpt` after a training mode: with activation checkpointing (no LoRA dropout).
     mode: String,
     batch: usize,
     seq_len: usize,
@@ -170,11 +171,24 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
     unitforge_trainer::fused::set_enabled(probe.fused);
     let config = shape(&probe.shape)?;
     let device = probe_device(&probe.device)?;
-    let (dtype, quantize, lora, full) = match probe.mode.as_str() {
+    // `-ckpt`: activation checkpointing (recompute.rs), which needs LoRA without dropout.
+    let (base_mode, checkpointing) = match probe.mode.strip_suffix("-ckpt") {
+        Some(base) => (base, true),
+        None => (probe.mode.as_str(), false),
+    };
+    let adapters = LoraConfig {
+        dropout: if checkpointing {
+            0.0
+        } else {
+            LoraConfig::default().dropout
+        },
+        ..LoraConfig::default()
+    };
+    let (dtype, quantize, lora, full) = match base_mode {
         "full" => (DType::F32, false, None, true),
-        "lora" => (DType::F32, false, Some(LoraConfig::default()), false),
-        "lora-bf16" => (DType::BF16, false, Some(LoraConfig::default()), false),
-        "qlora" => (DType::F32, true, Some(LoraConfig::default()), false),
+        "lora" => (DType::F32, false, Some(adapters), false),
+        "lora-bf16" => (DType::BF16, false, Some(adapters), false),
+        "qlora" => (DType::F32, true, Some(adapters), false),
         "generate" => (DType::F32, false, None, false),
         other => bail!("unknown mode {other}"),
     };
@@ -184,6 +198,7 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
         quantize_base: quantize,
         full_finetune: full,
         seed: 0,
+        gradient_checkpointing: checkpointing,
     };
     let weights = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
     let model = Model::from_weights(config.clone(), &weights, &device, &options, &VarMap::new())?;
@@ -244,7 +259,7 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
             // A GPU runs asynchronously: wait for it before each reading of the clock.
             device.synchronize()?;
             let forward = started.elapsed().as_secs_f64();
-            let grads = loss.backward()?;
+            let grads = unitforge_trainer::recompute::backward(&loss)?;
             device.synchronize()?;
             let backward = started.elapsed().as_secs_f64();
             optimizer.step(&grads, 1e-4)?;
@@ -339,7 +354,16 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&run_probe(&probe)?)?);
         return Ok(());
     }
-    const MODES: [&str; 5] = ["full", "lora", "lora-bf16", "qlora", "generate"];
+    const MODES: [&str; 8] = [
+        "full",
+        "lora",
+        "lora-bf16",
+        "qlora",
+        "full-ckpt",
+        "lora-ckpt",
+        "qlora-ckpt",
+        "generate",
+    ];
     if let Some(unknown) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
         bail!("unknown mode `{unknown}` (one of {})", MODES.join(", "));
     }
@@ -347,15 +371,24 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let mut candle = Vec::new();
     for shape_name in &args.shapes {
         shape(shape_name)?;
-        let modes: &[&str] = if shape_name == "tiny" {
+        let defaults: &[&str] = if shape_name == "tiny" {
             &["full", "lora", "qlora", "generate"]
         } else {
-            &["lora", "lora-bf16", "qlora", "generate"]
+            &[
+                "lora",
+                "lora-bf16",
+                "qlora",
+                "lora-ckpt",
+                "qlora-ckpt",
+                "generate",
+            ]
         };
-        let modes = modes
-            .iter()
-            .filter(|m| args.modes.is_empty() || args.modes.iter().any(|a| a == *m));
-        for mode in modes {
+        let modes: Vec<&str> = if args.modes.is_empty() {
+            defaults.to_vec()
+        } else {
+            args.modes.iter().map(String::as_str).collect()
+        };
+        for mode in &modes {
             let steps = if *mode == "lora-bf16" { 1 } else { args.steps };
             // The composed reference right after the fused run, so both see the same machine.
             let settings: &[bool] = if args.compare_unfused {

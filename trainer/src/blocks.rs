@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Result, Tensor, D};
 use crate::config::ModelConfig;
 use crate::lora::{Linear, Pass};
 
+#[derive(Clone)]
 pub(crate) struct Rope {
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
@@ -137,6 +138,7 @@ pub fn composed_attention_probs(
     softmax_last_dim(&scores)
 }
 
+#[derive(Clone)]
 pub(crate) struct Attention {
     pub(crate) q: Linear,
     pub(crate) k: Linear,
@@ -233,6 +235,7 @@ pub(crate) fn causal_mask(
     Tensor::from_vec(mask, (time, total), device)?.to_dtype(dtype)
 }
 
+#[derive(Clone)]
 pub(crate) struct Mlp {
     pub(crate) gate: Linear,
     pub(crate) up: Linear,
@@ -249,6 +252,7 @@ impl Mlp {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Layer {
     pub(crate) attention: Attention,
     pub(crate) mlp: Mlp,
@@ -257,6 +261,50 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
+    /// x + attention(norm(x)), then h + mlp(norm(h)): one pre-norm decoder layer.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        eps: f64,
+        offset: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        key_mask: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let attended = self.attention.forward(
+            &rms_norm(x, &self.input_norm, eps)?,
+            rope,
+            offset,
+            cache,
+            key_mask,
+            pass,
+        )?;
+        let h = (x + attended)?;
+        let mixed = self
+            .mlp
+            .forward(&rms_norm(&h, &self.post_attention_norm, eps)?, pass)?;
+        h + mixed
+    }
+
+    /// The layer's tensors that carry a gradient: LoRA matrices, and in full fine-tuning the
+    /// linear and norm weights.
+    pub(crate) fn parameters(&self) -> Vec<Tensor> {
+        let mut parameters: Vec<Tensor> = self
+            .linears()
+            .iter()
+            .flat_map(|(_, linear)| linear.trainable())
+            .map(|var| var.as_tensor().clone())
+            .collect();
+        for norm in [&self.input_norm, &self.post_attention_norm] {
+            if norm.is_variable() {
+                parameters.push(norm.clone());
+            }
+        }
+        parameters
+    }
+
     /// The layer's linear modules with their paths inside the layer.
     pub(crate) fn linears(&self) -> [(&'static str, &Linear); 7] {
         [

@@ -54,6 +54,7 @@ pub fn load_frozen(
         quantize_base: quantize,
         full_finetune: false,
         seed: 0,
+        gradient_checkpointing: false,
     };
     let model = Model::load(dir, device, &options, &VarMap::new())?;
     if model.config().vocab_size != student_vocab_size {

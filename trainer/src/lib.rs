@@ -33,6 +33,7 @@ pub mod policy_loss;
 pub mod prompts;
 pub mod prune;
 pub mod quant;
+pub mod recompute;
 pub mod reward_source;
 pub mod sft;
 pub mod stage;

@@ -16,6 +16,7 @@ use crate::blocks::{rms_norm, Attention, Layer, Mlp, Rope};
 use crate::config::ModelConfig;
 use crate::lora::{BaseWeight, Linear, LoraConfig, Pass};
 use crate::quant::Nf4Tensor;
+use crate::recompute;
 use crate::TrainerError;
 
 /// How to hold the weights of a loaded model.
@@ -31,6 +32,9 @@ pub struct LoadOptions {
     pub full_finetune: bool,
     /// Seed of the LoRA initialisation.
     pub seed: u64,
+    /// Recompute each decoder layer's activations in the backward instead of keeping them
+    /// (`recompute.rs`): less memory, one more forward per step. CPU only, no LoRA dropout.
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +45,7 @@ impl Default for LoadOptions {
             quantize_base: false,
             full_finetune: false,
             seed: 0,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -82,6 +87,8 @@ pub struct Model {
     trainable: Vec<(String, Var)>,
     device: Device,
     dtype: DType,
+    /// Training forwards recompute each layer in the backward (`recompute.rs`).
+    gradient_checkpointing: bool,
 }
 
 /// The safetensors files of a checkpoint directory (one file, or the shards of its index).
@@ -190,6 +197,23 @@ impl Model {
         options: &LoadOptions,
         varmap: &VarMap,
     ) -> Result<Self> {
+        if options.gradient_checkpointing {
+            if !device.is_cpu() {
+                candle_core::bail!(
+                    "gradient_checkpointing runs on the CPU only (its recomputed layer is a CPU op)"
+                );
+            }
+            if let Some(dropout) = options
+                .lora
+                .as_ref()
+                .map(|l| l.dropout)
+                .filter(|&d| d > 0.0)
+            {
+                candle_core::bail!(
+                    "gradient_checkpointing needs lora.dropout: 0 (it is {dropout}): the layer recomputed in the backward would draw another dropout mask than its forward"
+                );
+            }
+        }
         let dtype = options.dtype;
         let trainable_vb = VarBuilder::from_varmap(varmap, dtype, device);
         let mut trainable = Vec::new();
@@ -356,6 +380,7 @@ impl Model {
             trainable,
             device: device.clone(),
             dtype,
+            gradient_checkpointing: options.gradient_checkpointing,
         };
         model.collect_lora_vars();
         Ok(model)
@@ -512,19 +537,11 @@ impl Model {
         let eps = self.config.rms_norm_eps;
         for (index, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[index]);
-            let attended = layer.attention.forward(
-                &rms_norm(&x, &layer.input_norm, eps)?,
-                &self.rope,
-                offset,
-                slot,
-                key_mask,
-                pass,
-            )?;
-            x = (x + attended)?;
-            let mixed = layer
-                .mlp
-                .forward(&rms_norm(&x, &layer.post_attention_norm, eps)?, pass)?;
-            x = (x + mixed)?;
+            x = if self.gradient_checkpointing && pass == Pass::Train && slot.is_none() {
+                recompute::layer(layer, &x, &self.rope, eps, offset, key_mask)?
+            } else {
+                layer.forward(&x, &self.rope, eps, offset, slot, key_mask, pass)?
+            };
         }
         let x = rms_norm(&x, &self.norm, eps)?;
         let logits = self.lm_head.forward_pass(&x, pass)?;

@@ -57,6 +57,10 @@ pub struct StageConfig {
     pub full_finetune: bool,
     #[serde(default)]
     pub quantize_base: bool,
+    /// Recompute each decoder layer's activations in the backward instead of keeping them
+    /// (`recompute.rs`): less memory for one more forward per step. CPU, no LoRA dropout.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
     #[serde(default)]
     pub lora: LoraConfig,
     #[serde(default)]

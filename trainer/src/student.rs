@@ -39,6 +39,7 @@ pub fn load_student(
         quantize_base: config.quantize_base,
         full_finetune: config.full_finetune,
         seed: config.seed,
+        gradient_checkpointing: config.gradient_checkpointing,
     };
     let model = Model::load(&config.base_model, device, &options, &VarMap::new())?;
     let collator = Collator::new(

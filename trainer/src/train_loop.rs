@@ -300,7 +300,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
             for (key, value) in out.parts {
                 *parts.entry(key.to_string()).or_default() += value / accum as f64;
             }
-            accumulate(&mut grads, out.loss.backward()?, &params)?;
+            accumulate(&mut grads, crate::recompute::backward(&out.loss)?, &params)?;
         }
         let mut grads = grads.expect("at least one micro-batch");
         scale_grads(&mut grads, &params, 1.0 / accum as f64)?;

@@ -493,3 +493,101 @@ fn prompts_of_different_lengths_batched_with_padding_match_each_generated_alone(
         assert_eq!(together[row], alone, "row {row}");
     }
 }
+
+/// Every trainable gradient of a model loaded with `options`, in float64, from
+/// `unitforge_trainer::recompute::backward` (which a checkpointed model needs), with the number
+/// of nodes autograd's graph holds at the loss.
+fn gradients_and_graph_size(dir: &Path, options: &LoadOptions) -> (Vec<(String, Tensor)>, usize) {
+    let model = load(dir, options, &VarMap::new());
+    randomise_b(&model, 16);
+    let probe = randn(17, &[2, 9, 96], 1.0).to_dtype(options.dtype).unwrap();
+    let logits = model.forward(&ids(), 0, None, true).unwrap();
+    let loss = (logits * probe).unwrap().sum_all().unwrap();
+    let nodes = loss.sorted_nodes().len();
+    let grads = unitforge_trainer::recompute::backward(&loss).unwrap();
+    let named = model
+        .trainable()
+        .iter()
+        .map(|(name, var)| {
+            let grad = grads
+                .get(var)
+                .unwrap_or_else(|| panic!("{name} received no gradient"));
+            (name.clone(), grad.to_dtype(DType::F64).unwrap())
+        })
+        .collect();
+    (named, nodes)
+}
+
+/// Activation checkpointing recomputes each layer in the backward: the gradients are those of
+/// the plain backward (float64, so any difference is a wrong gradient, not rounding), with LoRA
+/// and in full fine-tuning (norm weights included), and the graph kept to the backward is a
+/// fraction of the plain one.
+#[test]
+fn gradient_checkpointing_gives_the_plain_gradients_from_a_smaller_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 15, DType::F64));
+    for (what, base) in [
+        (
+            "LoRA",
+            LoadOptions {
+                dtype: DType::F64,
+                lora: Some(lora(4)),
+                ..LoadOptions::default()
+            },
+        ),
+        (
+            "full fine-tuning",
+            LoadOptions {
+                dtype: DType::F64,
+                full_finetune: true,
+                ..LoadOptions::default()
+            },
+        ),
+    ] {
+        let (plain, plain_nodes) = gradients_and_graph_size(dir.path(), &base);
+        let checkpointed = LoadOptions {
+            gradient_checkpointing: true,
+            ..base.clone()
+        };
+        let (ours, nodes) = gradients_and_graph_size(dir.path(), &checkpointed);
+        assert_eq!(ours.len(), plain.len());
+        let largest = |t: &Tensor| -> f64 {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        for ((name, ours), (_, expected)) in ours.iter().zip(&plain) {
+            let scale = largest(expected).max(1e-12);
+            let error = largest(&(ours - expected).unwrap()) / scale;
+            assert!(error < 1e-12, "{what}, {name}: relative error {error}");
+        }
+        assert!(
+            nodes * 3 < plain_nodes,
+            "{what}: {nodes} graph nodes with checkpointing, {plain_nodes} without"
+        );
+    }
+}
+
+#[test]
+fn gradient_checkpointing_refuses_lora_dropout() {
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 18, DType::F32));
+    let options = LoadOptions {
+        lora: Some(unitforge_trainer::lora::LoraConfig {
+            dropout: 0.1,
+            ..lora(4)
+        }),
+        gradient_checkpointing: true,
+        ..LoadOptions::default()
+    };
+    let error = Model::load(dir.path(), &Device::Cpu, &options, &VarMap::new())
+        .err()
+        .expect("dropout with checkpointing must be refused")
+        .to_string();
+    assert!(error.contains("lora.dropout"), "{error}");
+}

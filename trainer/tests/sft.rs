@@ -175,3 +175,37 @@ fn sft_learns_checkpoints_resume_exactly_and_the_output_loads() {
     let diff = max_abs_diff(&a, &b);
     assert!(diff < 1e-4, "merged vs base + adapter: {diff}");
 }
+
+/// `gradient_checkpointing: true` changes what the step keeps, not what it computes: the same
+/// run's losses and gradient norms, step by step, with LoRA and in full fine-tuning.
+#[test]
+fn gradient_checkpointing_trains_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train_data, eval_data) = setup(dir.path());
+    for full_finetune in [false, true] {
+        let run = |checkpointing: bool| {
+            let out = dir
+                .path()
+                .join(format!("run-{full_finetune}-{checkpointing}"));
+            let mut stage = config(&model, &train_data, &eval_data, &out, 6);
+            stage.full_finetune = full_finetune;
+            stage.gradient_checkpointing = checkpointing;
+            train(&stage, &Device::Cpu).unwrap();
+            read_metrics(&out.join("metrics.jsonl")).unwrap()
+        };
+        let (plain, checkpointed) = (run(false), run(true));
+        assert_eq!(plain.len(), 6);
+        for (a, b) in plain.iter().zip(&checkpointed) {
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs()
+                    && (a.grad_norm - b.grad_norm).abs() <= 1e-4 * a.grad_norm.abs(),
+                "full fine-tuning {full_finetune}, step {}: loss {} vs {}, grad norm {} vs {}",
+                a.step,
+                a.loss,
+                b.loss,
+                a.grad_norm,
+                b.grad_norm
+            );
+        }
+    }
+}
