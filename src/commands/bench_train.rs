@@ -18,8 +18,8 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 use unitforge_trainer::config::ModelConfig;
 use unitforge_trainer::generate::{generate_ids, SamplingConfig};
-use unitforge_trainer::lora::LoraConfig;
-use unitforge_trainer::loss::masked_cross_entropy;
+use unitforge_trainer::lora::{LoraConfig, Pass};
+use unitforge_trainer::loss::masked_nll;
 use unitforge_trainer::model::{LoadOptions, Model};
 use unitforge_trainer::optim::{AdamW, AdamWConfig};
 
@@ -254,8 +254,10 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
         let mut times = [0.0f64; 3];
         for step in 0..=probe.steps {
             let started = Instant::now();
-            let logits = model.forward(&inputs, 0, None, true)?;
-            let loss = masked_cross_entropy(&logits, &targets, &mask.to_dtype(logits.dtype())?)?;
+            // As SFT computes it: log p(target) from the hidden states where the head is
+            // frozen (the logits never whole), else from the logits.
+            let logprobs = model.target_logprobs(&inputs, &targets, 1.0, Pass::Train)?;
+            let loss = masked_nll(&logprobs, &mask)?;
             // A GPU runs asynchronously: wait for it before each reading of the clock.
             device.synchronize()?;
             let forward = started.elapsed().as_secs_f64();

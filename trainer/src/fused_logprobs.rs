@@ -25,11 +25,15 @@ struct ChosenLogprobs {
     temperature: f64,
 }
 
-/// Log-sum-exp of one row of z = x / T (shifted by the row's maximum, so it cannot overflow).
-fn row_lse(row: &[f32], inv_t: f32) -> f32 {
+/// Log-sum-exp of one row of z = x / T (shifted by the row's maximum, so it cannot overflow;
+/// summed in f64, since a vocabulary's worth of f32 additions loses ~1e-4 of the sum).
+pub(crate) fn row_lse(row: &[f32], inv_t: f32) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * inv_t));
-    let sum: f32 = row.iter().map(|&x| (x * inv_t - max).exp()).sum();
-    max + sum.ln()
+    let sum: f64 = row
+        .iter()
+        .map(|&x| f64::from((x * inv_t - max).exp()))
+        .sum();
+    max + sum.ln() as f32
 }
 
 impl CustomOp2 for ChosenLogprobs {

@@ -24,6 +24,7 @@ use crate::data::{Example, Targets};
 use crate::device::{parse_dtype, usable_dtype};
 use crate::frozen::load_frozen;
 use crate::generate::{sample_completions, Completion, SamplingConfig};
+use crate::lora::Pass;
 use crate::loss::{chosen_logprobs, jsd_loss};
 use crate::model::Model;
 use crate::policy_loss::{advantages, policy_loss, zero_spread, PolicyInputs, PolicySettings};
@@ -442,8 +443,13 @@ impl Grpo<'_> {
         let input_ids = Tensor::from_vec(inputs, shape, device)?;
         let targets = Tensor::from_vec(targets, shape, device)?;
         let old_logp = if self.settings.num_iterations > 1 {
-            let logits = self.student.model.forward(&input_ids, 0, None, false)?;
-            Some(chosen_logprobs(&logits, &targets, self.logprob_temperature())?.detach())
+            let model = &self.student.model;
+            let temperature = self.logprob_temperature();
+            Some(
+                model
+                    .target_logprobs(&input_ids, &targets, temperature, Pass::Eval)?
+                    .detach(),
+            )
         } else {
             None
         };
@@ -590,15 +596,30 @@ impl StageLogic for Grpo<'_> {
         let batch = &round.batches[index];
         let model = &self.student.model;
         let temperature = self.logprob_temperature();
-        let logits = model.forward(&batch.input_ids, 0, None, true)?;
-        let logp = chosen_logprobs(&logits, &batch.targets, temperature)?;
+        // The online JSD compares whole distributions, so only then are the logits formed;
+        // otherwise the log-probs come straight from the hidden states (`target_logprobs`).
+        let (logp, logits) = if self.teacher.is_some() {
+            let logits = model.forward(&batch.input_ids, 0, None, true)?;
+            let logp = chosen_logprobs(&logits, &batch.targets, temperature)?;
+            (logp, Some(logits))
+        } else {
+            let logp = model.target_logprobs(
+                &batch.input_ids,
+                &batch.targets,
+                temperature,
+                Pass::Train,
+            )?;
+            (logp, None)
+        };
         let old_logp = batch.old_logp.clone().unwrap_or_else(|| logp.detach());
         let ref_logp = if self.settings.beta > 0.0 {
-            let reference = match self.reference {
-                Some(frozen) => frozen.forward(&batch.input_ids, 0, None, false)?,
-                None => model.forward_without_adapters(&batch.input_ids, None)?,
+            let (reference, pass) = match self.reference {
+                Some(frozen) => (frozen, Pass::Eval),
+                None => (model, Pass::BaseOnly),
             };
-            Some(chosen_logprobs(&reference, &batch.targets, temperature)?.detach())
+            let ref_logp =
+                reference.target_logprobs(&batch.input_ids, &batch.targets, temperature, pass)?;
+            Some(ref_logp.detach())
         } else {
             None
         };
@@ -627,11 +648,11 @@ impl StageLogic for Grpo<'_> {
             loss = (loss * self.config.grad_accum as f64)?;
         }
         let mut parts = vec![("kl", policy.kl), ("clip_ratio", policy.clip_ratio)];
-        if let Some(teacher) = self.teacher {
+        if let (Some(teacher), Some(logits)) = (self.teacher, logits.as_ref()) {
             let online = &self.settings.gkd_online;
             let teacher_logits = teacher.forward(&batch.input_ids, 0, None, false)?.detach();
             let jsd = jsd_loss(
-                &logits,
+                logits,
                 &teacher_logits,
                 &batch.mask,
                 online.beta,
@@ -642,7 +663,7 @@ impl StageLogic for Grpo<'_> {
         }
         if batch.tokens == 0.0 {
             // No completion counts: a zero loss that still reaches every parameter.
-            loss = (logits.sum_all()? * 0.0)?;
+            loss = (logp.sum_all()? * 0.0)?;
         }
         Ok(MicroLoss {
             loss,

@@ -15,6 +15,7 @@ pub mod frozen;
 pub mod frozen_matmul;
 pub mod fused;
 pub mod fused_attention;
+pub mod fused_head_logprobs;
 pub mod fused_logprobs;
 pub mod fused_rms_norm;
 pub mod fused_rope;

@@ -220,6 +220,19 @@ impl Linear {
         y.reshape(shape)
     }
 
+    /// The base weight when the layer is exactly x · Wᵀ with W outside autograd: frozen and
+    /// dense, no bias, no adapters (the output head under LoRA and QLoRA).
+    pub fn plain_frozen_weight(&self) -> Option<&Tensor> {
+        match &self.base {
+            BaseWeight::Frozen(w)
+                if self.bias.is_none() && self.lora.is_none() && !w.track_op() =>
+            {
+                Some(w)
+            }
+            _ => None,
+        }
+    }
+
     /// The trainable variables of this layer (LoRA pair, or the base in full fine-tuning).
     pub fn trainable(&self) -> Vec<Var> {
         let mut vars = Vec::new();

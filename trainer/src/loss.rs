@@ -27,7 +27,13 @@ pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
 /// Mean of −log p(target) over positions where `mask` is 1. logits [b, t, v] (float), targets
 /// [b, t] (u32), mask [b, t] (same float type as logits).
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    masked_mean(&chosen_logprobs(logits, targets, 1.0)?.neg()?, mask)
+    masked_nll(&chosen_logprobs(logits, targets, 1.0)?, mask)
+}
+
+/// Mean of −log p over positions where `mask` is 1, from the log-probabilities [b, t] of the
+/// targets (`Model::target_logprobs`): the cross-entropy without the logits.
+pub fn masked_nll(target_logprobs: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    masked_mean(&target_logprobs.neg()?, mask)
 }
 
 /// log p(token) under `logits / temperature`: [b, t, v] and [b, t] → [b, t]. On the CPU in f32

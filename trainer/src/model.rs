@@ -525,6 +525,58 @@ impl Model {
         &self,
         input_ids: &Tensor,
         offset: usize,
+        cache: Option<&mut KvCache>,
+        key_mask: Option<&Tensor>,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, offset, cache, key_mask, pass)?;
+        let logits = self.lm_head.forward_pass(&hidden, pass)?;
+        match self.dtype {
+            DType::BF16 | DType::F16 => logits.to_dtype(DType::F32),
+            _ => Ok(logits),
+        }
+    }
+
+    /// log p(targets) [batch, time] of the whole sequence `input_ids` [batch, time] under
+    /// logits / `temperature`, in `pass` (`Pass::BaseOnly`: GRPO's reference): what
+    /// cross-entropy and GRPO need. With a frozen output head where the fused ops serve, from
+    /// the hidden states in chunks (`fused_head_logprobs.rs`: the logits never whole); else from
+    /// the logits, with the same numbers.
+    pub fn target_logprobs(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        temperature: f64,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, 0, None, None, pass)?;
+        match self.lm_head.plain_frozen_weight() {
+            Some(weight) if crate::fused::applies(&hidden) && weight.dtype() == DType::F32 => {
+                let (batch, time, width) = hidden.dims3()?;
+                crate::fused_head_logprobs::fused_head_logprobs(
+                    &hidden.reshape((batch * time, width))?,
+                    weight,
+                    &targets.flatten_all()?,
+                    temperature,
+                )?
+                .reshape((batch, time))
+            }
+            _ => {
+                let logits = self.lm_head.forward_pass(&hidden, pass)?;
+                let logits = match self.dtype {
+                    DType::BF16 | DType::F16 => logits.to_dtype(DType::F32)?,
+                    _ => logits,
+                };
+                crate::loss::chosen_logprobs(&logits, targets, temperature)
+            }
+        }
+    }
+
+    /// The final layer norm's output [batch, time, hidden]: what the output head multiplies.
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        offset: usize,
         mut cache: Option<&mut KvCache>,
         key_mask: Option<&Tensor>,
         pass: Pass,
@@ -543,11 +595,6 @@ impl Model {
                 layer.forward(&x, &self.rope, eps, offset, slot, key_mask, pass)?
             };
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
-        let logits = self.lm_head.forward_pass(&x, pass)?;
-        match self.dtype {
-            DType::BF16 | DType::F16 => logits.to_dtype(DType::F32),
-            _ => Ok(logits),
-        }
+        rms_norm(&x, &self.norm, eps)
     }
 }

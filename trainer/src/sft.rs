@@ -8,7 +8,8 @@
 use candle_core::{Device, Tensor};
 
 use crate::data::{Batch, Targets};
-use crate::loss::masked_cross_entropy;
+use crate::lora::Pass;
+use crate::loss::masked_nll;
 use crate::stage_config::StageConfig;
 use crate::student::{load_student, Student};
 use crate::supervised::held_out;
@@ -56,9 +57,9 @@ impl StageLogic for Supervised<'_> {
     ) -> Result<MicroLoss, TrainerError> {
         let (model, collator) = (&self.student.model, &self.student.collator);
         let batch = collator.collate(&batch.examples.iter().collect::<Vec<_>>(), model.device())?;
-        let logits = model.forward(&batch.input_ids, 0, None, true)?;
+        let logprobs = model.target_logprobs(&batch.input_ids, &batch.targets, 1.0, Pass::Train)?;
         Ok(MicroLoss {
-            loss: masked_cross_entropy(&logits, &batch.targets, &batch.mask)?,
+            loss: masked_nll(&logprobs, &batch.mask)?,
             tokens: batch.target_tokens,
             parts: Vec::new(),
         })

@@ -591,3 +591,65 @@ fn gradient_checkpointing_refuses_lora_dropout() {
         .to_string();
     assert!(error.contains("lora.dropout"), "{error}");
 }
+
+/// `Model::target_logprobs` takes the chunked output-head op under LoRA (a frozen head, f32 on
+/// the CPU) and the logits elsewhere: values and LoRA gradients equal those of the logits path,
+/// the base-only pass (GRPO's reference) included.
+#[test]
+fn target_logprobs_from_the_hidden_states_equal_the_logits_path() {
+    use unitforge_trainer::lora::Pass;
+    use unitforge_trainer::loss::chosen_logprobs;
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 19, DType::F32));
+    let options = LoadOptions {
+        lora: Some(lora(4)),
+        ..LoadOptions::default()
+    };
+    let model = load(dir.path(), &options, &VarMap::new());
+    randomise_b(&model, 20);
+    let targets = ids().narrow(1, 1, 8).unwrap();
+    let inputs = ids().narrow(1, 0, 8).unwrap();
+    let weights = randn(21, &[2, 8], 1.0).to_dtype(DType::F32).unwrap();
+    let run = |chunked: bool| {
+        let logp = unitforge_trainer::fused::with_enabled(true, || {
+            if chunked {
+                model.target_logprobs(&inputs, &targets, 0.9, Pass::Train)
+            } else {
+                let logits = model.forward(&inputs, 0, None, true)?;
+                chosen_logprobs(&logits, &targets, 0.9)
+            }
+        })
+        .unwrap();
+        // The chunked path keeps no vocabulary-sized tensor for the backward.
+        let logit_sized = logp
+            .sorted_nodes()
+            .iter()
+            .filter(|t| t.dims().last() == Some(&96))
+            .count();
+        assert_eq!(logit_sized == 0, chunked, "{logit_sized} logit-sized nodes");
+        let grads = (&logp * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let lora_grads: Vec<Tensor> = model
+            .trainable()
+            .iter()
+            .map(|(_, var)| grads.get(var).unwrap().clone())
+            .collect();
+        (logp, lora_grads)
+    };
+    let (ours, our_grads) = run(true);
+    let (expected, expected_grads) = run(false);
+    assert!(max_abs_diff(&ours, &expected) < 1e-5);
+    for (a, b) in our_grads.iter().zip(&expected_grads) {
+        assert!(max_abs_diff(a, b) <= 1e-4 * max_abs(b).max(1e-3));
+    }
+    let base = model
+        .target_logprobs(&inputs, &targets, 1.0, Pass::BaseOnly)
+        .unwrap();
+    let base_logits = model.forward_without_adapters(&inputs, None).unwrap();
+    let expected = chosen_logprobs(&base_logits, &targets, 1.0).unwrap();
+    assert!(max_abs_diff(&base, &expected) < 1e-5);
+}
