@@ -176,7 +176,10 @@ impl Attention {
                 k = Tensor::cat(&[past_k, &k], 2)?;
                 v = Tensor::cat(&[past_v, &v], 2)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            // Detached: the cache serves generation only, and with trainable adapters the keys
+            // and values would otherwise carry the autograd graph of every earlier decoding
+            // step (all of their intermediates, kept alive to the end of generation).
+            *slot = Some((k.detach(), v.detach()));
         }
         let total = k.dim(2)?;
         let repeats = self.heads / self.kv_heads;
