@@ -97,9 +97,11 @@ grpo-mutant | grpo-speed)
         # The two branches side by side, one core each.
         RAYON_NUM_THREADS=1 $grpo
     else
-        # One branch at a time, with both cores: two SmolLM2 branches side by side ran out of a
-        # 24 GB machine's memory (the one killed held 12.9 GB). The lock lives on the runs
-        # volume both stage containers mount; the kernel releases it if a holder dies.
+        # One branch at a time, with both cores (each alone is as fast as two side by side on
+        # one core each, and leaves memory to the sandbox). Branches were once killed for
+        # memory here: generation kept the autograd graph of every decoding step in the KV
+        # cache, fixed since (a branch now peaks near 6 GB). The lock lives on the runs volume
+        # both stage containers mount; the kernel releases it if a holder dies.
         echo "$stage: waiting for the other GRPO branch to finish, if it runs"
         flock runs/.grpo.lock $grpo
     fi

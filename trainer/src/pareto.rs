@@ -104,7 +104,13 @@ fn draw(points: &[ParetoPoint], path: &Path) -> Result<(), TrainerError> {
             .label("non-dominated front")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     }
-    for point in points {
+    for (index, point) in points.iter().enumerate() {
+        // Points at the same place (several checkpoints without a passing suite, all at the
+        // origin) stack their labels instead of printing them over each other.
+        let same_place = points[..index]
+            .iter()
+            .filter(|other| at(other) == at(point))
+            .count() as i32;
         let color = if point.on_front { RED } else { BLUE };
         let shape = if point.mean_suite_cpu_ms.is_some() {
             color.filled()
@@ -121,7 +127,11 @@ fn draw(points: &[ParetoPoint], path: &Path) -> Result<(), TrainerError> {
             .draw_series(std::iter::once(
                 EmptyElement::at(at(point))
                     + Circle::new((0, 0), 6, shape)
-                    + Text::new(label, (9, -20), ("sans-serif", 16).into_font()),
+                    + Text::new(
+                        label,
+                        (9, -20 - 18 * same_place),
+                        ("sans-serif", 16).into_font(),
+                    ),
             ))
             .map_err(plot_error)?;
     }
