@@ -65,7 +65,7 @@ impl CustomOp1 for FrozenMatmul {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_support::{max_diff, to64};
+    use crate::fused::test_support::{assert_matches_finite_differences, max_diff, to64};
     use candle_core::{DType, Device, Var};
 
     fn inputs(rows: usize, inner: usize, out: usize) -> (Var, Tensor) {
@@ -123,28 +123,8 @@ mod tests {
         let var = Var::from_tensor(&x).unwrap();
         let y = crate::fused::with_enabled(true, || frozen_matmul(var.as_tensor(), &w)).unwrap();
         let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let analytic = grads
-            .get(var.as_tensor())
-            .unwrap()
-            .to_vec2::<f64>()
-            .unwrap();
-        let values = x.to_vec2::<f64>().unwrap();
-        let eps = 1e-6;
-        for (i, row) in values.iter().enumerate() {
-            for j in 0..row.len() {
-                let shifted = |delta: f64| {
-                    let mut v = values.clone();
-                    v[i][j] += delta;
-                    loss(&Tensor::new(v, &device).unwrap())
-                };
-                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
-                assert!(
-                    (numeric - analytic[i][j]).abs() < 1e-6,
-                    "({i}, {j}): {numeric} vs {}",
-                    analytic[i][j]
-                );
-            }
-        }
+        let analytic = grads.get(var.as_tensor()).unwrap();
+        assert_matches_finite_differences(&x, analytic, loss, 1e-6);
     }
 
     #[test]

@@ -84,6 +84,34 @@ pub(crate) mod test_support {
             .unwrap()
     }
 
+    /// Every element of `analytic` (the gradient of `loss` at `point`, a matrix) against
+    /// float64 central differences of `loss`, within `tolerance`.
+    pub(crate) fn assert_matches_finite_differences(
+        point: &Tensor,
+        analytic: &Tensor,
+        loss: impl Fn(&Tensor) -> f64,
+        tolerance: f64,
+    ) {
+        let values = to64(point).to_vec2::<f64>().unwrap();
+        let analytic = to64(analytic).to_vec2::<f64>().unwrap();
+        let eps = 1e-6;
+        for (i, row) in values.iter().enumerate() {
+            for j in 0..row.len() {
+                let shifted = |delta: f64| {
+                    let mut v = values.clone();
+                    v[i][j] += delta;
+                    loss(&Tensor::new(v, point.device()).unwrap())
+                };
+                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
+                assert!(
+                    (numeric - analytic[i][j]).abs() < tolerance,
+                    "({i}, {j}): {numeric} vs {}",
+                    analytic[i][j]
+                );
+            }
+        }
+    }
+
     /// The largest absolute element-wise difference, in float64.
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         max_abs(&(to64(a) - to64(b)).unwrap())

@@ -174,7 +174,7 @@ impl CustomOp2 for HeadLogprobs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_support::{max_abs, max_diff, to64};
+    use crate::fused::test_support::{assert_matches_finite_differences, max_abs, max_diff, to64};
     use candle_core::{Device, Var};
 
     /// The logits path in float64: an independent reference.
@@ -250,26 +250,8 @@ mod tests {
             .unwrap()
             .backward()
             .unwrap();
-        let analytic = to64(grads.get(var.as_tensor()).unwrap())
-            .to_vec2::<f64>()
-            .unwrap();
-        let values = to64(&hidden).to_vec2::<f64>().unwrap();
-        let eps = 1e-6;
-        for (i, row) in values.iter().enumerate() {
-            for j in 0..row.len() {
-                let shifted = |delta: f64| {
-                    let mut v = values.clone();
-                    v[i][j] += delta;
-                    loss(&Tensor::new(v, &Device::Cpu).unwrap())
-                };
-                let numeric = (shifted(eps) - shifted(-eps)) / (2.0 * eps);
-                assert!(
-                    (numeric - analytic[i][j]).abs() < 1e-4,
-                    "({i}, {j}): {numeric} vs {}",
-                    analytic[i][j]
-                );
-            }
-        }
+        let analytic = grads.get(var.as_tensor()).unwrap();
+        assert_matches_finite_differences(&to64(&hidden), analytic, loss, 1e-4);
     }
 
     #[test]
