@@ -63,6 +63,23 @@ pub(crate) fn f32_input<'a>(
     }
 }
 
+/// The token ids of a fused op's contiguous u32 input, each checked against the vocabulary.
+pub(crate) fn token_input<'a>(
+    op: &str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    vocab: usize,
+) -> Result<&'a [u32]> {
+    let tokens = match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::U32(values), Some((start, end))) => &values[start..end],
+        _ => candle_core::bail!("{op}: tokens must be contiguous u32"),
+    };
+    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        candle_core::bail!("{op}: token {bad} is outside the vocabulary of {vocab}");
+    }
+    Ok(tokens)
+}
+
 /// What the fused ops' tests share.
 #[cfg(test)]
 pub(crate) mod test_support {

@@ -67,15 +67,6 @@ impl HeadLogprobs {
     }
 }
 
-/// The tokens as u32, each checked against the vocabulary.
-fn checked_tokens(tokens: &Tensor, vocab: usize) -> Result<Vec<u32>> {
-    let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
-    if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-        candle_core::bail!("head-logprobs: token {bad} is outside the vocabulary of {vocab}");
-    }
-    Ok(tokens)
-}
-
 impl CustomOp2 for HeadLogprobs {
     fn name(&self) -> &'static str {
         "head-logprobs"
@@ -99,13 +90,7 @@ impl CustomOp2 for HeadLogprobs {
             );
         }
         let h = crate::fused::f32_input("head-logprobs", hidden, hidden_layout, "hidden")?;
-        let tokens = match (tokens, tokens_layout.contiguous_offsets()) {
-            (CpuStorage::U32(values), Some((start, end))) => &values[start..end],
-            _ => candle_core::bail!("head-logprobs: tokens must be contiguous u32"),
-        };
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            candle_core::bail!("head-logprobs: token {bad} is outside the vocabulary of {vocab}");
-        }
+        let tokens = crate::fused::token_input("head-logprobs", tokens, tokens_layout, vocab)?;
         let inv_t = (1.0 / self.temperature) as f32;
         let step = self.chunk_rows();
         let mut out = Vec::with_capacity(n);
@@ -140,7 +125,8 @@ impl CustomOp2 for HeadLogprobs {
         let hidden = hidden.detach();
         let (n, _) = hidden.dims2()?;
         let vocab = self.vocab();
-        let tokens = checked_tokens(tokens, vocab)?;
+        // Checked against the vocabulary by the forward.
+        let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
         let grads = grad_res.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let inv_t = (1.0 / self.temperature) as f32;
         let step = self.chunk_rows();

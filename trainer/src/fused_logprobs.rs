@@ -58,13 +58,7 @@ impl CustomOp2 for ChosenLogprobs {
             );
         }
         let x = crate::fused::f32_input("chosen-logprobs", logits, logits_layout, "logits")?;
-        let tokens = match (tokens, tokens_layout.contiguous_offsets()) {
-            (CpuStorage::U32(values), Some((start, end))) => &values[start..end],
-            _ => candle_core::bail!("chosen-logprobs: tokens must be contiguous u32"),
-        };
-        if let Some(bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            candle_core::bail!("chosen-logprobs: token {bad} is outside the vocabulary of {vocab}");
-        }
+        let tokens = crate::fused::token_input("chosen-logprobs", tokens, tokens_layout, vocab)?;
         let inv_t = (1.0 / self.temperature) as f32;
         let out: Vec<f32> = x
             .par_chunks(vocab)

@@ -530,7 +530,12 @@ impl Model {
         pass: Pass,
     ) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, offset, cache, key_mask, pass)?;
-        let logits = self.lm_head.forward_pass(&hidden, pass)?;
+        self.head_logits(&hidden, pass)
+    }
+
+    /// The output head's logits for `hidden`, in f32 for half-precision models.
+    fn head_logits(&self, hidden: &Tensor, pass: Pass) -> Result<Tensor> {
+        let logits = self.lm_head.forward_pass(hidden, pass)?;
         match self.dtype {
             DType::BF16 | DType::F16 => logits.to_dtype(DType::F32),
             _ => Ok(logits),
@@ -561,14 +566,11 @@ impl Model {
                 )?
                 .reshape((batch, time))
             }
-            _ => {
-                let logits = self.lm_head.forward_pass(&hidden, pass)?;
-                let logits = match self.dtype {
-                    DType::BF16 | DType::F16 => logits.to_dtype(DType::F32)?,
-                    _ => logits,
-                };
-                crate::loss::chosen_logprobs(&logits, targets, temperature)
-            }
+            _ => crate::loss::chosen_logprobs(
+                &self.head_logits(&hidden, pass)?,
+                targets,
+                temperature,
+            ),
         }
     }
 

@@ -135,20 +135,15 @@ impl CustomOp2 for Recomputed {
             Pass::Train,
         )?;
         // ∂⟨output, grad⟩/∂θ is the vector-Jacobian product the outer backward asks for.
-        let grads = (output * grad.detach())?.sum_all()?.backward()?;
-        PARAMETER_GRADS.with(|pending| -> Result<()> {
-            let mut pending = pending.borrow_mut();
-            for parameter in &self.parameters {
-                if let Some(g) = grads.get(parameter) {
-                    let sum = match pending.get(parameter) {
-                        Some(previous) => (previous + g)?,
-                        None => g.clone(),
-                    };
-                    pending.insert(parameter, sum);
-                }
+        let mut grads = (output * grad.detach())?.sum_all()?.backward()?;
+        let mut layer_grads = GradStore::default();
+        for parameter in &self.parameters {
+            if let Some(g) = grads.remove(parameter) {
+                layer_grads.insert(parameter, g);
             }
-            Ok(())
-        })?;
-        Ok((grads.get(input.as_tensor()).cloned(), None))
+        }
+        // `extend` adds to a gradient already waiting (a layer reached twice) or inserts.
+        PARAMETER_GRADS.with(|pending| pending.borrow_mut().extend(layer_grads))?;
+        Ok((grads.remove(input.as_tensor()), None))
     }
 }

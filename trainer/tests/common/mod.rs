@@ -18,20 +18,22 @@ pub fn randn(seed: u64, shape: &[usize], scale: f64) -> Tensor {
     Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
 }
 
-/// Largest absolute element of an f32 tensor.
-pub fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
+/// Largest absolute element of a float tensor, in float64 (exact for f32 and f64 tensors).
+pub fn max_abs(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
         .unwrap()
         .flatten_all()
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar::<f32>()
+        .to_scalar::<f64>()
         .unwrap()
 }
 
-/// Largest absolute element-wise difference of two f32 tensors.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+/// Largest absolute element-wise difference of two tensors (subtracted in their own dtype).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     max_abs(&(a - b).unwrap())
 }
 
