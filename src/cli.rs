@@ -695,6 +695,11 @@ pub struct BenchScoreArgs {
     /// compared.
     #[arg(long)]
     pub full_runs: bool,
+    /// Also score every pair again with this many pairs in flight at once, as a trainer's batch
+    /// reaches the service (the workers stay busy while one pair waits on its baseline or its
+    /// coverage run), and print that throughput beside the one-pair-at-a-time figure.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub in_flight: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -726,7 +731,8 @@ pub struct BenchTrainArgs {
     #[arg(long, value_delimiter = ',', default_value = "tiny,0.5b")]
     pub shapes: Vec<String>,
     /// Only these modes (`full`, `lora`, `lora-bf16`, `qlora`, `generate`, and `full-ckpt`,
-    /// `lora-ckpt`, `qlora-ckpt`: with activation checkpointing, LoRA without dropout); default:
+    /// `lora-ckpt`, `qlora-ckpt`: with activation checkpointing, LoRA without dropout;
+    /// `generate-bf16`, `generate-nf4`: generation from a bf16 or a 4-bit NF4 base); default:
     /// tiny full/lora/qlora/generate, the others lora/lora-bf16/qlora/lora-ckpt/qlora-ckpt/generate.
     #[arg(long, value_delimiter = ',')]
     pub modes: Vec<String>,

@@ -109,6 +109,7 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
     let python = discover_python(args.executor.python.as_deref());
     let cold_pytest_ms = cold_pytest_ms(&python, &pairs[0])?;
     let mut rows = Vec::new();
+    let mut verdicts = Vec::new();
     let mut full_config = config.clone();
     full_config.mutants.coverage_guided = false;
     for pair in &pairs {
@@ -127,6 +128,7 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         } else {
             None
         };
+        verdicts.push(killed_flags(&report));
         let m = &report.mutants;
         // Every pytest run the score made: baseline, stability, variants, the traced coverage
         // run, each mutant that ran (not-covered ones run only when selection did not pay) and
@@ -172,6 +174,11 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
     let total_mutants: usize = rows.iter().map(|r| r.scored).sum();
     let total_runs: usize = rows.iter().map(|r| r.runs).sum();
     let full_walls: Vec<f64> = rows.iter().filter_map(|r| r.full_runs_wall_ms).collect();
+    let in_flight = if args.in_flight > 1 {
+        Some(score_in_flight(scorer, &pairs, &config, args.in_flight, &verdicts).await?)
+    } else {
+        None
+    };
     let summary = serde_json::json!({
         "pairs": rows.len(),
         "workers": scorer.pool().size(),
@@ -186,6 +193,9 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         "full_runs_median_wall_ms_per_pair": args.full_runs.then(|| median(&full_walls)),
         "full_runs_mutants_per_second": args.full_runs.then(|| total_mutants as f64 / (full_walls.iter().sum::<f64>() / 1000.0)),
         "verdicts_differing": args.full_runs.then(|| rows.iter().filter_map(|r| r.verdicts_differing).sum::<usize>()),
+        "in_flight": args.in_flight,
+        "in_flight_mutants_per_second": in_flight.map(|f| f.mutants_per_second),
+        "in_flight_verdicts_differing": in_flight.map(|f| f.verdicts_differing),
         "mutmut_median_wall_ms_per_pair": args.mutmut.then(|| median(&rows.iter().filter_map(|r| r.mutmut.as_ref().map(|m| m.wall_ms)).collect::<Vec<_>>())),
     });
     if args.json {
@@ -260,6 +270,15 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
             summary["verdicts_differing"]
         );
     }
+    if let Some(f) = in_flight {
+        println!(
+            "with {} pairs in flight                  {:>8.1} mutants/s   ({:.2}× one pair at a time); verdicts differing: {}",
+            args.in_flight,
+            f.mutants_per_second,
+            f.mutants_per_second / (total_mutants as f64 / total_wall_s),
+            f.verdicts_differing
+        );
+    }
     println!(
         "mean kill rate                           {:>8.3}",
         summary["mean_kill_rate"].as_f64().unwrap_or(0.0)
@@ -293,6 +312,60 @@ async fn timed_score(
         last = Some(report);
     }
     Ok((median(&walls), last.expect("at least one repeat")))
+}
+
+/// Killed or not, per mutant in report order.
+fn killed_flags(report: &ScoreReport) -> Vec<bool> {
+    report
+        .mutants
+        .results
+        .iter()
+        .map(|r| r.status.is_killed())
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+struct InFlightFigures {
+    mutants_per_second: f64,
+    /// Mutants whose verdict differs from the one-pair-at-a-time score of the same pair.
+    verdicts_differing: usize,
+}
+
+/// Every pair scored with `in_flight` pairs at a time over the same warm workers: the
+/// throughput a trainer's batch sees, where one pair's serial steps (baseline, then the traced
+/// coverage run, then its mutants) no longer leave a worker idle.
+async fn score_in_flight(
+    scorer: &Scorer,
+    pairs: &[Pair],
+    config: &RewardConfig,
+    in_flight: usize,
+    one_at_a_time: &[Vec<bool>],
+) -> Result<InFlightFigures> {
+    let started = Instant::now();
+    let reports: Vec<Result<ScoreReport>> =
+        futures::stream::iter(pairs.iter().map(|pair| async move {
+            scorer
+                .score(&pair.input, config)
+                .await
+                .with_context(|| format!("scoring {}", pair.name))
+        }))
+        .buffered(in_flight)
+        .collect()
+        .await;
+    let wall_s = started.elapsed().as_secs_f64();
+    let mut mutants = 0;
+    let mut verdicts_differing = 0;
+    for (report, reference) in reports.into_iter().zip(one_at_a_time) {
+        let report = report?;
+        mutants += report.mutants.scored;
+        let flags = killed_flags(&report);
+        verdicts_differing += flags.iter().zip(reference).filter(|(a, b)| a != b).count()
+            + flags.len().abs_diff(reference.len());
+    }
+    Ok(InFlightFigures {
+        mutants_per_second: mutants as f64 / wall_s,
+        verdicts_differing,
+    })
 }
 
 #[derive(serde::Serialize)]

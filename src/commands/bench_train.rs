@@ -29,7 +29,8 @@ use crate::cli::BenchTrainArgs;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Probe {
     shape: String,
-    /// `full` (f32), `lora` (f32 base), `lora-bf16` (bf16 base), `qlora` (NF4 base), `generate`;
+    /// `full` (f32), `lora` (f32 base), `lora-bf16` (bf16 base), `qlora` (NF4 base), `generate`
+    /// (f32; `generate-bf16`, `generate-nf4`: from a bf16 or NF4 base);
     /// `-ckpt` after a training mode: with activation checkpointing (no LoRA dropout).
     mode: String,
     batch: usize,
@@ -190,6 +191,8 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
         "lora-bf16" => (DType::BF16, false, Some(adapters), false),
         "qlora" => (DType::F32, true, Some(adapters), false),
         "generate" => (DType::F32, false, None, false),
+        "generate-bf16" => (DType::BF16, false, None, false),
+        "generate-nf4" => (DType::F32, true, None, false),
         other => bail!("unknown mode {other}"),
     };
     let options = LoadOptions {
@@ -216,7 +219,7 @@ fn run_probe(probe: &Probe) -> Result<Figures> {
             .collect();
         Tensor::from_vec(values, (rows, cols), &device)
     };
-    if probe.mode == "generate" {
+    if base_mode.starts_with("generate") {
         let prompt: Vec<u32> = ids(1, 16)?.flatten_all()?.to_vec1()?;
         let greedy = SamplingConfig {
             max_new_tokens: probe.gen_tokens,
@@ -356,7 +359,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&run_probe(&probe)?)?);
         return Ok(());
     }
-    const MODES: [&str; 8] = [
+    const MODES: [&str; 10] = [
         "full",
         "lora",
         "lora-bf16",
@@ -365,6 +368,8 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         "lora-ckpt",
         "qlora-ckpt",
         "generate",
+        "generate-bf16",
+        "generate-nf4",
     ];
     if let Some(unknown) = args.modes.iter().find(|m| !MODES.contains(&m.as_str())) {
         bail!("unknown mode `{unknown}` (one of {})", MODES.join(", "));

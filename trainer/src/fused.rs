@@ -80,6 +80,16 @@ pub(crate) fn token_input<'a>(
     Ok(tokens)
 }
 
+/// Elements a parallel task must have at least: below it rayon's hand-off to another thread
+/// costs more than the work (small tensors, and every step of generating with a small model).
+const PARALLEL_GRAIN: usize = 32 * 1024;
+
+/// The fewest rows of `row_len` elements one parallel task takes (`with_min_len`): an input of
+/// fewer than `PARALLEL_GRAIN` elements is not split, and then runs on the calling thread.
+pub(crate) fn min_rows(row_len: usize) -> usize {
+    (PARALLEL_GRAIN / row_len.max(1)).max(1)
+}
+
 /// What the fused ops' tests share.
 #[cfg(test)]
 pub(crate) mod test_support {
@@ -133,14 +143,4 @@ pub(crate) mod test_support {
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         max_abs(&(to64(a) - to64(b)).unwrap())
     }
-}
-
-/// Elements a parallel task must have at least: below it rayon's hand-off to another thread
-/// costs more than the work (small tensors, and every step of generating with a small model).
-const PARALLEL_GRAIN: usize = 32 * 1024;
-
-/// The fewest rows of `row_len` elements one parallel task takes (`with_min_len`): an input of
-/// fewer than `PARALLEL_GRAIN` elements is not split, and then runs on the calling thread.
-pub(crate) fn min_rows(row_len: usize) -> usize {
-    (PARALLEL_GRAIN / row_len.max(1)).max(1)
 }
