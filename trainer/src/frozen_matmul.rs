@@ -9,12 +9,138 @@
 //! candle (the same gemm on the same layouts, so the same numbers) and its backward returns
 //! g · W for the input and nothing for the weight, which it holds outside the graph.
 //!
+//! A product with few rows (generation: one row per sequence per new token) skips the gemm:
+//! gemm packs the whole weight into its own layout on every call, which for a handful of rows
+//! costs as much as the product. [`few_rows_product`] reads each weight row once into a buffer
+//! that stays in cache and dots it with every input row; the NF4 product decodes its 4-bit rows
+//! through the same function. A bf16 weight is widened row by row the same way.
+//!
 //! CPU only (`fused.rs` switches it with the fused ops); elsewhere, and for a weight that does
 //! carry a gradient (the output head tied to a trained embedding in full fine-tuning),
 //! [`frozen_matmul`] is candle's matmul.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+/// Products with at most this many input rows go through [`few_rows_product`]; longer ones use
+/// the gemm, which reuses each packed weight across many rows and wins there.
+pub const FEW_ROWS: usize = 16;
+
+/// x [n, cols] · Wᵀ for a weight of `out` rows given by `weight_row(row, buffer)`, which writes
+/// row `row` of W (decoded or widened to f32) into a buffer of `cols`: row-major [n, out]. The
+/// weight rows are shared out over the threads, each read once and dotted with every input row.
+pub(crate) fn few_rows_product(
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    out: usize,
+    weight_row: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    const WEIGHT_ROWS_PER_TASK: usize = 16;
+    // Weight-major first ([out, n]: each task owns a contiguous piece), transposed at the end.
+    let mut by_weight_row = vec![0f32; out * n];
+    if cols > 0 && n > 0 {
+        by_weight_row
+            .par_chunks_mut(WEIGHT_ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each_init(
+                || vec![0f32; cols],
+                |row_buffer, (task, sums_of_rows)| {
+                    for (offset, sums) in sums_of_rows.chunks_mut(n).enumerate() {
+                        weight_row(task * WEIGHT_ROWS_PER_TASK + offset, row_buffer);
+                        for (sum, input) in sums.iter_mut().zip(x.chunks_exact(cols)) {
+                            *sum = dot(input, row_buffer);
+                        }
+                    }
+                },
+            );
+    }
+    let mut y = vec![0f32; n * out];
+    for (row, sums) in by_weight_row.chunks_exact(n.max(1)).enumerate() {
+        for (input_row, sum) in sums.iter().enumerate() {
+            y[input_row * out + row] = *sum;
+        }
+    }
+    y
+}
+
+/// Σ aᵢ·bᵢ in eight lanes (the compiler vectorises the lanes; AVX2 where the CPU has it).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { dot_avx2(a, b) };
+    }
+    dot_lanes(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes(a, b)
+}
+
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (a_body, b_body) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_body
+        .remainder()
+        .iter()
+        .zip(b_body.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a_body.zip(b_body) {
+        for lane in 0..8 {
+            lanes[lane] += x[lane] * y[lane];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The few-rows product for a dense f32 or bf16 weight and input of the same type, both
+/// contiguous; `None` where it does not apply (the gemm then runs).
+fn dense_few_rows(
+    x: &CpuStorage,
+    x_layout: &Layout,
+    weight: &CpuStorage,
+    weight_layout: &Layout,
+) -> Option<CpuStorage> {
+    let (n, cols) = x_layout.shape().dims2().ok()?;
+    let (out, _) = weight_layout.shape().dims2().ok()?;
+    if n > FEW_ROWS {
+        return None;
+    }
+    let (x_start, x_end) = x_layout.contiguous_offsets()?;
+    let (w_start, w_end) = weight_layout.contiguous_offsets()?;
+    match (x, weight) {
+        (CpuStorage::F32(x), CpuStorage::F32(w)) => {
+            let w = &w[w_start..w_end];
+            Some(CpuStorage::F32(few_rows_product(
+                &x[x_start..x_end],
+                n,
+                cols,
+                out,
+                |row, buffer| buffer.copy_from_slice(&w[row * cols..(row + 1) * cols]),
+            )))
+        }
+        (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
+            let w = &w[w_start..w_end];
+            let x: Vec<f32> = x[x_start..x_end].iter().map(|v| v.to_f32()).collect();
+            let y = few_rows_product(&x, n, cols, out, |row, buffer| {
+                for (slot, value) in buffer.iter_mut().zip(&w[row * cols..(row + 1) * cols]) {
+                    *slot = value.to_f32();
+                }
+            });
+            Some(CpuStorage::BF16(
+                y.into_iter().map(bf16::from_f32).collect(),
+            ))
+        }
+        _ => None,
+    }
+}
 
 /// x [n, in] · Wᵀ for `weight` [out, in]: [n, out]. The gradient reaches `x` only when
 /// `weight` is frozen (a tensor outside autograd's graph).
@@ -50,6 +176,9 @@ impl CustomOp1 for FrozenMatmul {
                 x_layout.shape(),
                 layout.shape()
             );
+        }
+        if let Some(y) = dense_few_rows(x, x_layout, weight, layout) {
+            return Ok((y, Shape::from((rows, out))));
         }
         // Wᵀ as a view, the layout `weight.t()` gives the plain matmul.
         let transposed = layout.transpose(0, 1)?;
@@ -91,6 +220,28 @@ mod tests {
             grads.get(&w).is_none(),
             "no gradient may be formed for the frozen weight"
         );
+    }
+
+    #[test]
+    fn few_rows_in_f32_and_bf16_equal_the_float64_product() {
+        // At most FEW_ROWS rows skip the gemm (few_rows_product); the product is the same.
+        for rows in [1, 3, FEW_ROWS] {
+            let (x, w) = inputs(rows, 70, 45);
+            let reference = to64(x.as_tensor()).matmul(&to64(&w).t().unwrap()).unwrap();
+            let y = crate::fused::with_enabled(true, || frozen_matmul(x.as_tensor(), &w)).unwrap();
+            assert!(max_diff(&y, &reference) < 1e-4, "f32, {rows} rows");
+            // bf16 in and out: the reference is the float64 product of the rounded operands.
+            let (xb, wb) = (
+                x.as_tensor().to_dtype(DType::BF16).unwrap(),
+                w.to_dtype(DType::BF16).unwrap(),
+            );
+            let y = crate::fused::with_enabled(true, || frozen_matmul(&xb, &wb)).unwrap();
+            assert_eq!(y.dtype(), DType::BF16);
+            let reference = to64(&xb).matmul(&to64(&wb).t().unwrap()).unwrap();
+            // One bf16 rounding of the result: 2⁻⁸ relative.
+            let tolerance = 4e-3 * (1.0 + crate::fused::test_support::max_abs(&reference));
+            assert!(max_diff(&y, &reference) < tolerance, "bf16, {rows} rows");
+        }
     }
 
     #[test]

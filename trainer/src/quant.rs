@@ -11,13 +11,15 @@
 //!
 //! A product with a few rows (generation: one row per sequence per new token) does not
 //! dequantise the weight at all: each weight row is decoded into a small buffer that stays in
-//! cache and dotted with the input rows at once ([`SMALL_PRODUCT_ROWS`]), so a token costs half
+//! cache and dotted with the input rows at once (`frozen_matmul::few_rows_product`), so a token costs half
 //! a byte per weight read instead of a dense f32 copy written and read again.
 
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::frozen_matmul::{few_rows_product, FEW_ROWS};
 
 /// NF4 levels, ascending (Dettmers et al., QLoRA, appendix E).
 pub const NF4: [f32; 16] = [
@@ -41,11 +43,6 @@ pub const NF4: [f32; 16] = [
 
 /// Weights per block sharing one scale (even: a block starts on a byte).
 pub const BLOCK: usize = 64;
-
-/// Products with at most this many input rows decode the weight row by row (see the module
-/// comment); longer ones dequantise it whole and run the gemm, which reuses each weight across
-/// many rows and wins there.
-pub const SMALL_PRODUCT_ROWS: usize = 16;
 
 /// The two levels a byte's codes stand for, low nibble first: one lookup per pair of weights.
 const PAIR_LEVELS: [[f32; 2]; 256] = {
@@ -165,78 +162,9 @@ impl Nf4Tensor {
         }
     }
 
-    /// x [n, cols] · dequant(W)ᵀ for few rows n, without a dense copy of W: weight rows are
-    /// decoded a few at a time into a buffer that stays in cache, each dotted with every input
-    /// row, the weight rows shared out over the threads. Row-major [n, rows].
-    fn small_product(&self, x: &[f32], n: usize) -> Vec<f32> {
-        const WEIGHT_ROWS_PER_TASK: usize = 16;
-        let cols = self.cols;
-        // Weight-major first ([rows, n]: each task owns a contiguous piece), transposed at the end.
-        let mut by_weight_row = vec![0f32; self.rows * n];
-        if cols == 0 || n == 0 {
-            return by_weight_row;
-        }
-        by_weight_row
-            .par_chunks_mut(WEIGHT_ROWS_PER_TASK * n)
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; cols],
-                |decoded, (task, out)| {
-                    for (offset, sums) in out.chunks_mut(n).enumerate() {
-                        let row = task * WEIGHT_ROWS_PER_TASK + offset;
-                        self.decode(row * cols, decoded);
-                        for (sum, input) in sums.iter_mut().zip(x.chunks_exact(cols)) {
-                            *sum = dot(input, decoded);
-                        }
-                    }
-                },
-            );
-        let mut y = vec![0f32; n * self.rows];
-        for (row, sums) in by_weight_row.chunks_exact(n).enumerate() {
-            for (input_row, sum) in sums.iter().enumerate() {
-                y[input_row * self.rows + row] = *sum;
-            }
-        }
-        y
-    }
-
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
     }
-}
-
-/// Σ aᵢ·bᵢ in eight lanes (the compiler vectorises the lanes; AVX2 where the CPU has it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot_lanes(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
-}
-
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_body, b_body) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a_body
-        .remainder()
-        .iter()
-        .zip(b_body.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in a_body.zip(b_body) {
-        for lane in 0..8 {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// y = x · dequant(W)ᵀ for x [n, in] and W [out, in]; see the module comment.
@@ -269,8 +197,11 @@ impl CustomOp1 for Nf4MatMul {
         let device = Device::Cpu;
         if let CpuStorage::F32(values) = storage {
             let n = layout.shape().elem_count() / self.0.cols.max(1);
-            if n <= SMALL_PRODUCT_ROWS && layout.shape().dims().last() == Some(&self.0.cols) {
-                let y = self.0.small_product(&values[start..end], n);
+            if n <= FEW_ROWS && layout.shape().dims().last() == Some(&self.0.cols) {
+                let (rows, cols) = (self.0.rows, self.0.cols);
+                let y = few_rows_product(&values[start..end], n, cols, rows, |row, buffer| {
+                    self.0.decode(row * cols, buffer)
+                });
                 let mut dims = layout.shape().dims().to_vec();
                 *dims.last_mut().expect("checked above") = self.0.rows;
                 return Ok((CpuStorage::F32(y), Shape::from(dims)));
@@ -417,8 +348,8 @@ mod tests {
         let q = Arc::new(
             Nf4Tensor::quantize(&Tensor::randn(0f32, 0.05, (37, 200), &device).unwrap()).unwrap(),
         );
-        // n ≤ SMALL_PRODUCT_ROWS decodes row by row; more rows take the dense gemm.
-        for n in [1, 3, SMALL_PRODUCT_ROWS, SMALL_PRODUCT_ROWS + 5] {
+        // n ≤ FEW_ROWS decodes row by row; more rows take the dense gemm.
+        for n in [1, 3, FEW_ROWS, FEW_ROWS + 5] {
             let x = Tensor::randn(0f32, 1.0, (n, 200), &device).unwrap();
             let y = nf4_matmul(&x, &q).unwrap();
             assert_eq!(y.dims(), &[n, 37]);
