@@ -28,15 +28,49 @@ use rayon::prelude::*;
 /// the gemm, which reuses each packed weight across many rows and wins there.
 pub const FEW_ROWS: usize = 16;
 
-/// x [n, cols] · Wᵀ for a weight of `out` rows given by `weight_row(row, buffer)`, which writes
-/// row `row` of W (decoded or widened to f32) into a buffer of `cols`: row-major [n, out]. The
-/// weight rows are shared out over the threads, each read once and dotted with every input row.
+/// A weight's rows as f32, one at a time: borrowed where the weight is f32 already, else
+/// decoded or widened into the caller's buffer of one row.
+pub(crate) trait WeightRows: Sync {
+    fn row<'a>(&'a self, row: usize, buffer: &'a mut [f32]) -> &'a [f32];
+}
+
+/// A contiguous row-major f32 weight of `cols` columns.
+struct F32Rows<'w> {
+    values: &'w [f32],
+    cols: usize,
+}
+
+impl WeightRows for F32Rows<'_> {
+    fn row<'a>(&'a self, row: usize, _buffer: &'a mut [f32]) -> &'a [f32] {
+        &self.values[row * self.cols..(row + 1) * self.cols]
+    }
+}
+
+/// A contiguous row-major bf16 weight, widened a row at a time.
+struct Bf16Rows<'w> {
+    values: &'w [bf16],
+    cols: usize,
+}
+
+impl WeightRows for Bf16Rows<'_> {
+    fn row<'a>(&'a self, row: usize, buffer: &'a mut [f32]) -> &'a [f32] {
+        let values = &self.values[row * self.cols..(row + 1) * self.cols];
+        for (slot, value) in buffer.iter_mut().zip(values) {
+            *slot = value.to_f32();
+        }
+        buffer
+    }
+}
+
+/// x [n, cols] · Wᵀ for a weight of `out` rows of `cols`: row-major [n, out]. The weight rows
+/// are shared out over the threads, each read once (into a buffer that stays in cache where it
+/// must be decoded) and dotted with every input row.
 pub(crate) fn few_rows_product(
     x: &[f32],
     n: usize,
     cols: usize,
     out: usize,
-    weight_row: impl Fn(usize, &mut [f32]) + Sync,
+    weight: &impl WeightRows,
 ) -> Vec<f32> {
     const WEIGHT_ROWS_PER_TASK: usize = 16;
     // Weight-major first ([out, n]: each task owns a contiguous piece), transposed at the end.
@@ -47,12 +81,10 @@ pub(crate) fn few_rows_product(
             .enumerate()
             .for_each_init(
                 || vec![0f32; cols],
-                |row_buffer, (task, sums_of_rows)| {
+                |buffer, (task, sums_of_rows)| {
                     for (offset, sums) in sums_of_rows.chunks_mut(n).enumerate() {
-                        weight_row(task * WEIGHT_ROWS_PER_TASK + offset, row_buffer);
-                        for (sum, input) in sums.iter_mut().zip(x.chunks_exact(cols)) {
-                            *sum = dot(input, row_buffer);
-                        }
+                        let row = weight.row(task * WEIGHT_ROWS_PER_TASK + offset, buffer);
+                        dots(x, row, sums);
                     }
                 },
             );
@@ -66,26 +98,102 @@ pub(crate) fn few_rows_product(
     y
 }
 
-/// Σ aᵢ·bᵢ in eight lanes (the compiler vectorises the lanes; AVX2 where the CPU has it).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// `sums[i]` = x row i · `w`, for x of `sums.len()` rows of `w.len()`. With AVX2 and FMA,
+/// four input rows at a time share each load of the weight and keep four independent sums in
+/// flight (one chain of dependent additions waits on the adder's latency; the compiler, left
+/// to itself, vectorised this across rows with spills); a lone row keeps four sums over a
+/// stride of 32. Elsewhere, a portable loop in eight lanes.
+fn dots(x: &[f32], w: &[f32], sums: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        w.len() * sums.len(),
+        "dots: {} rows of {}",
+        sums.len(),
+        w.len()
+    );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { dot_avx2(a, b) };
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths were checked.
+        return unsafe { dots_avx2_fma(x, w, sums) };
     }
-    dot_lanes(a, b)
+    for (sum, input) in sums.iter_mut().zip(x.chunks_exact(w.len().max(1))) {
+        *sum = dot_lanes(input, w);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_lanes(a, b)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2_fma(x: &[f32], w: &[f32], sums: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // SAFETY (every load below): offsets stay below `cols` within a row of `x` (n · cols long)
+    // and within `w` (cols long).
+    let cols = w.len();
+    let body = cols - cols % LANES;
+    let total = |acc: __m256, row: &[f32]| -> f32 {
+        let mut lanes = [0f32; LANES];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum::<f32>() + (body..cols).map(|k| row[k] * w[k]).sum::<f32>()
+    };
+    let wp = w.as_ptr();
+    let mut groups = x.chunks_exact(4 * cols.max(1));
+    let mut out = sums.chunks_exact_mut(4);
+    for (group, sums) in groups.by_ref().zip(out.by_ref()) {
+        let p = group.as_ptr();
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        for k in (0..body).step_by(LANES) {
+            let weights = _mm256_loadu_ps(wp.add(k));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k)), weights, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(cols + k)), weights, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(2 * cols + k)), weights, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(3 * cols + k)), weights, a3);
+        }
+        for (r, acc) in [a0, a1, a2, a3].into_iter().enumerate() {
+            sums[r] = total(acc, &group[r * cols..(r + 1) * cols]);
+        }
+    }
+    for (sum, row) in out
+        .into_remainder()
+        .iter_mut()
+        .zip(groups.remainder().chunks_exact(cols.max(1)))
+    {
+        let p = row.as_ptr();
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut k = 0;
+        while k + 4 * LANES <= body {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k)), _mm256_loadu_ps(wp.add(k)), a0);
+            let k1 = k + LANES;
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k1)), _mm256_loadu_ps(wp.add(k1)), a1);
+            let k2 = k + 2 * LANES;
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k2)), _mm256_loadu_ps(wp.add(k2)), a2);
+            let k3 = k + 3 * LANES;
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k3)), _mm256_loadu_ps(wp.add(k3)), a3);
+            k += 4 * LANES;
+        }
+        while k < body {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k)), _mm256_loadu_ps(wp.add(k)), a0);
+            k += LANES;
+        }
+        let acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        *sum = total(acc, row);
+    }
 }
 
-#[inline(always)]
+const LANES: usize = 8;
+
+/// One dot product in eight lanes of sums (the portable path).
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a_body, b_body) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut lanes = [0f32; LANES];
+    let (a_body, b_body) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = a_body
         .remainder()
         .iter()
@@ -93,7 +201,7 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in a_body.zip(b_body) {
-        for lane in 0..8 {
+        for lane in 0..LANES {
             lanes[lane] += x[lane] * y[lane];
         }
     }
@@ -117,23 +225,25 @@ fn dense_few_rows(
     let (w_start, w_end) = weight_layout.contiguous_offsets()?;
     match (x, weight) {
         (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-            let w = &w[w_start..w_end];
+            let rows = F32Rows {
+                values: &w[w_start..w_end],
+                cols,
+            };
             Some(CpuStorage::F32(few_rows_product(
                 &x[x_start..x_end],
                 n,
                 cols,
                 out,
-                |row, buffer| buffer.copy_from_slice(&w[row * cols..(row + 1) * cols]),
+                &rows,
             )))
         }
         (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
-            let w = &w[w_start..w_end];
+            let rows = Bf16Rows {
+                values: &w[w_start..w_end],
+                cols,
+            };
             let x: Vec<f32> = x[x_start..x_end].iter().map(|v| v.to_f32()).collect();
-            let y = few_rows_product(&x, n, cols, out, |row, buffer| {
-                for (slot, value) in buffer.iter_mut().zip(&w[row * cols..(row + 1) * cols]) {
-                    *slot = value.to_f32();
-                }
-            });
+            let y = few_rows_product(&x, n, cols, out, &rows);
             Some(CpuStorage::BF16(
                 y.into_iter().map(bf16::from_f32).collect(),
             ))
@@ -225,7 +335,7 @@ mod tests {
     #[test]
     fn few_rows_in_f32_and_bf16_equal_the_float64_product() {
         // At most FEW_ROWS rows skip the gemm (few_rows_product); the product is the same.
-        for rows in [1, 3, FEW_ROWS] {
+        for rows in [1, 3, 7, FEW_ROWS] {
             let (x, w) = inputs(rows, 70, 45);
             let reference = to64(x.as_tensor()).matmul(&to64(&w).t().unwrap()).unwrap();
             let y = crate::fused::with_enabled(true, || frozen_matmul(x.as_tensor(), &w)).unwrap();
@@ -241,6 +351,19 @@ mod tests {
             // One bf16 rounding of the result: 2⁻⁸ relative.
             let tolerance = 4e-3 * (1.0 + crate::fused::test_support::max_abs(&reference));
             assert!(max_diff(&y, &reference) < tolerance, "bf16, {rows} rows");
+        }
+    }
+
+    #[test]
+    fn the_portable_dot_equals_the_float64_dot() {
+        // CPUs without AVX2 and FMA take this loop; this machine's `dots` takes the intrinsics.
+        let device = Device::Cpu;
+        let to_vec = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for cols in [1, 7, 8, 75] {
+            let a = to_vec(Tensor::randn(0f32, 1.0, cols, &device).unwrap());
+            let b = to_vec(Tensor::randn(0f32, 1.0, cols, &device).unwrap());
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot_lanes(&a, &b) as f64 - want).abs() < 1e-5 * (1.0 + want.abs()));
         }
     }
 

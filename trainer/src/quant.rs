@@ -19,7 +19,7 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::frozen_matmul::{few_rows_product, FEW_ROWS};
+use crate::frozen_matmul::{few_rows_product, WeightRows, FEW_ROWS};
 
 /// NF4 levels, ascending (Dettmers et al., QLoRA, appendix E).
 pub const NF4: [f32; 16] = [
@@ -167,6 +167,13 @@ impl Nf4Tensor {
     }
 }
 
+impl WeightRows for Nf4Tensor {
+    fn row<'a>(&'a self, row: usize, buffer: &'a mut [f32]) -> &'a [f32] {
+        self.decode(row * self.cols, buffer);
+        buffer
+    }
+}
+
 /// y = x · dequant(W)ᵀ for x [n, in] and W [out, in]; see the module comment.
 pub fn nf4_matmul(x: &Tensor, weight: &Arc<Nf4Tensor>) -> Result<Tensor> {
     if !x.device().is_cpu() {
@@ -199,9 +206,7 @@ impl CustomOp1 for Nf4MatMul {
             let n = layout.shape().elem_count() / self.0.cols.max(1);
             if n <= FEW_ROWS && layout.shape().dims().last() == Some(&self.0.cols) {
                 let (rows, cols) = (self.0.rows, self.0.cols);
-                let y = few_rows_product(&values[start..end], n, cols, rows, |row, buffer| {
-                    self.0.decode(row * cols, buffer)
-                });
+                let y = few_rows_product(&values[start..end], n, cols, rows, &*self.0);
                 let mut dims = layout.shape().dims().to_vec();
                 *dims.last_mut().expect("checked above") = self.0.rows;
                 return Ok((CpuStorage::F32(y), Shape::from(dims)));
