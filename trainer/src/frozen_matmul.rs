@@ -135,16 +135,12 @@ unsafe fn dots_avx2_fma(x: &[f32], w: &[f32], sums: &mut [f32]) {
         lanes.iter().sum::<f32>() + (body..cols).map(|k| row[k] * w[k]).sum::<f32>()
     };
     let wp = w.as_ptr();
+    let zero = _mm256_setzero_ps();
     let mut groups = x.chunks_exact(4 * cols.max(1));
     let mut out = sums.chunks_exact_mut(4);
     for (group, sums) in groups.by_ref().zip(out.by_ref()) {
         let p = group.as_ptr();
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
+        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
         for k in (0..body).step_by(LANES) {
             let weights = _mm256_loadu_ps(wp.add(k));
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k)), weights, a0);
@@ -162,12 +158,7 @@ unsafe fn dots_avx2_fma(x: &[f32], w: &[f32], sums: &mut [f32]) {
         .zip(groups.remainder().chunks_exact(cols.max(1)))
     {
         let p = row.as_ptr();
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
+        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
         let mut k = 0;
         while k + 4 * LANES <= body {
             a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(k)), _mm256_loadu_ps(wp.add(k)), a0);
