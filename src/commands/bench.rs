@@ -117,14 +117,10 @@ async fn bench_score(args: BenchScoreArgs) -> Result<()> {
         let (wall_ms, report) = timed_score(scorer, pair, &config, repeat).await?;
         let full = if args.full_runs {
             let (full_ms, full) = timed_score(scorer, pair, &full_config, repeat).await?;
-            let differing = report
-                .mutants
-                .results
-                .iter()
-                .zip(&full.mutants.results)
-                .filter(|(a, b)| a.status.is_killed() != b.status.is_killed())
-                .count();
-            Some((full_ms, differing))
+            Some((
+                full_ms,
+                verdicts_differing(&killed_flags(&report), &killed_flags(&full)),
+            ))
         } else {
             None
         };
@@ -324,6 +320,11 @@ fn killed_flags(report: &ScoreReport) -> Vec<bool> {
         .collect()
 }
 
+/// Mutants killed in one score and not in the other (a mutant missing from one counts too).
+fn verdicts_differing(a: &[bool], b: &[bool]) -> usize {
+    a.iter().zip(b).filter(|(x, y)| x != y).count() + a.len().abs_diff(b.len())
+}
+
 #[derive(Clone, Copy)]
 struct InFlightFigures {
     mutants_per_second: f64,
@@ -354,17 +355,15 @@ async fn score_in_flight(
         .await;
     let wall_s = started.elapsed().as_secs_f64();
     let mut mutants = 0;
-    let mut verdicts_differing = 0;
+    let mut differing = 0;
     for (report, reference) in reports.into_iter().zip(one_at_a_time) {
         let report = report?;
         mutants += report.mutants.scored;
-        let flags = killed_flags(&report);
-        verdicts_differing += flags.iter().zip(reference).filter(|(a, b)| a != b).count()
-            + flags.len().abs_diff(reference.len());
+        differing += verdicts_differing(&killed_flags(&report), reference);
     }
     Ok(InFlightFigures {
         mutants_per_second: mutants as f64 / wall_s,
-        verdicts_differing,
+        verdicts_differing: differing,
     })
 }
 

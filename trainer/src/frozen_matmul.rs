@@ -5,15 +5,17 @@
 //! when W is a plain tensor that nothing will update. Under LoRA or QLoRA every base weight is
 //! frozen, so that is a third of the step's matmul work and one weight-sized buffer per linear
 //! layer spent on gradients that are thrown away (the tied output head of a 150 K vocabulary
-//! alone: a 544 MB buffer and 2·tokens·vocab·hidden FLOPs). This op runs the same product as
-//! candle (the same gemm on the same layouts, so the same numbers) and its backward returns
-//! g · W for the input and nothing for the weight, which it holds outside the graph.
+//! alone: a 544 MB buffer and 2·tokens·vocab·hidden FLOPs). Above [`FEW_ROWS`] rows this op runs
+//! the same product as candle (the same gemm on the same layouts, so the same numbers); its
+//! backward returns g · W for the input and nothing for the weight, which it holds outside the
+//! graph.
 //!
-//! A product with few rows (generation: one row per sequence per new token) skips the gemm:
-//! gemm packs the whole weight into its own layout on every call, which for a handful of rows
-//! costs as much as the product. [`few_rows_product`] reads each weight row once into a buffer
-//! that stays in cache and dots it with every input row; the NF4 product decodes its 4-bit rows
-//! through the same function. A bf16 weight is widened row by row the same way.
+//! A contiguous product with few rows (generation: one row per sequence per new token) skips the
+//! gemm: gemm packs the whole weight into its own layout on every call, which for a handful of
+//! rows costs as much as the product. [`few_rows_product`] reads each weight row once — an f32
+//! row in place, a bf16 row widened into a buffer that stays in cache — and dots it with every
+//! input row (the same numbers up to the order of the sums); the NF4 product decodes its 4-bit
+//! rows through the same function.
 //!
 //! CPU only (`fused.rs` switches it with the fused ops); elsewhere, and for a weight that does
 //! carry a gradient (the output head tied to a trained embedding in full fine-tuning),
@@ -412,7 +414,8 @@ mod tests {
 
     #[test]
     fn a_strided_input_gives_the_same_product() {
-        // A transposed (non-contiguous) input goes through the same gemm as candle's matmul.
+        // A transposed (non-contiguous) input goes through the same gemm as candle's matmul
+        // (few rows, but not contiguous: not the few-rows path).
         let (x, w) = inputs(12, 9, 10);
         let xt = x
             .as_tensor()

@@ -11,8 +11,8 @@
 //!
 //! A product with a few rows (generation: one row per sequence per new token) does not
 //! dequantise the weight at all: each weight row is decoded into a small buffer that stays in
-//! cache and dotted with the input rows at once (`frozen_matmul::few_rows_product`), so a token costs half
-//! a byte per weight read instead of a dense f32 copy written and read again.
+//! cache and dotted with the input rows at once (`frozen_matmul::few_rows_product`), so a token
+//! costs half a byte per weight read instead of a dense f32 copy written and read again.
 
 use std::sync::Arc;
 
@@ -208,7 +208,7 @@ impl CustomOp1 for Nf4MatMul {
                 let (rows, cols) = (self.0.rows, self.0.cols);
                 let y = few_rows_product(&values[start..end], n, cols, rows, &*self.0);
                 let mut dims = layout.shape().dims().to_vec();
-                *dims.last_mut().expect("checked above") = self.0.rows;
+                *dims.last_mut().expect("checked above") = rows;
                 return Ok((CpuStorage::F32(y), Shape::from(dims)));
             }
         }
