@@ -17,6 +17,7 @@ pub mod fused;
 pub mod fused_attention;
 pub mod fused_head_logprobs;
 pub mod fused_logprobs;
+pub mod fused_lora;
 pub mod fused_rms_norm;
 pub mod fused_rope;
 pub mod fused_swiglu;

@@ -13,6 +13,7 @@ use unitforge_sandbox::rng::SplitMix64;
 
 use std::sync::Arc;
 
+use crate::fused_lora::{lora_linear, FrozenBase};
 use crate::quant::{nf4_matmul, Nf4Tensor};
 
 /// LoRA hyper-parameters (the `lora` section of a training config).
@@ -197,6 +198,11 @@ impl Linear {
     pub fn forward_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (leading, in_dim) = (&x.dims()[..x.rank() - 1], x.dim(candle_core::D::Minus1)?);
         let flat = x.reshape(((), in_dim))?;
+        if let Some(y) = self.fused_forward(&flat, pass)? {
+            let mut shape = leading.to_vec();
+            shape.push(y.dim(1)?);
+            return y.reshape(shape);
+        }
         let mut y = match &self.base {
             BaseWeight::Quantized(q) => nf4_matmul(&flat, q)?,
             _ => crate::frozen_matmul::frozen_matmul(&flat, &self.weight(x)?)?,
@@ -218,6 +224,43 @@ impl Linear {
         let mut shape = leading.to_vec();
         shape.push(y.dim(1)?);
         y.reshape(shape)
+    }
+
+    /// The layer as one fused op (`fused_lora.rs`) where it serves: adapters on, a frozen f32 or
+    /// NF4 base, an f32 CPU input of more than `FEW_ROWS` rows (decoding keeps the few-row
+    /// products). `None`: compose it.
+    fn fused_forward(&self, flat: &Tensor, pass: Pass) -> Result<Option<Tensor>> {
+        let Some(l) = self.lora.as_ref().filter(|_| pass != Pass::BaseOnly) else {
+            return Ok(None);
+        };
+        if !crate::fused::applies(flat) || flat.dim(0)? <= crate::frozen_matmul::FEW_ROWS {
+            return Ok(None);
+        }
+        let base = match &self.base {
+            BaseWeight::Frozen(w)
+                if w.dtype() == candle_core::DType::F32
+                    && w.device().is_cpu()
+                    && w.is_contiguous()
+                    && !w.track_op() =>
+            {
+                FrozenBase::Dense(w.clone())
+            }
+            BaseWeight::Quantized(q) => FrozenBase::Nf4(q.clone()),
+            _ => return Ok(None),
+        };
+        let dropout = if pass == Pass::Train { l.dropout } else { 0.0 };
+        let y = lora_linear(
+            flat,
+            base,
+            l.a.as_tensor(),
+            l.b.as_tensor(),
+            l.scale,
+            dropout,
+        )?;
+        Ok(Some(match &self.bias {
+            Some(bias) => y.broadcast_add(bias)?,
+            None => y,
+        }))
     }
 
     /// The base weight when the layer is exactly x · Wᵀ with W outside autograd: frozen and
