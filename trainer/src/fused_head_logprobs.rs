@@ -1,31 +1,46 @@
-//! log p(token) straight from the final hidden states through a frozen output head, a few rows
-//! at a time, so that the [tokens × vocabulary] logits never exist whole.
+//! log p(token) straight from the final hidden states through a frozen output head, a slice of
+//! the vocabulary at a time, so that the [tokens × vocabulary] logits never exist whole.
 //!
 //! With a real vocabulary the logits are the largest tensors of a step: 4 × 832 positions of a
 //! GRPO group over SmolLM2's 49,152 tokens are 654 MB in f32, the 0.5B shape's 512 positions
 //! over 151,936 tokens 311 MB, and the logits-based path holds them, a copy and their gradient
 //! in the backward. This op (the "cut cross-entropy" idea) takes the hidden states [n, d], the
-//! head's weight [V, d] and the tokens [n]: its forward multiplies a chunk of rows by the head,
-//! keeps each row's log-sum-exp and chosen logit and drops the chunk; its backward multiplies
-//! each chunk again, turns it into (onehot − softmax(z)) · g / T and multiplies that by the
-//! weight into the hidden states' gradient. Autograd keeps only the hidden states. The price is
-//! the head's product once more in the backward — the weight's gradient, which would cost as
-//! much, is not formed: the head is frozen (LoRA and QLoRA; `Model::target_logprobs` takes the
-//! logits path for a trained head).
+//! head's weight [V, d] and the tokens [n]. Its forward multiplies every row by one slice of the
+//! head's rows at a time and folds the slice into each row's running log-sum-exp (the running
+//! maximum rescales the sum, as flash attention does) and picks up the chosen logit when the
+//! slice holds it; its backward multiplies each slice again, turns it into
+//! (onehot − softmax(z)) · g / T with the saved log-sum-exps, and accumulates its product with
+//! the slice of the weight into the hidden states' gradient. Autograd keeps only the hidden
+//! states. The price is the head's product once more in the backward — the weight's gradient,
+//! which would cost as much, is not formed: the head is frozen (LoRA and QLoRA;
+//! `Model::target_logprobs` takes the logits path for a trained head).
+//!
+//! Slicing the vocabulary rather than the rows matters for speed: gemm packs its right operand
+//! for every product, so with slices of rows each slice re-read and re-packed the whole head
+//! (544 MB for the 0.5B shape, 19 times a pass); a slice of the vocabulary is packed once per
+//! pass and only the small hidden states are packed again.
 //!
 //! CPU and f32 only (`fused.rs`); the logits path gives the same numbers (tests compare them,
 //! and the gradient with float64 finite differences).
 
+use std::sync::OnceLock;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::fused_logprobs::row_lse;
+use crate::slice_gemm::{product, Matrix};
 
-/// Logit elements one chunk holds at most (16 MB in f32).
+const OP: &str = "head-logprobs";
+
+/// Logit elements one slice holds at most (16 MB in f32).
 const CHUNK_ELEMENTS: usize = 4 * 1024 * 1024;
 
+/// The fewest vocabulary entries a slice has, however many rows: narrower slices would repack
+/// the hidden states more often than they save memory.
+const MIN_SLICE: usize = 512;
+
 /// log p(tokens[i]) under (hidden[i] · Wᵀ) / temperature: hidden [n, d] (f32, CPU), a frozen
-/// `weight` [V, d], tokens [n] (u32) → [n].
+/// `weight` [V, d] (f32), tokens [n] (u32) → [n].
 pub fn fused_head_logprobs(
     hidden: &Tensor,
     weight: &Tensor,
@@ -37,6 +52,7 @@ pub fn fused_head_logprobs(
         HeadLogprobs {
             weight: weight.contiguous()?,
             temperature,
+            lse: OnceLock::new(),
         },
     )
 }
@@ -44,32 +60,83 @@ pub fn fused_head_logprobs(
 struct HeadLogprobs {
     weight: Tensor,
     temperature: f64,
+    /// Each row's log-sum-exp of z / T, from the forward, for the backward.
+    lse: OnceLock<Vec<f32>>,
+}
+
+/// One row's log-sum-exp of scaled logits, folded in a slice of the vocabulary at a time.
+#[derive(Clone, Copy)]
+struct RunningLse {
+    max: f32,
+    /// Σ exp(z / T − max), in f64: a vocabulary's worth of f32 additions loses ~1e-4 of it.
+    sum: f64,
+}
+
+impl RunningLse {
+    const EMPTY: Self = Self {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+
+    fn fold(&mut self, logits: &[f32], inv_t: f32) {
+        let slice_max = logits
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &z| m.max(z * inv_t));
+        let max = self.max.max(slice_max);
+        if max == f32::NEG_INFINITY {
+            return;
+        }
+        let slice_sum: f64 = logits
+            .iter()
+            .map(|&z| f64::from((z * inv_t - max).exp()))
+            .sum();
+        self.sum = self.sum * f64::from((self.max - max).exp()) + slice_sum;
+        self.max = max;
+    }
+
+    fn value(self) -> f32 {
+        self.max + self.sum.ln() as f32
+    }
 }
 
 impl HeadLogprobs {
-    fn vocab(&self) -> usize {
-        self.weight.dim(0).unwrap_or(1)
+    /// Vocabulary entries per slice for `n` rows: a slice's logits stay under
+    /// `CHUNK_ELEMENTS`, but no slice is narrower than `MIN_SLICE`.
+    fn slice_width(n: usize, vocab: usize) -> usize {
+        (CHUNK_ELEMENTS / n.max(1)).max(MIN_SLICE).min(vocab.max(1))
     }
 
-    /// Rows per chunk: as many as keep a chunk's logits under `CHUNK_ELEMENTS`.
-    fn chunk_rows(&self) -> usize {
-        (CHUNK_ELEMENTS / self.vocab().max(1)).max(1)
-    }
-
-    /// The logits of `rows` ([len, d]) and `f` applied to them as one f32 slice.
-    fn with_logits<R>(&self, rows: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-        let logits = rows.matmul(&self.weight.t()?)?;
-        let (storage, layout) = logits.storage_and_layout();
-        match (&*storage, layout.contiguous_offsets()) {
-            (Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) => f(&values[start..end]),
-            _ => candle_core::bail!("head-logprobs: the logits are not contiguous f32 on the CPU"),
+    /// `f(first, logits, rows)` for each slice of the vocabulary `first..first + width`: the
+    /// logits of every row of `hidden` [n, d] against it ([n, width], row-major) and the slice's
+    /// rows of the weight ([width, d]).
+    fn for_each_slice(
+        &self,
+        hidden: &[f32],
+        n: usize,
+        mut f: impl FnMut(usize, &[f32], Matrix) -> Result<()>,
+    ) -> Result<()> {
+        let (storage, layout) = self.weight.storage_and_layout();
+        let weight = match &*storage {
+            Storage::Cpu(cpu) => crate::fused::f32_input(OP, cpu, layout, "weight")?,
+            _ => candle_core::bail!("{OP}: the weight is not on the CPU"),
+        };
+        let (vocab, d) = self.weight.dims2()?;
+        let width = Self::slice_width(n, vocab);
+        let mut logits = vec![0f32; n * width];
+        for first in (0..vocab).step_by(width) {
+            let len = width.min(vocab - first);
+            let rows = Matrix::new(&weight[first * d..(first + len) * d], len, d);
+            let out = &mut logits[..n * len];
+            product(out, Matrix::new(hidden, n, d), rows.t(), None);
+            f(first, out, rows)?;
         }
+        Ok(())
     }
 }
 
 impl CustomOp2 for HeadLogprobs {
     fn name(&self) -> &'static str {
-        "head-logprobs"
+        OP
     }
 
     fn cpu_fwd(
@@ -83,35 +150,37 @@ impl CustomOp2 for HeadLogprobs {
         let (vocab, weight_d) = self.weight.dims2()?;
         if weight_d != d || tokens_layout.shape().dims() != [n] {
             candle_core::bail!(
-                "head-logprobs: hidden {:?}, weight {:?} and tokens {:?} do not fit",
+                "{OP}: hidden {:?}, weight {:?} and tokens {:?} do not fit",
                 hidden_layout.shape(),
                 self.weight.shape(),
                 tokens_layout.shape()
             );
         }
-        let h = crate::fused::f32_input("head-logprobs", hidden, hidden_layout, "hidden")?;
-        let tokens = crate::fused::token_input("head-logprobs", tokens, tokens_layout, vocab)?;
+        let h = crate::fused::f32_input(OP, hidden, hidden_layout, "hidden")?;
+        let tokens = crate::fused::token_input(OP, tokens, tokens_layout, vocab)?;
         let inv_t = (1.0 / self.temperature) as f32;
-        let step = self.chunk_rows();
-        let mut out = Vec::with_capacity(n);
-        for start in (0..n).step_by(step) {
-            let len = step.min(n - start);
-            let rows = Tensor::from_slice(
-                &h[start * d..(start + len) * d],
-                (len, d),
-                self.weight.device(),
-            )?;
-            self.with_logits(&rows, |logits| {
-                out.par_extend(
-                    logits
-                        .par_chunks(vocab)
-                        .zip(tokens[start..start + len].par_iter())
-                        .with_min_len(crate::fused::min_rows(vocab))
-                        .map(|(row, &token)| row[token as usize] * inv_t - row_lse(row, inv_t)),
-                );
-                Ok(())
-            })?;
-        }
+        let mut running = vec![RunningLse::EMPTY; n];
+        let mut chosen = vec![0f32; n];
+        self.for_each_slice(h, n, |first, logits, _| {
+            let width = logits.len() / n.max(1);
+            running
+                .par_iter_mut()
+                .zip(chosen.par_iter_mut())
+                .zip(logits.par_chunks(width.max(1)))
+                .zip(tokens.par_iter())
+                .with_min_len(crate::fused::min_rows(width))
+                .for_each(|(((lse, chosen), row), &token)| {
+                    lse.fold(row, inv_t);
+                    if let Some(&z) = (token as usize).checked_sub(first).and_then(|i| row.get(i)) {
+                        *chosen = z * inv_t;
+                    }
+                });
+            Ok(())
+        })?;
+        let lse: Vec<f32> = running.into_iter().map(RunningLse::value).collect();
+        let out = chosen.iter().zip(&lse).map(|(c, l)| c - l).collect();
+        // An op is applied once; a second forward through the same op would find this set.
+        let _ = self.lse.set(lse);
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -122,38 +191,56 @@ impl CustomOp2 for HeadLogprobs {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let hidden = hidden.detach();
-        let (n, _) = hidden.dims2()?;
-        let vocab = self.vocab();
+        let lse = self
+            .lse
+            .get()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{OP}: backward before forward")))?;
+        let hidden = hidden.contiguous()?;
+        let (n, d) = hidden.dims2()?;
         // Checked against the vocabulary by the forward.
         let tokens = tokens.flatten_all()?.to_vec1::<u32>()?;
         let grads = grad_res.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let inv_t = (1.0 / self.temperature) as f32;
-        let step = self.chunk_rows();
-        let mut parts = Vec::with_capacity(n.div_ceil(step));
-        for start in (0..n).step_by(step) {
-            let len = step.min(n - start);
-            let grad_logits = self.with_logits(&hidden.narrow(0, start, len)?, |logits| {
-                let mut grad = vec![0f32; len * vocab];
-                grad.par_chunks_mut(vocab)
-                    .zip(logits.par_chunks(vocab))
-                    .zip(tokens[start..start + len].par_iter())
-                    .zip(grads[start..start + len].par_iter())
-                    .with_min_len(crate::fused::min_rows(vocab))
-                    .for_each(|(((out, row), &token), &g)| {
-                        let lse = row_lse(row, inv_t);
-                        let scale = g * inv_t;
-                        for (o, &v) in out.iter_mut().zip(row) {
-                            *o = -(v * inv_t - lse).exp() * scale;
-                        }
-                        out[token as usize] += scale;
-                    });
-                Ok(grad)
-            })?;
-            let grad_logits = Tensor::from_vec(grad_logits, (len, vocab), hidden.device())?;
-            parts.push(grad_logits.matmul(&self.weight)?);
-        }
-        Ok((Some(Tensor::cat(&parts, 0)?), None))
+        let (storage, layout) = hidden.storage_and_layout();
+        let h = match &*storage {
+            Storage::Cpu(cpu) => crate::fused::f32_input(OP, cpu, layout, "hidden")?,
+            _ => candle_core::bail!("{OP}: the hidden states are not on the CPU"),
+        };
+        let mut grad_hidden = vec![0f32; n * d];
+        let mut grad_logits = Vec::new();
+        self.for_each_slice(h, n, |first, logits, rows| {
+            let width = logits.len() / n.max(1);
+            grad_logits.resize(logits.len(), 0f32);
+            grad_logits
+                .par_chunks_mut(width.max(1))
+                .zip(logits.par_chunks(width.max(1)))
+                .zip(tokens.par_iter().zip(&grads[..]).zip(&lse[..]))
+                .with_min_len(crate::fused::min_rows(width))
+                .for_each(|((out, row), ((&token, &g), &lse))| {
+                    let scale = g * inv_t;
+                    for (o, &z) in out.iter_mut().zip(row) {
+                        *o = -(z * inv_t - lse).exp() * scale;
+                    }
+                    if let Some(o) = (token as usize)
+                        .checked_sub(first)
+                        .and_then(|i| out.get_mut(i))
+                    {
+                        *o += scale;
+                    }
+                });
+            // grad_hidden += (∂/∂z) · W[first..first + width].
+            product(
+                &mut grad_hidden,
+                Matrix::new(&grad_logits, n, width),
+                rows,
+                Some(1.0),
+            );
+            Ok(())
+        })?;
+        Ok((
+            Some(Tensor::from_vec(grad_hidden, (n, d), hidden.device())?),
+            None,
+        ))
     }
 }
 
@@ -186,7 +273,8 @@ mod tests {
 
     #[test]
     fn forward_and_gradient_equal_the_float64_logits_path() {
-        // Several chunks (vocab 70,000: 59 rows a chunk) and a last chunk shorter than the rest.
+        // Several slices (130 rows: 32,263 of the 70,000 entries a slice) and a last slice shorter
+        // than the rest.
         for (n, d, vocab, temperature) in [(5, 8, 11, 1.0), (130, 16, 70_000, 0.7)] {
             let (hidden, weight, tokens) = inputs(n, d, vocab, 3);
             let var = Var::from_tensor(&hidden).unwrap();

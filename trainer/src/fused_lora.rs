@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
-use gemm::Parallelism;
 use rayon::prelude::*;
 use unitforge_sandbox::rng::SplitMix64;
 
 use crate::fused::f32_input;
 use crate::quant::Nf4Tensor;
+use crate::slice_gemm::{product, Matrix};
 
 const OP: &str = "lora-linear";
 
@@ -246,95 +246,6 @@ fn cpu_f32<'a>(storage: &'a Storage, layout: &Layout, what: &str) -> Result<&'a 
     match storage {
         Storage::Cpu(cpu) => f32_input(OP, cpu, layout, what),
         _ => candle_core::bail!("{OP}: the {what} is not on the CPU"),
-    }
-}
-
-/// A matrix over a slice: `rows × cols`, element (i, j) at `i·row_stride + j·col_stride`.
-#[derive(Clone, Copy)]
-struct Matrix<'a> {
-    values: &'a [f32],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Matrix<'a> {
-    /// A row-major `rows × cols` matrix.
-    fn new(values: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(values.len(), rows * cols, "{OP}: a matrix's size");
-        Self {
-            values,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
-        }
-    }
-
-    /// The transpose, as a view.
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
-        }
-    }
-}
-
-/// Products of at least this many multiply-adds are split across rayon's threads; below it
-/// handing work to another thread costs more than it saves (the rank-r products).
-const PARALLEL_MULTIPLY_ADDS: usize = 1 << 20;
-
-/// dst [m, n] (row-major) = lhs [m, k] · rhs [k, n], or with `accumulate: Some(s)`,
-/// dst += s · lhs · rhs.
-fn product(dst: &mut [f32], lhs: Matrix, rhs: Matrix, accumulate: Option<f32>) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    assert!(
-        rhs.rows == k && dst.len() == m * n,
-        "{OP}: product dimensions"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if accumulate.is_none() {
-            dst.fill(0.0);
-        }
-        return;
-    }
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MULTIPLY_ADDS {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: every view was built over a slice holding exactly rows × cols elements at its
-    // strides (`Matrix::new`, checked), the transpose only swaps them, and dst holds m × n.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate.is_some(),
-            lhs.values.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.values.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            accumulate.unwrap_or(1.0),
-            false,
-            false,
-            false,
-            parallelism,
-        );
     }
 }
 

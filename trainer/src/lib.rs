@@ -38,6 +38,7 @@ pub mod quant;
 pub mod recompute;
 pub mod reward_source;
 pub mod sft;
+pub mod slice_gemm;
 pub mod stage;
 pub mod stage_config;
 pub mod student;
