@@ -311,27 +311,24 @@ impl DropoutMask {
     /// dropout(x): kept elements scaled, dropped ones zero.
     fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(64 * WORDS_PER_TASK)
-            .zip(x.par_chunks(64 * WORDS_PER_TASK))
-            .enumerate()
-            .for_each(|(task, (out, x))| {
-                let first = task * 64 * WORDS_PER_TASK;
-                for (offset, (o, &x)) in out.iter_mut().zip(x).enumerate() {
-                    *o = x * self.factor(first + offset);
-                }
-            });
+        self.with_factors(&mut out, x, |o, x, factor| *o = x * factor);
         out
     }
 
     /// dst += s · dropout(v).
     fn accumulate(&self, v: &[f32], s: f32, dst: &mut [f32]) {
-        dst.par_chunks_mut(64 * WORDS_PER_TASK)
-            .zip(v.par_chunks(64 * WORDS_PER_TASK))
+        self.with_factors(dst, v, |d, v, factor| *d += s * v * factor);
+    }
+
+    /// `f(dst[i], v[i], factor of i)` for every element, in parallel tasks.
+    fn with_factors(&self, dst: &mut [f32], v: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
+        let task = 64 * WORDS_PER_TASK;
+        dst.par_chunks_mut(task)
+            .zip(v.par_chunks(task))
             .enumerate()
-            .for_each(|(task, (dst, v))| {
-                let first = task * 64 * WORDS_PER_TASK;
+            .for_each(|(index, (dst, v))| {
                 for (offset, (d, &v)) in dst.iter_mut().zip(v).enumerate() {
-                    *d += s * v * self.factor(first + offset);
+                    f(d, v, self.factor(index * task + offset));
                 }
             });
     }
