@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{CpuStorage, DType, Layout, Result, Tensor};
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -60,6 +60,20 @@ pub(crate) fn f32_input<'a>(
     match storage {
         CpuStorage::F32(values) => Ok(&values[start..end]),
         _ => candle_core::bail!("{op}: {what} must be f32"),
+    }
+}
+
+/// The f32 elements of a tensor's storage that a fused op reads outside `cpu_fwd` (its
+/// backward, or a weight it holds); an error names the op and the tensor.
+pub(crate) fn f32_storage<'a>(
+    op: &str,
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => f32_input(op, cpu, layout, what),
+        _ => candle_core::bail!("{op}: {what} is not on the CPU"),
     }
 }
 

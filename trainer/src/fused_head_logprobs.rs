@@ -25,7 +25,7 @@
 
 use std::sync::OnceLock;
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::slice_gemm::{product, Matrix};
@@ -116,10 +116,7 @@ impl HeadLogprobs {
         mut f: impl FnMut(usize, &[f32], Matrix) -> Result<()>,
     ) -> Result<()> {
         let (storage, layout) = self.weight.storage_and_layout();
-        let weight = match &*storage {
-            Storage::Cpu(cpu) => crate::fused::f32_input(OP, cpu, layout, "weight")?,
-            _ => candle_core::bail!("{OP}: the weight is not on the CPU"),
-        };
+        let weight = crate::fused::f32_storage(OP, &storage, layout, "the weight")?;
         let (vocab, d) = self.weight.dims2()?;
         let width = Self::slice_width(n, vocab);
         let mut logits = vec![0f32; n * width];
@@ -202,10 +199,7 @@ impl CustomOp2 for HeadLogprobs {
         let grads = grad_res.to_dtype(DType::F32)?.to_vec1::<f32>()?;
         let inv_t = (1.0 / self.temperature) as f32;
         let (storage, layout) = hidden.storage_and_layout();
-        let h = match &*storage {
-            Storage::Cpu(cpu) => crate::fused::f32_input(OP, cpu, layout, "hidden")?,
-            _ => candle_core::bail!("{OP}: the hidden states are not on the CPU"),
-        };
+        let h = crate::fused::f32_storage(OP, &storage, layout, "the hidden states")?;
         let mut grad_hidden = vec![0f32; n * d];
         let mut grad_logits = Vec::new();
         self.for_each_slice(h, n, |first, logits, rows| {

@@ -198,10 +198,14 @@ impl Linear {
     pub fn forward_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (leading, in_dim) = (&x.dims()[..x.rank() - 1], x.dim(candle_core::D::Minus1)?);
         let flat = x.reshape(((), in_dim))?;
-        if let Some(y) = self.fused_forward(&flat, pass)? {
+        // [rows, out] back to the input's leading dimensions.
+        let unflatten = |y: Tensor| {
             let mut shape = leading.to_vec();
             shape.push(y.dim(1)?);
-            return y.reshape(shape);
+            y.reshape(shape)
+        };
+        if let Some(y) = self.fused_forward(&flat, pass)? {
+            return unflatten(y);
         }
         let mut y = match &self.base {
             BaseWeight::Quantized(q) => nf4_matmul(&flat, q)?,
@@ -221,9 +225,7 @@ impl Linear {
                 .matmul(&l.b.as_tensor().t()?)?;
             y = (y + (update * l.scale)?)?;
         }
-        let mut shape = leading.to_vec();
-        shape.push(y.dim(1)?);
-        y.reshape(shape)
+        unflatten(y)
     }
 
     /// The layer as one fused op (`fused_lora.rs`) where it serves: adapters on, a frozen f32 or
