@@ -87,12 +87,8 @@ impl CustomOp2 for AttentionProbs {
                     *p = s * self.scale + m;
                     max = max.max(*p);
                 }
-                let mut sum = 0f32;
-                for p in &mut p[..visible] {
-                    *p = (*p - max).exp();
-                    sum += *p;
-                }
-                let inv = 1.0 / sum;
+                let sum = crate::fast_exp::exp_shifted_sum(&mut p[..visible], max);
+                let inv = (1.0 / sum) as f32;
                 p[..visible].iter_mut().for_each(|p| *p *= inv);
             });
         Ok((CpuStorage::F32(out), scores_layout.shape().clone()))

@@ -28,6 +28,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::fused_logprobs::softmax_times;
 use crate::slice_gemm::{product, Matrix};
 
 const OP: &str = "head-logprobs";
@@ -86,10 +87,7 @@ impl RunningLse {
         if max == f32::NEG_INFINITY {
             return;
         }
-        let slice_sum: f64 = logits
-            .iter()
-            .map(|&z| f64::from((z * inv_t - max).exp()))
-            .sum();
+        let slice_sum = crate::fast_exp::scaled_shifted_exp_sum(logits, inv_t, max);
         self.sum = self.sum * f64::from((self.max - max).exp()) + slice_sum;
         self.max = max;
     }
@@ -212,9 +210,7 @@ impl CustomOp2 for HeadLogprobs {
                 .with_min_len(crate::fused::min_rows(width))
                 .for_each(|((out, row), ((&token, &g), &lse))| {
                     let scale = g * inv_t;
-                    for (o, &z) in out.iter_mut().zip(row) {
-                        *o = -(z * inv_t - lse).exp() * scale;
-                    }
+                    softmax_times(out, row, inv_t, lse, -scale);
                     if let Some(o) = (token as usize)
                         .checked_sub(first)
                         .and_then(|i| out.get_mut(i))

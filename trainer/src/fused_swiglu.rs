@@ -24,8 +24,13 @@ pub fn fused_swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+/// out = sigmoid(g) for each element (the vectorised exponential of `fast_exp.rs`).
+fn sigmoid_into(out: &mut [f32], g: &[f32]) {
+    for (o, &g) in out.iter_mut().zip(g) {
+        *o = -g;
+    }
+    crate::fast_exp::exp_in_place(out);
+    out.iter_mut().for_each(|o| *o = 1.0 / (1.0 + *o));
 }
 
 impl CustomOp2 for SwiGlu {
@@ -54,8 +59,9 @@ impl CustomOp2 for SwiGlu {
             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .with_min_len(min_rows(CHUNK))
             .for_each(|(y, (g, u))| {
+                sigmoid_into(y, g);
                 for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                    *y = g * sigmoid(g) * u;
+                    *y *= g * u;
                 }
             });
         Ok((CpuStorage::F32(out), gate_layout.shape().clone()))
@@ -119,8 +125,9 @@ impl CustomOp3 for SwiGluGrad {
             .zip(dy.par_chunks(CHUNK))
             .with_min_len(min_rows(CHUNK))
             .for_each(|((d, (g, u)), dy)| {
+                sigmoid_into(d, g);
                 for (((d, &g), &u), &dy) in d.iter_mut().zip(g).zip(u).zip(dy) {
-                    let s = sigmoid(g);
+                    let s = *d;
                     *d = match which {
                         Part::Up => dy * g * s,
                         Part::Gate => dy * u * s * (1.0 + g * (1.0 - s)),

@@ -11,6 +11,7 @@ pub mod device;
 pub mod distill;
 pub mod eval;
 pub mod eval_report;
+pub mod fast_exp;
 pub mod frozen;
 pub mod frozen_matmul;
 pub mod fused;
