@@ -55,6 +55,16 @@ pub fn scaled_shifted_exp_sum(values: &[f32], scale: f32, shift: f32) -> f64 {
     sum
 }
 
+/// out = factor · softmax(row / T) = factor · exp(row / T − lse), from the row's log-sum-exp
+/// `lse` of row / T: a log-probability's backward without its target's +1 (both log-prob ops).
+pub fn softmax_times(out: &mut [f32], row: &[f32], inv_t: f32, lse: f32, factor: f32) {
+    for (o, &z) in out.iter_mut().zip(row) {
+        *o = z * inv_t - lse;
+    }
+    exp_in_place(out);
+    out.iter_mut().for_each(|o| *o *= factor);
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma() -> bool {
     use std::sync::OnceLock;
@@ -218,6 +228,23 @@ mod tests {
             .sum();
         assert!((sum - exact).abs() / exact < 1e-6, "{sum} vs {exact}");
         assert!(terms.contains(&1.0), "the largest term is exp(0) = 1");
+    }
+
+    #[test]
+    fn softmax_times_equals_the_float64_softmax() {
+        let row: Vec<f32> = (0..300)
+            .map(|i| ((i * 37) % 101) as f32 * 0.1 - 4.0)
+            .collect();
+        let inv_t = 1.0 / 0.9;
+        let z: Vec<f64> = row.iter().map(|&x| f64::from(x * inv_t)).collect();
+        let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + z.iter().map(|&v| (v - max).exp()).sum::<f64>().ln();
+        let mut out = vec![0f32; row.len()];
+        softmax_times(&mut out, &row, inv_t, lse as f32, -2.5);
+        for (&o, &v) in out.iter().zip(&z) {
+            let want = -2.5 * (v - lse).exp();
+            assert!((f64::from(o) - want).abs() < 1e-6, "{o} vs {want}");
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::fused_logprobs::softmax_times;
+use crate::fast_exp::softmax_times;
 use crate::slice_gemm::{product, Matrix};
 
 const OP: &str = "head-logprobs";

@@ -33,16 +33,6 @@ pub(crate) fn row_lse(row: &[f32], inv_t: f32) -> f32 {
     max + sum.ln() as f32
 }
 
-/// out = factor · softmax(row / T), from the row's log-sum-exp `lse` of z = row / T: the
-/// backward of a log-probability without its target's +1 (shared with the head's op).
-pub(crate) fn softmax_times(out: &mut [f32], row: &[f32], inv_t: f32, lse: f32, factor: f32) {
-    for (o, &z) in out.iter_mut().zip(row) {
-        *o = z * inv_t - lse;
-    }
-    crate::fast_exp::exp_in_place(out);
-    out.iter_mut().for_each(|o| *o *= factor);
-}
-
 impl CustomOp2 for ChosenLogprobs {
     fn name(&self) -> &'static str {
         "chosen-logprobs"
@@ -103,7 +93,7 @@ impl CustomOp2 for ChosenLogprobs {
             .for_each(|((out, row), (&token, &g))| {
                 let lse = row_lse(row, inv_t);
                 let scale = g * inv_t;
-                softmax_times(out, row, inv_t, lse, -scale);
+                crate::fast_exp::softmax_times(out, row, inv_t, lse, -scale);
                 out[token as usize] += scale;
             });
         let grad = Tensor::from_vec(grad, shape, logits.device())?;
