@@ -24,8 +24,8 @@ use cli::{Cli, Command};
 use commands::{bench, daemon, data, eval, runtime, sandbox, train};
 
 fn main() -> std::process::ExitCode {
-    // Before any thread exists: the variable is read once, by candle's first CPU op.
-    unitforge_trainer::device::keep_elementwise_ops_on_the_calling_thread();
+    // Before any thread exists: the variables are read once, by candle's and rayon's first use.
+    unitforge_trainer::device::settle_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNITFORGE_LOG")

@@ -292,19 +292,17 @@ impl Layer {
     }
 
     /// The layer's tensors that carry a gradient: LoRA matrices, and in full fine-tuning the
-    /// linear and norm weights.
+    /// linear weights and biases and the norm weights.
     pub(crate) fn parameters(&self) -> Vec<Tensor> {
-        let mut parameters: Vec<Tensor> = self
-            .linears()
+        let linears = self.linears();
+        let mut parameters: Vec<Tensor> = linears
             .iter()
             .flat_map(|(_, linear)| linear.trainable())
             .map(|var| var.as_tensor().clone())
             .collect();
-        for norm in [&self.input_norm, &self.post_attention_norm] {
-            if norm.is_variable() {
-                parameters.push(norm.clone());
-            }
-        }
+        let biases = linears.iter().filter_map(|(_, linear)| linear.bias());
+        let norms = [&self.input_norm, &self.post_attention_norm];
+        parameters.extend(biases.chain(norms).filter(|t| t.is_variable()).cloned());
         parameters
     }
 

@@ -7,9 +7,10 @@ use candle_core::{DType, Device};
 
 use crate::TrainerError;
 
-/// Keep candle's element-wise CPU ops on the calling thread unless `CANDLE_NUM_THREADS` says
-/// otherwise. Call before any tensor work (it sets an environment variable, read once).
+/// Settle how many threads candle's CPU ops use, before any tensor work (both are environment
+/// variables, read by candle and rayon when first needed). Two choices, each measured:
 ///
+/// Element-wise ops stay on the calling thread unless `CANDLE_NUM_THREADS` says otherwise.
 /// candle runs each element-wise op on its own thread pool, whose calling thread spins at a
 /// barrier until the others finish: on small tensors the hand-off costs more than the op, and
 /// when other processes share the cores a preempted worker leaves the caller spinning a whole
@@ -20,9 +21,20 @@ use crate::TrainerError;
 /// on the cores, a SmolLM2-shape LoRA step took 24.6 s with candle's pool and 10.1 s without.
 /// The exception is a bf16 base, whose casts and element-wise ops are not fused: its
 /// SmolLM2-shape LoRA step went 14.0 → 19.4 s; `CANDLE_NUM_THREADS=2` restores the pool.
-pub fn keep_elementwise_ops_on_the_calling_thread() {
+///
+/// The matrix products' thread count is counted once, into `RAYON_NUM_THREADS` unless it is
+/// set. candle 0.11 asks `utils::get_num_threads` on every product, and without the variable
+/// that counts the physical cores by reading and parsing `/proc/cpuinfo` each time: 5.5 % of a
+/// tiny full-fine-tuning step's samples in perf (the kernel formatting the file). The count is
+/// the one candle would compute (its CPU mask, else the physical cores), so the products split
+/// the same way; rayon's pool, which the fused ops use, gets that many threads too.
+pub fn settle_cpu_threads() {
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = candle_core::utils::get_num_threads();
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
 

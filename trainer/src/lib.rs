@@ -17,6 +17,7 @@ pub mod frozen_matmul;
 pub mod fused;
 pub mod fused_attention;
 pub mod fused_head_logprobs;
+pub mod fused_linear;
 pub mod fused_logprobs;
 pub mod fused_lora;
 pub mod fused_rms_norm;

@@ -196,6 +196,9 @@ impl Linear {
     /// Forward as `pass` says: with dropout on the LoRA branch (`Train`), without (`Eval`), or
     /// through the base weight alone (`BaseOnly`: the model as it was before its adapters).
     pub fn forward_pass(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        if let Some(y) = self.fused_trainable_forward(x, pass)? {
+            return Ok(y);
+        }
         let (leading, in_dim) = (&x.dims()[..x.rank() - 1], x.dim(candle_core::D::Minus1)?);
         let flat = x.reshape(((), in_dim))?;
         // [rows, out] back to the input's leading dimensions.
@@ -263,6 +266,27 @@ impl Linear {
             Some(bias) => y.broadcast_add(bias)?,
             None => y,
         }))
+    }
+
+    /// The layer as one fused op (`fused_linear.rs`) where its weight is in autograd's graph
+    /// (full fine-tuning, or the head tied to a trainable embedding) and it has no adapters: an
+    /// f32 CPU input and weight. `None`: compose it.
+    fn fused_trainable_forward(&self, x: &Tensor, pass: Pass) -> Result<Option<Tensor>> {
+        let weight = match &self.base {
+            BaseWeight::Trainable(w) => w.as_tensor(),
+            BaseWeight::Frozen(w) if w.track_op() => w,
+            _ => return Ok(None),
+        };
+        let adapted = self.lora.is_some() && pass != Pass::BaseOnly;
+        let f32_cpu = |t: &Tensor| t.dtype() == candle_core::DType::F32 && t.device().is_cpu();
+        if adapted
+            || !crate::fused::applies(x)
+            || !f32_cpu(weight)
+            || !self.bias.iter().all(f32_cpu)
+        {
+            return Ok(None);
+        }
+        crate::fused_linear::trainable_linear(x, weight, self.bias.as_ref()).map(Some)
     }
 
     /// The base weight when the layer is exactly x · Wᵀ with W outside autograd: frozen and

@@ -221,14 +221,9 @@ impl Model {
             if !options.full_finetune {
                 return Ok(tensor);
             }
-            let var = Var::from_tensor(&tensor)?;
-            varmap
-                .data()
-                .lock()
-                .expect("varmap lock")
-                .insert(name.to_string(), var.clone());
-            trainable.push((name.to_string(), var.clone()));
-            Ok(var.as_tensor().clone())
+            Ok(register(varmap, &mut trainable, name, &tensor)?
+                .as_tensor()
+                .clone())
         };
         let h = config.hidden_size;
         let head_dim = config.head_dim();
@@ -240,20 +235,22 @@ impl Model {
                       trainable: &mut Vec<(String, Var)>|
          -> Result<Linear> {
             let weight = weights.get((out_dim, in_dim), &format!("{name}.weight"))?;
-            let bias = if bias {
-                Some(weights.get(out_dim, &format!("{name}.bias"))?)
-            } else {
-                None
+            let bias = match bias {
+                false => None,
+                true => {
+                    let bias_name = format!("{name}.bias");
+                    let tensor = weights.get(out_dim, &bias_name)?;
+                    Some(match options.full_finetune {
+                        true => register(varmap, trainable, &bias_name, &tensor)?
+                            .as_tensor()
+                            .clone(),
+                        false => tensor,
+                    })
+                }
             };
             let base = if options.full_finetune {
-                let var = Var::from_tensor(&weight)?;
-                varmap
-                    .data()
-                    .lock()
-                    .expect("varmap lock")
-                    .insert(format!("{name}.weight"), var.clone());
-                trainable.push((format!("{name}.weight"), var.clone()));
-                BaseWeight::Trainable(var)
+                let weight_name = format!("{name}.weight");
+                BaseWeight::Trainable(register(varmap, trainable, &weight_name, &weight)?)
             } else if options.quantize_base && adapted {
                 BaseWeight::Quantized(std::sync::Arc::new(Nf4Tensor::quantize(&weight)?))
             } else {
@@ -599,6 +596,24 @@ impl Model {
         }
         rms_norm(&x, &self.norm, eps)
     }
+}
+
+/// `tensor` as a variable of `varmap` under `name`, listed among the trainable (full
+/// fine-tuning: every weight, bias and norm of the checkpoint).
+fn register(
+    varmap: &VarMap,
+    trainable: &mut Vec<(String, Var)>,
+    name: &str,
+    tensor: &Tensor,
+) -> Result<Var> {
+    let var = Var::from_tensor(tensor)?;
+    varmap
+        .data()
+        .lock()
+        .expect("varmap lock")
+        .insert(name.to_string(), var.clone());
+    trainable.push((name.to_string(), var.clone()));
+    Ok(var)
 }
 
 #[cfg(test)]

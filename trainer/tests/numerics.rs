@@ -261,8 +261,8 @@ fn every_trainable_tensor_receives_a_gradient_with_lora_and_in_full_fine_tuning(
         },
         &VarMap::new(),
     );
-    // Embeddings, 2 × (7 linear weights + 3 biases are frozen + 2 norms), final norm, lm_head.
-    assert_eq!(full.trainable().len(), 1 + 2 * (7 + 2) + 1 + 1);
+    // Embeddings, 2 × (7 linear weights + 3 biases + 2 norms), final norm, lm_head.
+    assert_eq!(full.trainable().len(), 1 + 2 * (7 + 3 + 2) + 1 + 1);
     assert_every_gradient_is_nonzero(&full);
 }
 
