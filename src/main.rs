@@ -26,6 +26,7 @@ use commands::{bench, daemon, data, eval, runtime, sandbox, train};
 fn main() -> std::process::ExitCode {
     // Before any thread exists: the variables are read once, by candle's and rayon's first use.
     unitforge_trainer::device::settle_cpu_threads();
+    unitforge_trainer::device::keep_freed_memory_for_reuse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNITFORGE_LOG")

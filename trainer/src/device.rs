@@ -38,6 +38,35 @@ pub fn settle_cpu_threads() {
     }
 }
 
+/// Keep the memory of freed tensors in the heap for the next step instead of handing it back to
+/// the kernel (glibc only; an explicit `glibc.malloc.*` setting in `GLIBC_TUNABLES` wins). Call
+/// before any tensor work.
+///
+/// A training step allocates and frees the same few hundred tensors every step. glibc serves an
+/// allocation of 128 KiB or more with its own `mmap` until a free raises that threshold, and it
+/// gives memory at the top of the heap back once more than twice that is free, so a step's
+/// tensors kept landing on fresh pages: about 2,500 page faults a tiny step (each a zeroed page,
+/// mostly in the backward's gradient sums), 135 K over a 40-step probe against 21 K with the
+/// thresholds fixed at 32 MiB (glibc's largest) and 256 MiB. The binary with and without,
+/// alternated (2026-12-05, AMD EPYC with AVX-512): tiny full fine-tuning step 0.038–0.041 →
+/// 0.032–0.034 s, tiny LoRA 0.039–0.044 → 0.038–0.042 s, SmolLM2-shape LoRA 1.71 → 1.62 s,
+/// 0.5B-shape LoRA 4.66 → 4.38 s (page faults of the run 1.96 M → 0.93 M); peak RSS unchanged
+/// (tiny 88–92 MB, 0.5B 3,621 MB). Larger tensors still get their own mapping.
+pub fn keep_freed_memory_for_reuse() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+        if !tuned {
+            // SAFETY: mallopt only sets the allocator's parameters; called before other threads
+            // allocate, and glibc takes its own lock either way.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+            }
+        }
+    }
+}
+
 /// The GPU if this build has CUDA support and a GPU answers, else the CPU.
 pub fn select() -> Result<Device, TrainerError> {
     Ok(Device::cuda_if_available(0)?)
