@@ -1,12 +1,19 @@
 //! Optimisation: AdamW with state that can be saved (candle-nn's keeps its moments private, so
 //! a resumed run could not continue where it stopped), global-norm gradient clipping, gradient
 //! accumulation, and the warmup + cosine learning-rate schedule.
+//!
+//! On the CPU in f32 (with the fused ops on, `fused.rs`) a parameter's update is three passes
+//! over its slices in place — each moment's moving average, then the parameter — instead of about
+//! a dozen element-wise tensor ops, each allocating a tensor of the parameter's size (tiny full
+//! fine-tuning, 2026-12-05: the optimiser's part of a step 2.4–2.6 → 1.4 ms of ~34 ms; split
+//! across threads it was slower, 2.1 ms). Both paths compute torch's formula; a test holds them
+//! to it in float64.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -71,6 +78,33 @@ impl AdamW {
         for (index, (_, var)) in self.params.iter().enumerate() {
             let Some(grad) = grads.get(var) else { continue };
             let grad = grad.to_dtype(var.dtype())?;
+            if crate::fused::applies(var.as_tensor()) {
+                let (first, second) = (&self.first[index], &self.second[index]);
+                let grad = grad.contiguous()?;
+                first.inplace_op2(
+                    &grad,
+                    &MovingAverage {
+                        beta: c.beta1,
+                        square: false,
+                    },
+                )?;
+                second.inplace_op2(
+                    &grad,
+                    &MovingAverage {
+                        beta: c.beta2,
+                        square: true,
+                    },
+                )?;
+                let update = ParameterUpdate {
+                    lr,
+                    weight_decay: c.weight_decay,
+                    bias1,
+                    bias2,
+                    eps: c.eps,
+                };
+                var.as_tensor().inplace_op3(first, second, &update)?;
+                continue;
+            }
             let first = ((&self.first[index] * c.beta1)? + (&grad * (1.0 - c.beta1))?)?;
             let second = ((&self.second[index] * c.beta2)? + (grad.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&first / bias1)? / ((&second / bias2)?.sqrt()? + c.eps)?)?;
@@ -120,6 +154,83 @@ impl AdamW {
             serde_json::from_str(&std::fs::read_to_string(path.with_extension("json"))?)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         self.step = meta["step"].as_u64().unwrap_or(0) as usize;
+        Ok(())
+    }
+}
+
+/// The f32 elements a contiguous CPU storage holds under `layout`, for writing in place.
+fn f32_in_place<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("adamw: an optimiser state must be contiguous f32"),
+    }
+}
+
+/// A moment's moving average in place: m ← β·m + (1 − β)·g, or with `square`
+/// v ← β·v + (1 − β)·g².
+struct MovingAverage {
+    beta: f64,
+    square: bool,
+}
+
+impl InplaceOp2 for MovingAverage {
+    fn name(&self) -> &'static str {
+        "adamw-moment"
+    }
+
+    fn cpu_fwd(
+        &self,
+        moment: &mut CpuStorage,
+        moment_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<()> {
+        let moment = f32_in_place(moment, moment_layout)?;
+        let grad = crate::fused::f32_input("adamw", grad, grad_layout, "gradient")?;
+        let (keep, take) = (self.beta as f32, (1.0 - self.beta) as f32);
+        let pairs = moment.iter_mut().zip(grad);
+        if self.square {
+            pairs.for_each(|(m, g)| *m = *m * keep + g * g * take);
+        } else {
+            pairs.for_each(|(m, g)| *m = *m * keep + g * take);
+        }
+        Ok(())
+    }
+}
+
+/// The parameter's update in place from its moments: p ← p·(1 − lr·λ) − lr·m̂ / (√v̂ + ε), with
+/// m̂ = m / (1 − β₁ᵗ) and v̂ = v / (1 − β₂ᵗ).
+struct ParameterUpdate {
+    lr: f64,
+    weight_decay: f64,
+    bias1: f64,
+    bias2: f64,
+    eps: f64,
+}
+
+impl InplaceOp3 for ParameterUpdate {
+    fn name(&self) -> &'static str {
+        "adamw-update"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        first: &CpuStorage,
+        first_layout: &Layout,
+        second: &CpuStorage,
+        second_layout: &Layout,
+    ) -> Result<()> {
+        let param = f32_in_place(param, param_layout)?;
+        let first = crate::fused::f32_input("adamw", first, first_layout, "first moment")?;
+        let second = crate::fused::f32_input("adamw", second, second_layout, "second moment")?;
+        let decay = (1.0 - self.lr * self.weight_decay) as f32;
+        let (lr, eps) = (self.lr as f32, self.eps as f32);
+        let (bias1, bias2) = (self.bias1 as f32, self.bias2 as f32);
+        for ((p, m), v) in param.iter_mut().zip(first).zip(second) {
+            *p = *p * decay - lr * (m / bias1) / ((v / bias2).sqrt() + eps);
+        }
         Ok(())
     }
 }
@@ -240,6 +351,61 @@ mod tests {
                 "{} vs {e}",
                 second[index]
             );
+        }
+    }
+
+    /// The in-place f32 update (fused ops on) and the composed one (off) over three steps of
+    /// many elements, against torch's formula in float64.
+    #[test]
+    fn the_in_place_update_follows_the_float64_formula() {
+        let n = 1000;
+        let start: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let grads: Vec<Vec<f32>> = (0..3)
+            .map(|s| {
+                (0..n)
+                    .map(|i| (((i * 13 + s * 7) % 29) as f32 - 14.0) / 3.0)
+                    .collect()
+            })
+            .collect();
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        let lr = 0.01;
+        // float64: torch's formula step by step.
+        let mut expected: Vec<f64> = start.iter().map(|&p| f64::from(p)).collect();
+        let (mut m, mut v) = (vec![0f64; n], vec![0f64; n]);
+        for (t, g) in grads.iter().enumerate() {
+            let t = t as i32 + 1;
+            for i in 0..n {
+                let g = f64::from(g[i]);
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.95 * v[i] + 0.05 * g * g;
+                let update = (m[i] / (1.0 - 0.9f64.powi(t)))
+                    / ((v[i] / (1.0 - 0.95f64.powi(t))).sqrt() + 1e-6);
+                expected[i] = expected[i] * (1.0 - lr * 0.1) - lr * update;
+            }
+        }
+        for fused in [true, false] {
+            crate::fused::with_enabled(fused, || {
+                let p = Var::from_tensor(&Tensor::new(start.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
+                let mut adam = AdamW::new(vec![("p".into(), p.clone())], config.clone()).unwrap();
+                for g in &grads {
+                    let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+                    let loss = (p.as_tensor() * g).unwrap().sum_all().unwrap();
+                    adam.step(&loss.backward().unwrap(), lr).unwrap();
+                }
+                let after: Vec<f32> = p.as_tensor().to_vec1().unwrap();
+                for (i, (a, e)) in after.iter().zip(&expected).enumerate() {
+                    let error = (f64::from(*a) - e).abs();
+                    assert!(error < 1e-5, "fused {fused}, element {i}: {a} vs {e}");
+                }
+            });
         }
     }
 
