@@ -1,8 +1,9 @@
 //! The switch between the fused CPU ops — chosen-token log-probabilities
 //! (`fused_logprobs.rs`), RMSNorm (`fused_rms_norm.rs`), rotary embeddings (`fused_rope.rs`),
 //! attention probabilities (`fused_attention.rs`), the SwiGLU gate (`fused_swiglu.rs`), the
-//! product with a frozen weight (`frozen_matmul.rs`) and a LoRA layer's product
-//! (`fused_lora.rs`) — and their compositions from autograd's primitives.
+//! product with a frozen weight (`frozen_matmul.rs`), a LoRA layer's product (`fused_lora.rs`),
+//! a trainable layer's product (`fused_linear.rs`) and AdamW's in-place update (`optim.rs`) —
+//! and their compositions from autograd's primitives.
 //!
 //! The fused ops serve wherever they apply (a CPU tensor in f32) unless turned off. Both paths
 //! give the same numbers (each op's tests compare them, and the fused backward with float64
