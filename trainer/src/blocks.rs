@@ -11,6 +11,7 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::config::ModelConfig;
+use crate::fused_repeat_kv::repeat_kv;
 use crate::lora::{Linear, Pass};
 
 #[derive(Clone)]
@@ -181,18 +182,9 @@ impl Attention {
             // step (all of their intermediates, kept alive to the end of generation).
             *slot = Some((k.detach(), v.detach()));
         }
-        let total = k.dim(2)?;
+        // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
         let repeats = self.heads / self.kv_heads;
-        let repeat = |t: Tensor| -> Result<Tensor> {
-            if repeats == 1 {
-                return Ok(t);
-            }
-            // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
-            t.unsqueeze(2)?
-                .broadcast_as((batch, self.kv_heads, repeats, total, self.head_dim))?
-                .reshape((batch, self.heads, total, self.head_dim))
-        };
-        let (k, v) = (repeat(k)?, repeat(v)?);
+        let (k, v) = (repeat_kv(&k, repeats)?, repeat_kv(&v, repeats)?);
         let scores = q.matmul(&k.t()?.contiguous()?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let attended = attention_probs(&scores, scale, offset, key_mask)?.matmul(&v)?;

@@ -2,7 +2,8 @@
 //! (`fused_logprobs.rs`), RMSNorm (`fused_rms_norm.rs`), rotary embeddings (`fused_rope.rs`),
 //! attention probabilities (`fused_attention.rs`), the SwiGLU gate (`fused_swiglu.rs`), the
 //! product with a frozen weight (`frozen_matmul.rs`), a LoRA layer's product (`fused_lora.rs`),
-//! a trainable layer's product (`fused_linear.rs`) and AdamW's in-place update (`optim.rs`) —
+//! a trainable layer's product (`fused_linear.rs`), grouped-query attention's key/value repeat
+//! (`fused_repeat_kv.rs`) and AdamW's in-place update (`optim.rs`) —
 //! and their compositions from autograd's primitives.
 //!
 //! The fused ops serve wherever they apply (a CPU tensor in f32) unless turned off. Both paths

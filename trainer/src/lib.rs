@@ -20,6 +20,7 @@ pub mod fused_head_logprobs;
 pub mod fused_linear;
 pub mod fused_logprobs;
 pub mod fused_lora;
+pub mod fused_repeat_kv;
 pub mod fused_rms_norm;
 pub mod fused_rope;
 pub mod fused_swiglu;
