@@ -155,6 +155,17 @@ pub(crate) mod test_support {
         }
     }
 
+    /// Σ g ⊙ y in float64: the scalar whose gradient with respect to y is g, through which the
+    /// tests check a backward.
+    pub(crate) fn weighted_sum(y: &Tensor, g: &Tensor) -> f64 {
+        (to64(y) * to64(g))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
     /// The largest absolute element-wise difference, in float64.
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         max_abs(&(to64(a) - to64(b)).unwrap())

@@ -192,7 +192,9 @@ impl CustomOp3 for TrainableLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_support::{assert_matches_finite_differences, max_diff, to64};
+    use crate::fused::test_support::{
+        assert_matches_finite_differences, max_diff, to64, weighted_sum,
+    };
     use candle_core::{Device, Var};
 
     /// Σ g ⊙ (x·Wᵀ + b) in float64, x as rows.
@@ -204,12 +206,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&to64(b))
             .unwrap();
-        (y * to64(g).reshape((rows, ())).unwrap())
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        weighted_sum(&y, &g.reshape((rows, ())).unwrap())
     }
 
     #[test]

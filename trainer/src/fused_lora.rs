@@ -375,12 +375,7 @@ mod tests {
 
     /// Σ g ⊙ y in float64.
     fn loss(y: &Tensor, g: &Tensor) -> f64 {
-        (y * to64(g))
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        crate::fused::test_support::weighted_sum(y, g)
     }
 
     /// The op's output and its gradients for x, A and B, with the dropout mask it drew.

@@ -77,17 +77,14 @@ impl CustomOp1 for RepeatKv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::test_support::{assert_matches_finite_differences, max_diff, to64};
+    use crate::fused::test_support::{
+        assert_matches_finite_differences, max_diff, to64, weighted_sum,
+    };
     use candle_core::{Device, Var};
 
     /// Σ g ⊙ repeat(x) in float64, through the composition (the fused ops do not serve f64).
     fn loss(x: &Tensor, g: &Tensor, repeats: usize) -> f64 {
-        (repeat_kv(&to64(x), repeats).unwrap() * to64(g))
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
+        weighted_sum(&repeat_kv(&to64(x), repeats).unwrap(), g)
     }
 
     #[test]
