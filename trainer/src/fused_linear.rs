@@ -53,24 +53,30 @@ fn output_shape(x: &Shape, out: usize) -> Shape {
     Shape::from(dims)
 }
 
-/// y [rows, out] = x·Wᵀ + b.
+/// y = x·Wᵀ + b from the op's storages, shaped [.., out] with x's leading dimensions.
 fn forward(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    (rows, in_dim, out): (usize, usize, usize),
-) -> Vec<f32> {
+    (x, x_layout): (&CpuStorage, &Layout),
+    (weight, weight_layout): (&CpuStorage, &Layout),
+    bias: Option<(&CpuStorage, &Layout)>,
+) -> Result<(CpuStorage, Shape)> {
+    let bias_shape = bias.map(|(_, layout)| layout.shape());
+    let (rows, in_dim, out) = dims(x_layout.shape(), weight_layout.shape(), bias_shape)?;
+    let x_values = f32_input(OP, x, x_layout, "input")?;
+    let weight = f32_input(OP, weight, weight_layout, "weight")?;
+    let bias = bias
+        .map(|(b, layout)| f32_input(OP, b, layout, "bias"))
+        .transpose()?;
     let mut y = match bias {
         Some(b) => b.repeat(rows),
         None => vec![0f32; rows * out],
     };
     product(
         &mut y,
-        Matrix::new(x, rows, in_dim),
+        Matrix::new(x_values, rows, in_dim),
         Matrix::new(weight, out, in_dim).t(),
         bias.map(|_| 1.0),
     );
-    y
+    Ok((CpuStorage::F32(y), output_shape(x_layout.shape(), out)))
 }
 
 /// The gradients (x, W, b) for an output gradient, each only for an input autograd tracks.
@@ -83,11 +89,8 @@ fn backward(
     let (rows, in_dim, out) = dims(x.shape(), weight.shape(), bias.map(Tensor::shape))?;
     let grad_y = grad_y.contiguous()?;
     let (g_storage, g_layout) = grad_y.storage_and_layout();
-    let g = Matrix::new(
-        f32_storage(OP, &g_storage, g_layout, "output gradient")?,
-        rows,
-        out,
-    );
+    let g_values = f32_storage(OP, &g_storage, g_layout, "output gradient")?;
+    let g = Matrix::new(g_values, rows, out);
     let device = x.device();
     let grad_x = if x.track_op() {
         let (w_storage, w_layout) = weight.storage_and_layout();
@@ -110,7 +113,7 @@ fn backward(
     let grad_bias = match bias.filter(|b| b.track_op()) {
         Some(_) => {
             let mut gb = vec![0f32; out];
-            for row in g.values().chunks_exact(out) {
+            for row in g_values.chunks_exact(out) {
                 gb.iter_mut().zip(row).for_each(|(sum, v)| *sum += v);
             }
             Some(Tensor::from_vec(gb, out, device)?)
@@ -132,11 +135,7 @@ impl CustomOp2 for TrainableLinear {
         weight: &CpuStorage,
         weight_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims(x_layout.shape(), weight_layout.shape(), None)?;
-        let x_values = f32_input(OP, x, x_layout, "input")?;
-        let w = f32_input(OP, weight, weight_layout, "weight")?;
-        let y = forward(x_values, w, None, dims);
-        Ok((CpuStorage::F32(y), output_shape(x_layout.shape(), dims.2)))
+        forward((x, x_layout), (weight, weight_layout), None)
     }
 
     fn bwd(
@@ -165,16 +164,11 @@ impl CustomOp3 for TrainableLinear {
         bias: &CpuStorage,
         bias_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims(
-            x_layout.shape(),
-            weight_layout.shape(),
-            Some(bias_layout.shape()),
-        )?;
-        let x_values = f32_input(OP, x, x_layout, "input")?;
-        let w = f32_input(OP, weight, weight_layout, "weight")?;
-        let b = f32_input(OP, bias, bias_layout, "bias")?;
-        let y = forward(x_values, w, Some(b), dims);
-        Ok((CpuStorage::F32(y), output_shape(x_layout.shape(), dims.2)))
+        forward(
+            (x, x_layout),
+            (weight, weight_layout),
+            Some((bias, bias_layout)),
+        )
     }
 
     fn bwd(

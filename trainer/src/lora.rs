@@ -278,12 +278,8 @@ impl Linear {
             _ => return Ok(None),
         };
         let adapted = self.lora.is_some() && pass != Pass::BaseOnly;
-        let f32_cpu = |t: &Tensor| t.dtype() == candle_core::DType::F32 && t.device().is_cpu();
-        if adapted
-            || !crate::fused::applies(x)
-            || !f32_cpu(weight)
-            || !self.bias.iter().all(f32_cpu)
-        {
+        let mut operands = [x, weight].into_iter().chain(self.bias.as_ref());
+        if adapted || !operands.all(crate::fused::applies) {
             return Ok(None);
         }
         crate::fused_linear::trainable_linear(x, weight, self.bias.as_ref()).map(Some)

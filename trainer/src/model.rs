@@ -217,13 +217,9 @@ impl Model {
         let dtype = options.dtype;
         let trainable_vb = VarBuilder::from_varmap(varmap, dtype, device);
         let mut trainable = Vec::new();
+        let full = options.full_finetune;
         let mut param = |name: &str, tensor: Tensor| -> Result<Tensor> {
-            if !options.full_finetune {
-                return Ok(tensor);
-            }
-            Ok(register(varmap, &mut trainable, name, &tensor)?
-                .as_tensor()
-                .clone())
+            trainable_if(full, varmap, &mut trainable, name, tensor)
         };
         let h = config.hidden_size;
         let head_dim = config.head_dim();
@@ -235,18 +231,12 @@ impl Model {
                       trainable: &mut Vec<(String, Var)>|
          -> Result<Linear> {
             let weight = weights.get((out_dim, in_dim), &format!("{name}.weight"))?;
-            let bias = match bias {
-                false => None,
-                true => {
-                    let bias_name = format!("{name}.bias");
-                    let tensor = weights.get(out_dim, &bias_name)?;
-                    Some(match options.full_finetune {
-                        true => register(varmap, trainable, &bias_name, &tensor)?
-                            .as_tensor()
-                            .clone(),
-                        false => tensor,
-                    })
-                }
+            let bias = if bias {
+                let bias_name = format!("{name}.bias");
+                let tensor = weights.get(out_dim, &bias_name)?;
+                Some(trainable_if(full, varmap, trainable, &bias_name, tensor)?)
+            } else {
+                None
             };
             let base = if options.full_finetune {
                 let weight_name = format!("{name}.weight");
@@ -614,6 +604,23 @@ fn register(
         .insert(name.to_string(), var.clone());
     trainable.push((name.to_string(), var.clone()));
     Ok(var)
+}
+
+/// In full fine-tuning `tensor` registered as a variable (`register`), its tensor returned;
+/// otherwise `tensor` as it is, frozen.
+fn trainable_if(
+    full_finetune: bool,
+    varmap: &VarMap,
+    trainable: &mut Vec<(String, Var)>,
+    name: &str,
+    tensor: Tensor,
+) -> Result<Tensor> {
+    if !full_finetune {
+        return Ok(tensor);
+    }
+    Ok(register(varmap, trainable, name, &tensor)?
+        .as_tensor()
+        .clone())
 }
 
 #[cfg(test)]

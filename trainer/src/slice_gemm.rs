@@ -31,11 +31,6 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// The elements, in the layout the strides describe.
-    pub(crate) fn values(self) -> &'a [f32] {
-        self.values
-    }
-
     /// The transpose, as a view.
     pub(crate) fn t(self) -> Self {
         Self {
