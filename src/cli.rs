@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use unitforge_sandbox::backend::BackendOptions;
 use unitforge_sandbox::daemon::DEFAULT_IDLE_TIMEOUT;
 use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
-use unitforge_trainer::stage::StageKind;
+use unitforge_trainer::stages::StageKind;
 
 #[derive(Parser)]
 #[command(

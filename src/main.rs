@@ -9,7 +9,7 @@
 //! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, teacher-logprobs
 //! - `commands/eval.rs` — generate, eval
 //! - `commands/data.rs` — data from-pairs, data generate
-//! - `commands/bench.rs`, `commands/bench_train.rs` — bench score, serve, oneshot, train
+//! - `commands/bench/` — bench score, serve, oneshot, train (one file each)
 //!
 //! `render.rs` draws the human tables. Exit status: 0 on success, 2 with a message on stderr
 //! for anything that stopped a command.

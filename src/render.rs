@@ -6,7 +6,7 @@ use std::path::Path;
 use unitforge_sandbox::mutant::{Mutant, MutantCensus};
 use unitforge_sandbox::outcome::MutantStatus;
 use unitforge_sandbox::score::ScoreReport;
-use unitforge_trainer::eval_report::{EvalReport, Figures};
+use unitforge_trainer::eval::report::{EvalReport, SuiteFigures};
 
 pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
     let mut out = String::new();
@@ -187,7 +187,7 @@ pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
         ("reference", &report.reference),
         ("trivial", &report.trivial),
     ];
-    let row = |name: &str, value: &dyn Fn(&Figures) -> String| {
+    let row = |name: &str, value: &dyn Fn(&SuiteFigures) -> String| {
         let cells: Vec<String> = columns
             .iter()
             .map(|(_, f)| format!("{:>12}", value(f)))

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use crate::mutant::Mutant;
 use crate::outcome::{judge_run, JudgedRun, MutantStatus};
 use crate::protocol::RunReply;
+use crate::report::{BaselineRun, MutantResult, ScoreReport, StabilityRun, VariantResult};
 use crate::rewards::{median, speed_reward, RewardConfig};
-use crate::score::{BaselineRun, MutantResult, ScoreReport, StabilityRun, VariantResult};
 use crate::variant::Variant;
 use crate::worker::InfraError;
 

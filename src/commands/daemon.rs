@@ -166,7 +166,7 @@ pub async fn score_through_daemon(
     }
     if matches!(executor.executor, ExecutorChoice::Docker) {
         // A missing image is built here, in the foreground, where its progress shows.
-        super::sandbox::ensure_sandbox_image(executor.image.as_deref()).await?;
+        super::ensure_sandbox_image(executor.image.as_deref()).await?;
     }
     let log = socket.with_extension("log");
     let mut child = match spawn(&socket, &log, executor, idle_timeout_s) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use unitforge_sandbox::score::ScoreInput;
-use unitforge_trainer::corpus::{family_names, generate_corpus, GeneratedPair};
+use unitforge_trainer::data::corpus::{family_names, generate_corpus, GeneratedPair};
 
 use super::{load_reward_config, progress_bar, read_source, runtime, start_backend};
 use crate::cli::{DataCommand, FromPairsArgs, GenerateDataArgs};

@@ -5,16 +5,16 @@ use anyhow::Result;
 use serde::Serialize;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::ScoreInput;
-use unitforge_trainer::data::{load_jsonl, Example, Targets};
-use unitforge_trainer::eval::{sample_report, SampleReport};
-use unitforge_trainer::generate::{self, SamplingConfig};
-use unitforge_trainer::model::Model;
-use unitforge_trainer::prompts;
-use unitforge_trainer::tokenizer::ModelTokenizer;
+use unitforge_trainer::data::dataset::{load_jsonl, Example, Targets};
+use unitforge_trainer::data::prompts;
+use unitforge_trainer::data::tokenizer::ModelTokenizer;
+use unitforge_trainer::eval::samples::{sample_report, SampleReport};
+use unitforge_trainer::model::decoder::Model;
+use unitforge_trainer::model::generate::{self, SamplingConfig};
 
 use unitforge_sandbox::backend::BlockingBackend;
-use unitforge_trainer::eval_report::{evaluate_model, read_report, EvalOptions};
-use unitforge_trainer::pareto::write_pareto;
+use unitforge_trainer::eval::pareto::write_pareto;
+use unitforge_trainer::eval::report::{evaluate_model, read_report, EvalOptions};
 
 use super::{
     load_reward_config, module_name, notice, progress_bar, read_source, runtime, start_backend,

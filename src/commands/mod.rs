@@ -3,7 +3,6 @@
 //! nothing a library should own: it reads files, calls the sandbox or trainer, and prints.
 
 pub mod bench;
-pub mod bench_train;
 pub mod daemon;
 pub mod data;
 pub mod eval;
@@ -68,4 +67,17 @@ pub fn progress_bar(len: usize, items: &str) -> ProgressBar {
         .expect("valid template"),
     );
     bar
+}
+
+pub fn connect_docker() -> Result<unitforge_sandbox::bollard::Docker> {
+    unitforge_sandbox::bollard::Docker::connect_with_local_defaults()
+        .context("cannot reach the Docker engine")
+}
+
+/// Build the sandbox image `image` (default: this build's tag) if the engine lacks it.
+pub async fn ensure_sandbox_image(image: Option<&str>) -> Result<()> {
+    let docker = connect_docker()?;
+    let tag = image.map_or_else(unitforge_sandbox::image::sandbox_image_tag, str::to_string);
+    unitforge_sandbox::image::ensure_image(&docker, &tag, &notice).await?;
+    Ok(())
 }

@@ -17,7 +17,10 @@ use unitforge_sandbox::service::{Service, ServiceLimits};
 use unitforge_sandbox::source::PythonSource;
 use unitforge_sandbox::variant::{generate_variants, VariantConfig};
 
-use super::{load_reward_config, module_name, notice, progress_bar, read_source, start_backend};
+use super::{
+    connect_docker, load_reward_config, module_name, notice, progress_bar, read_source,
+    start_backend,
+};
 use crate::cli::{
     DoctorArgs, HealthArgs, ImageCommand, MutantsArgs, ScoreArgs, ServeArgs, VariantsArgs,
 };
@@ -283,19 +286,6 @@ pub fn variants(args: VariantsArgs) -> Result<()> {
             println!("{}", variant.source);
         }
     }
-    Ok(())
-}
-
-fn connect_docker() -> Result<unitforge_sandbox::bollard::Docker> {
-    unitforge_sandbox::bollard::Docker::connect_with_local_defaults()
-        .context("cannot reach the Docker engine")
-}
-
-/// Build the sandbox image `image` (default: this build's tag) if the engine lacks it.
-pub async fn ensure_sandbox_image(image: Option<&str>) -> Result<()> {
-    let docker = connect_docker()?;
-    let tag = image.map_or_else(unitforge_sandbox::image::sandbox_image_tag, str::to_string);
-    unitforge_sandbox::image::ensure_image(&docker, &tag, &notice).await?;
     Ok(())
 }
 

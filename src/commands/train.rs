@@ -6,9 +6,9 @@ use crate::cli::{ImportGgufArgs, InitModelArgs, TeacherLogprobsArgs, TrainComman
 
 pub fn train(command: &TrainCommand) -> Result<()> {
     let (kind, args, overrides) = command.stage();
-    let config = unitforge_trainer::stage_config::load(&args.config, &overrides)?;
+    let config = unitforge_trainer::train::stage_config::load(&args.config, &overrides)?;
     let device = unitforge_trainer::device::select()?;
-    let summary = unitforge_trainer::stage::train(kind, &config, &device)?;
+    let summary = unitforge_trainer::stages::train(kind, &config, &device)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
@@ -41,7 +41,7 @@ pub fn train(command: &TrainCommand) -> Result<()> {
 
 pub fn init_model(args: &InitModelArgs) -> Result<()> {
     if let (Some(from), Some(keep)) = (&args.from, args.keep_layers) {
-        let summary = unitforge_trainer::prune::prune_layers(from, keep, &args.out)?;
+        let summary = unitforge_trainer::new_model::prune::prune_layers(from, keep, &args.out)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         } else {
@@ -57,8 +57,8 @@ pub fn init_model(args: &InitModelArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let init = unitforge_trainer::init::read_init_config(&args.config)?;
-    let summary = unitforge_trainer::init::init_model(&init, &args.out)?;
+    let init = unitforge_trainer::new_model::init::read_init_config(&args.config)?;
+    let summary = unitforge_trainer::new_model::init::init_model(&init, &args.out)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -75,7 +75,7 @@ pub fn init_model(args: &InitModelArgs) -> Result<()> {
 
 pub fn teacher_logprobs(args: &TeacherLogprobsArgs) -> Result<()> {
     let device = unitforge_trainer::device::select()?;
-    let summary = unitforge_trainer::distill::teacher_logprobs(
+    let summary = unitforge_trainer::stages::distill::teacher_logprobs(
         &args.teacher,
         &args.data,
         &args.out,
@@ -101,7 +101,8 @@ pub fn import_gguf(args: &ImportGgufArgs) -> Result<()> {
         WeightDtype::F32 => candle_core::DType::F32,
         WeightDtype::Bf16 => candle_core::DType::BF16,
     };
-    let summary = unitforge_trainer::gguf_import::import_gguf(&args.gguf, &args.out, dtype)?;
+    let summary =
+        unitforge_trainer::new_model::gguf_import::import_gguf(&args.gguf, &args.out, dtype)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

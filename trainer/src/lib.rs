@@ -1,53 +1,19 @@
-//! unitforge's candle trainer: the model with its LoRA/QLoRA layers, tokenizer, data and corpus,
-//! the shared training loop with the SFT and GKD-distillation stages, and generation (see
-//! ARCHITECTURE.md).
+//! unitforge's candle trainer, in layers (ARCHITECTURE.md has the map and the import rules a test
+//! enforces): `kernels` (the CPU ops with their own backward), `model` (the decoder, its LoRA
+//! layers and generation), `data` (rows, tokenizer, prompts, the synthetic corpus), `new_model`
+//! (initialising, pruning and importing models), `train` (the loop every stage shares and what it
+//! needs), `stages` (SFT, GKD distillation, GRPO) and `eval` (held-out figures and the Pareto
+//! picture); `device` and `plot` serve them all.
 
-pub mod blocks;
-pub mod checkpoint;
-pub mod config;
-pub mod corpus;
 pub mod data;
 pub mod device;
-pub mod distill;
 pub mod eval;
-pub mod eval_report;
-pub mod fast_exp;
-pub mod frozen;
-pub mod frozen_matmul;
-pub mod fused;
-pub mod fused_attention;
-pub mod fused_head_logprobs;
-pub mod fused_linear;
-pub mod fused_logprobs;
-pub mod fused_lora;
-pub mod fused_repeat_kv;
-pub mod fused_rms_norm;
-pub mod fused_rope;
-pub mod fused_swiglu;
-pub mod generate;
-pub mod gguf_import;
-pub mod grpo;
-pub mod init;
-pub mod lora;
-pub mod loss;
+pub mod kernels;
 pub mod model;
-pub mod optim;
-pub mod pareto;
+pub mod new_model;
 pub mod plot;
-pub mod policy_loss;
-pub mod prompts;
-pub mod prune;
-pub mod quant;
-pub mod recompute;
-pub mod reward_source;
-pub mod sft;
-pub mod slice_gemm;
-pub mod stage;
-pub mod stage_config;
-pub mod student;
-pub mod supervised;
-pub mod tokenizer;
-pub mod train_loop;
+pub mod stages;
+pub mod train;
 
 /// Errors of the trainer library.
 #[derive(Debug, thiserror::Error)]

@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use common::max_abs_diff;
-use unitforge_trainer::data::{load_jsonl, Collator, Targets};
-use unitforge_trainer::distill::teacher_logprobs;
-use unitforge_trainer::init::{init_model, read_init_config};
-use unitforge_trainer::loss::chosen_logprobs;
-use unitforge_trainer::model::Model;
-use unitforge_trainer::stage_config::StageConfig;
-use unitforge_trainer::tokenizer::{self, ModelTokenizer};
-use unitforge_trainer::train_loop::read_metrics;
+use unitforge_trainer::data::dataset::{load_jsonl, Collator, Targets};
+use unitforge_trainer::data::tokenizer::{self, ModelTokenizer};
+use unitforge_trainer::model::decoder::Model;
+use unitforge_trainer::model::logprobs::chosen_logprobs;
+use unitforge_trainer::new_model::init::{init_model, read_init_config};
+use unitforge_trainer::stages::distill::teacher_logprobs;
+use unitforge_trainer::train::stage_config::StageConfig;
+use unitforge_trainer::train::train_loop::read_metrics;
 
 fn root() -> PathBuf {
     common::repo_root()
@@ -37,7 +37,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let mut sft = config(&teacher_base, &train, &eval, &teacher, 30);
     sft.teacher_model = None;
     sft.learning_rate = 0.01;
-    unitforge_trainer::sft::train(&sft, &Device::Cpu).unwrap();
+    unitforge_trainer::stages::sft::train(&sft, &Device::Cpu).unwrap();
     (student, teacher, train, eval)
 }
 
@@ -62,7 +62,7 @@ fn online_offline_on_policy_and_refusals() {
     let online = dir.path().join("online");
     let mut cfg = config(&student, &train, &eval, &online, 30);
     cfg.teacher_model = Some(teacher.clone());
-    let summary = unitforge_trainer::distill::train(&cfg, &device).unwrap();
+    let summary = unitforge_trainer::stages::distill::train(&cfg, &device).unwrap();
     let (first, last) = (&summary.first_eval, &summary.final_eval);
     assert!(last["eval_jsd"] < 0.7 * first["eval_jsd"], "{summary:?}");
     assert!(last["eval_rkl"] < first["eval_rkl"], "{summary:?}");
@@ -96,7 +96,7 @@ fn online_offline_on_policy_and_refusals() {
     cfg.teacher_model = Some(teacher.clone());
     cfg.distill.on_policy_fraction = 1.0;
     cfg.distill.quantize_teacher = true;
-    unitforge_trainer::distill::train(&cfg, &device).unwrap();
+    unitforge_trainer::stages::distill::train(&cfg, &device).unwrap();
     let metrics = read_metrics(&on_policy.join("metrics.jsonl")).unwrap();
     assert!(metrics
         .iter()
@@ -129,7 +129,7 @@ fn online_offline_on_policy_and_refusals() {
     let offline = dir.path().join("offline");
     let mut cfg = config(&student, &offline_data, &eval, &offline, 3);
     cfg.teacher_model = None;
-    unitforge_trainer::distill::train(&cfg, &device).unwrap();
+    unitforge_trainer::stages::distill::train(&cfg, &device).unwrap();
     let metrics = read_metrics(&offline.join("metrics.jsonl")).unwrap();
     assert!(metrics
         .iter()
@@ -137,7 +137,7 @@ fn online_offline_on_policy_and_refusals() {
 
     // Refusals, each naming its cause.
     let err = |cfg: &StageConfig| {
-        unitforge_trainer::distill::train(cfg, &device)
+        unitforge_trainer::stages::distill::train(cfg, &device)
             .unwrap_err()
             .to_string()
     };
@@ -163,7 +163,7 @@ fn online_offline_on_policy_and_refusals() {
     cfg.distill.beta = 1.5;
     assert!(err(&cfg).contains("beta"), "{}", err(&cfg));
     // SFT refuses a teacher rather than silently ignoring it.
-    assert!(unitforge_trainer::sft::train(&cfg, &device)
+    assert!(unitforge_trainer::stages::sft::train(&cfg, &device)
         .unwrap_err()
         .to_string()
         .contains("teacher_model"));

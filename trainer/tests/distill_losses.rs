@@ -8,7 +8,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::randn;
 use unitforge_sandbox::rng::SplitMix64;
-use unitforge_trainer::loss::{
+use unitforge_trainer::train::loss::{
     jsd_loss, reverse_kl_on_chosen, reverse_kl_on_logits, top1_agreement,
 };
 
@@ -206,9 +206,9 @@ fn zero_at_equality_symmetric_at_one_half_and_never_negative() {
     // The JSD is bounded by ln 2 at β = ½.
     assert!(ab <= 2f64.ln());
     let tokens = a.argmax(candle_core::D::Minus1).unwrap();
-    let lp = unitforge_trainer::loss::chosen_logprobs(&b, &tokens, 1.0).unwrap();
+    let lp = unitforge_trainer::model::logprobs::chosen_logprobs(&b, &tokens, 1.0).unwrap();
     assert!(scalar(reverse_kl_on_chosen(&a, &tokens, &lp, &mask, 1.0).unwrap()) >= 0.0);
-    let own = unitforge_trainer::loss::chosen_logprobs(&a, &tokens, 1.0).unwrap();
+    let own = unitforge_trainer::model::logprobs::chosen_logprobs(&a, &tokens, 1.0).unwrap();
     assert!(scalar(reverse_kl_on_chosen(&a, &tokens, &own, &mask, 1.0).unwrap()).abs() < 1e-6);
     // Out-of-range settings are errors, not silent nonsense.
     assert!(jsd_loss(&a, &b, &mask, 1.5, 1.0).is_err());

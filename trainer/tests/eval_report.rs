@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use unitforge_sandbox::backend::{BackendOptions, BlockingBackend};
 use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::rewards::RewardConfig;
-use unitforge_trainer::data::{load_jsonl, Targets};
-use unitforge_trainer::eval_report::{score_suites, EvalOptions, EvalReport, TRIVIAL_SUITE};
-use unitforge_trainer::prompts::PromptFormat;
+use unitforge_trainer::data::dataset::{load_jsonl, Targets};
+use unitforge_trainer::data::prompts::PromptFormat;
+use unitforge_trainer::eval::report::{score_suites, EvalOptions, EvalReport, TRIVIAL_SUITE};
 
 fn backend() -> BlockingBackend {
     let options = BackendOptions {

@@ -9,9 +9,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use common::{lora, max_abs, max_abs_diff, randn, random_weights, tiny_config, write_checkpoint};
-use unitforge_trainer::config::ModelConfig;
-use unitforge_trainer::generate::{generate_ids, SamplingConfig};
-use unitforge_trainer::model::{LoadOptions, Model};
+use unitforge_trainer::model::config::ModelConfig;
+use unitforge_trainer::model::decoder::{LoadOptions, Model};
+use unitforge_trainer::model::generate::{generate_ids, SamplingConfig};
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("a CUDA device: this test is built only with --features cuda")

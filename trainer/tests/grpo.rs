@@ -8,10 +8,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use unitforge_trainer::grpo::train_with;
-use unitforge_trainer::reward_source::{Reward, RewardSource};
-use unitforge_trainer::stage_config::StageConfig;
-use unitforge_trainer::train_loop::{read_metrics, StepMetrics};
+use unitforge_trainer::stages::grpo::reward_source::{Reward, RewardSource};
+use unitforge_trainer::stages::grpo::train_with;
+use unitforge_trainer::train::stage_config::StageConfig;
+use unitforge_trainer::train::train_loop::{read_metrics, StepMetrics};
 
 /// A 2-layer, 32-wide model with a 400-token vocabulary, and 16 + 4 corpus rows.
 fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -301,7 +301,7 @@ fn several_iterations_reuse_their_samples_with_a_frozen_reference_and_a_teacher(
     cfg.grpo.num_iterations = 2;
     cfg.grpo.beta = 0.1;
     cfg.grpo.gkd_online.weight = 0.5;
-    cfg.grpo.loss_type = unitforge_trainer::stage_config::LossType::Grpo;
+    cfg.grpo.loss_type = unitforge_trainer::train::stage_config::LossType::Grpo;
     train_with(&cfg, &Device::Cpu, &share_of_e()).unwrap();
     let metrics = read_metrics(&out.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.len(), 4);

@@ -8,12 +8,12 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use common::{lora, max_abs_diff, random_weights, randomise_b, tiny_config, write_checkpoint};
-use unitforge_trainer::config::ModelConfig;
-use unitforge_trainer::model::{LoadOptions, Model};
-use unitforge_trainer::policy_loss::{
+use unitforge_trainer::model::config::ModelConfig;
+use unitforge_trainer::model::decoder::{LoadOptions, Model};
+use unitforge_trainer::stages::grpo::policy_loss::{
     advantages, policy_loss, zero_spread, PolicyInputs, PolicySettings,
 };
-use unitforge_trainer::stage_config::{ImportanceLevel, LossType, RewardScaling};
+use unitforge_trainer::train::stage_config::{ImportanceLevel, LossType, RewardScaling};
 
 fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * (1.0 + b.abs())

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use unitforge_trainer::init::{init_model, read_init_config};
-use unitforge_trainer::model::{LoadOptions, Model};
+use unitforge_trainer::model::decoder::{LoadOptions, Model};
+use unitforge_trainer::new_model::init::{init_model, read_init_config};
 
 #[test]
 fn the_tiny_model_initialises_loads_and_runs() {
@@ -26,7 +26,8 @@ fn the_tiny_model_initialises_loads_and_runs() {
     )
     .unwrap();
     assert_eq!(model.config().vocab_size, summary.vocab_size);
-    let tokenizer = unitforge_trainer::tokenizer::load(&out.path().join("tokenizer.json")).unwrap();
+    let tokenizer =
+        unitforge_trainer::data::tokenizer::load(&out.path().join("tokenizer.json")).unwrap();
     assert_eq!(tokenizer.get_vocab_size(true), summary.vocab_size);
     let ids = tokenizer
         .encode("def test_add():\n    assert add(1, 2) == 3\n", false)

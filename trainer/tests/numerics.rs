@@ -11,9 +11,9 @@ use candle_nn::{VarBuilder, VarMap};
 use common::{
     lora, max_abs, max_abs_diff, randn, random_weights, randomise_b, tiny_config, write_checkpoint,
 };
-use unitforge_trainer::config::ModelConfig;
-use unitforge_trainer::model::{LoadOptions, Model};
-use unitforge_trainer::quant::Nf4Tensor;
+use unitforge_trainer::kernels::quant::Nf4Tensor;
+use unitforge_trainer::model::config::ModelConfig;
+use unitforge_trainer::model::decoder::{LoadOptions, Model};
 
 fn config() -> ModelConfig {
     serde_json::from_value(tiny_config()).unwrap()
@@ -292,7 +292,7 @@ fn fused_ops_in_f32_give_the_gradients_of_the_float64_composition() {
             .collect()
     };
     let probe_input = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
-    assert!(unitforge_trainer::fused::applies(&probe_input));
+    assert!(unitforge_trainer::kernels::fused::applies(&probe_input));
     let fused = gradients(DType::F32);
     let reference = gradients(DType::F64);
     assert_eq!(fused.len(), reference.len());
@@ -350,8 +350,10 @@ fn a_quantized_layer_passes_the_input_gradient_through_the_dequantised_weight() 
     let device = Device::Cpu;
     let weight = randn(13, &[6, 128], 0.3).to_dtype(DType::F32).unwrap();
     let quantized = Nf4Tensor::quantize(&weight).unwrap();
-    let layer = unitforge_trainer::lora::Linear::new(
-        unitforge_trainer::lora::BaseWeight::Quantized(std::sync::Arc::new(quantized.clone())),
+    let layer = unitforge_trainer::model::lora::Linear::new(
+        unitforge_trainer::model::lora::BaseWeight::Quantized(std::sync::Arc::new(
+            quantized.clone(),
+        )),
         None,
     );
     let x = Var::from_tensor(&randn(14, &[3, 128], 1.0).to_dtype(DType::F32).unwrap()).unwrap();
@@ -370,7 +372,7 @@ fn a_quantized_layer_passes_the_input_gradient_through_the_dequantised_weight() 
 
 #[test]
 fn greedy_generation_with_the_cache_matches_recomputing_the_whole_sequence() {
-    use unitforge_trainer::generate::{generate_ids, SamplingConfig};
+    use unitforge_trainer::model::generate::{generate_ids, SamplingConfig};
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), &random_weights(&config(), 15, DType::F32));
     let model = load(dir.path(), &LoadOptions::default(), &VarMap::new());
@@ -431,8 +433,8 @@ fn greedy_generation_with_the_cache_matches_recomputing_the_whole_sequence() {
 
 #[test]
 fn prompts_of_different_lengths_batched_with_padding_match_each_generated_alone() {
-    use unitforge_trainer::generate::{generate_batch, generate_ids, SamplingConfig};
-    use unitforge_trainer::model::padding_mask;
+    use unitforge_trainer::model::decoder::padding_mask;
+    use unitforge_trainer::model::generate::{generate_batch, generate_ids, SamplingConfig};
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), &random_weights(&config(), 16, DType::F32));
     let model = load(dir.path(), &LoadOptions::default(), &VarMap::new());
@@ -495,7 +497,7 @@ fn prompts_of_different_lengths_batched_with_padding_match_each_generated_alone(
 }
 
 /// Every trainable gradient of a model loaded with `options`, in float64, from
-/// `unitforge_trainer::recompute::backward` (which a checkpointed model needs), with the number
+/// `unitforge_trainer::model::recompute::backward` (which a checkpointed model needs), with the number
 /// of nodes autograd's graph holds at the loss.
 fn gradients_and_graph_size(dir: &Path, options: &LoadOptions) -> (Vec<(String, Tensor)>, usize) {
     let model = load(dir, options, &VarMap::new());
@@ -504,7 +506,7 @@ fn gradients_and_graph_size(dir: &Path, options: &LoadOptions) -> (Vec<(String, 
     let logits = model.forward(&ids(), 0, None, true).unwrap();
     let loss = (logits * probe).unwrap().sum_all().unwrap();
     let nodes = loss.sorted_nodes().len();
-    let grads = unitforge_trainer::recompute::backward(&loss).unwrap();
+    let grads = unitforge_trainer::model::recompute::backward(&loss).unwrap();
     let named = model
         .trainable()
         .iter()
@@ -568,7 +570,7 @@ fn gradient_checkpointing_refuses_lora_dropout() {
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), &random_weights(&config(), 18, DType::F32));
     let options = LoadOptions {
-        lora: Some(unitforge_trainer::lora::LoraConfig {
+        lora: Some(unitforge_trainer::model::lora::LoraConfig {
             dropout: 0.1,
             ..lora(4)
         }),
@@ -587,8 +589,8 @@ fn gradient_checkpointing_refuses_lora_dropout() {
 /// the base-only pass (GRPO's reference) included.
 #[test]
 fn target_logprobs_from_the_hidden_states_equal_the_logits_path() {
-    use unitforge_trainer::lora::Pass;
-    use unitforge_trainer::loss::chosen_logprobs;
+    use unitforge_trainer::model::logprobs::chosen_logprobs;
+    use unitforge_trainer::model::lora::Pass;
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), &random_weights(&config(), 19, DType::F32));
     let options = LoadOptions {
@@ -601,7 +603,7 @@ fn target_logprobs_from_the_hidden_states_equal_the_logits_path() {
     let inputs = ids().narrow(1, 0, 8).unwrap();
     let weights = randn(21, &[2, 8], 1.0).to_dtype(DType::F32).unwrap();
     let run = |chunked: bool| {
-        let logp = unitforge_trainer::fused::with_enabled(true, || {
+        let logp = unitforge_trainer::kernels::fused::with_enabled(true, || {
             if chunked {
                 model.target_logprobs(&inputs, &targets, 0.9, Pass::Train)
             } else {

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use common::max_abs_diff;
-use unitforge_trainer::init::{init_model, read_init_config};
-use unitforge_trainer::model::{LoadOptions, Model};
-use unitforge_trainer::sft::train;
-use unitforge_trainer::stage_config::StageConfig;
-use unitforge_trainer::train_loop::read_metrics;
+use unitforge_trainer::model::decoder::{LoadOptions, Model};
+use unitforge_trainer::new_model::init::{init_model, read_init_config};
+use unitforge_trainer::stages::sft::train;
+use unitforge_trainer::train::stage_config::StageConfig;
+use unitforge_trainer::train::train_loop::read_metrics;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -18,11 +18,12 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use common::max_abs_diff;
-use unitforge_trainer::generate::{generate_batch, SamplingConfig};
-use unitforge_trainer::gguf_import::import_gguf;
-use unitforge_trainer::model::Model;
-use unitforge_trainer::prompts::{render_messages, PromptFormat};
-use unitforge_trainer::tokenizer::{ModelTokenizer, IM_END};
+use unitforge_trainer::data::prompts::IM_END;
+use unitforge_trainer::data::prompts::{render_messages, PromptFormat};
+use unitforge_trainer::data::tokenizer::ModelTokenizer;
+use unitforge_trainer::model::decoder::Model;
+use unitforge_trainer::model::generate::{generate_batch, SamplingConfig};
+use unitforge_trainer::new_model::gguf_import::import_gguf;
 
 fn gguf() -> PathBuf {
     let path =
@@ -215,7 +216,8 @@ fn logits_and_greedy_continuations_match_candle_transformers_quantized_llama() {
 fn a_layer_pruned_student_keeps_the_teachers_vocabulary_and_runs() {
     let dir = tempfile::tempdir().unwrap();
     let student = dir.path().join("student");
-    let summary = unitforge_trainer::prune::prune_layers(imported(), 10, &student).unwrap();
+    let summary =
+        unitforge_trainer::new_model::prune::prune_layers(imported(), 10, &student).unwrap();
     assert_eq!(summary.kept_layers, [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]);
     let teacher_weights =
         candle_core::safetensors::load(imported().join("model.safetensors"), &Device::Cpu).unwrap();

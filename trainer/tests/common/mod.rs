@@ -6,9 +6,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use unitforge_sandbox::rng::SplitMix64;
-use unitforge_trainer::config::ModelConfig;
-use unitforge_trainer::lora::LoraConfig;
-use unitforge_trainer::model::Model;
+use unitforge_trainer::model::config::ModelConfig;
+use unitforge_trainer::model::decoder::Model;
+use unitforge_trainer::model::lora::LoraConfig;
 
 /// Deterministic normal samples (candle's CPU device cannot be seeded), f64.
 pub fn randn(seed: u64, shape: &[usize], scale: f64) -> Tensor {
@@ -148,9 +148,9 @@ pub fn small_student(
     std::path::PathBuf,
     std::path::PathBuf,
     std::path::PathBuf,
-    unitforge_trainer::init::InitConfig,
+    unitforge_trainer::new_model::init::InitConfig,
 ) {
-    use unitforge_trainer::init::{init_model, read_init_config};
+    use unitforge_trainer::new_model::init::{init_model, read_init_config};
     let text = std::fs::read_to_string(repo_root().join("data/corpus/train.jsonl")).unwrap();
     let rows: Vec<&str> = text.lines().take(train + eval).collect();
     let (train_path, eval_path) = (dir.join("train.jsonl"), dir.join("eval.jsonl"));
