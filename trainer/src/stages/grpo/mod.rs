@@ -49,7 +49,7 @@ use round::{mean, round_figures, BatchLayout, Generator, Group, TrainingBatch};
 
 /// Run stage 3 against the sandbox that `config.reward` describes.
 pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, TrainerError> {
-    // Checked before the sandbox starts, so a bad config fails fast; `train_with` relies on it.
+    // Checked before the sandbox starts, so a bad config fails fast.
     let loop_config = checked_loop_config(config)?;
     let rewards = RewardSource::sandbox(&config.reward)?;
     train_checked(config, &loop_config, device, &rewards)
