@@ -254,9 +254,10 @@ fn against_the_sandbox(executor: &str) {
     }
     for m in read_metrics(&out.join("metrics.jsonl")).unwrap() {
         assert_eq!(m.parts["infra_excluded"], 0.0, "step {}", m.step);
-        // Counting, not timing: when group k + 1 had been generated, group k's scoring had
-        // begun, for every k.
-        assert_eq!(m.parts["overlap_groups"], 3.0, "step {}", m.step);
+        // The step's four groups decode as one batch; a group goes to the sandbox when its last
+        // row ends, so at most the three before the last can be scored while others decode.
+        assert!(m.parts["early_groups"] <= 3.0, "step {}", m.step);
+        assert!(m.parts["overlap_groups"] <= 3.0, "step {}", m.step);
         assert!(m.parts["reward_s"] > 0.0);
         assert!(m.parts["kl"].is_finite() && m.parts["kl"] >= 0.0);
     }

@@ -496,6 +496,96 @@ fn prompts_of_different_lengths_batched_with_padding_match_each_generated_alone(
     }
 }
 
+#[test]
+fn a_step_generated_as_one_batch_gives_each_group_what_generating_it_alone_gives() {
+    use unitforge_trainer::model::generate::{
+        generate_groups, generate_ids, GroupRequest, SamplingConfig,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &random_weights(&config(), 21, DType::F32));
+    let model = load(dir.path(), &LoadOptions::default(), &VarMap::new());
+    let end = 7;
+    // Prompts of two lengths (the shorter left-padded in the prefill), groups of different
+    // sizes, one group of none, sampled at a high temperature so that rows end at different steps.
+    let groups = vec![
+        GroupRequest {
+            prompt: vec![3, 17, 42, 5, 9, 11],
+            samples: 4,
+            seed: 11,
+        },
+        GroupRequest {
+            prompt: vec![60, 61, 62, 63],
+            samples: 3,
+            seed: 12,
+        },
+        GroupRequest {
+            prompt: vec![8, 1, 30, 2, 40, 4],
+            samples: 0,
+            seed: 13,
+        },
+        GroupRequest {
+            prompt: vec![20, 21, 22, 23, 24, 25],
+            samples: 5,
+            seed: 14,
+        },
+    ];
+    for (temperature, top_k, top_p) in [(1.5, 0, 1.0), (0.8, 20, 0.9), (0.0, 0, 1.0)] {
+        let sampling = SamplingConfig {
+            max_new_tokens: 40,
+            temperature,
+            top_k,
+            top_p,
+            seed: 0,
+        };
+        let mut handed_back = Vec::new();
+        generate_groups(&model, &groups, end, &sampling, &mut |g, ids, _| {
+            handed_back.push((g, ids));
+            Ok(())
+        })
+        .unwrap();
+        let order: Vec<usize> = handed_back.iter().map(|(g, _)| *g).collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            vec![0, 1, 3],
+            "each non-empty group once (T = {temperature})"
+        );
+        for (g, ids) in &handed_back {
+            let request = &groups[*g];
+            let alone = generate_ids(
+                &model,
+                &request.prompt,
+                request.samples,
+                end,
+                &SamplingConfig {
+                    seed: request.seed,
+                    ..sampling.clone()
+                },
+            )
+            .unwrap();
+            assert_eq!(ids, &alone, "group {g} at T = {temperature}");
+        }
+        if temperature == 1.5 {
+            let lengths: Vec<usize> = handed_back
+                .iter()
+                .flat_map(|(_, ids)| ids.iter().map(Vec::len))
+                .collect();
+            assert!(
+                lengths.iter().any(|&l| l < 40) && lengths.contains(&40),
+                "some rows must end early and leave the batch, others run to the limit: {lengths:?}"
+            );
+            // A group whose rows all ended early is handed back before the last group ends.
+            let last_longest = handed_back.last().unwrap().1.iter().map(Vec::len).max();
+            assert_eq!(
+                last_longest,
+                Some(40),
+                "the last group handed back is one that ran longest"
+            );
+        }
+    }
+}
+
 /// Every trainable gradient of a model loaded with `options`, in float64, from
 /// `unitforge_trainer::model::recompute::backward` (which a checkpointed model needs), with the number
 /// of nodes autograd's graph holds at the loss.

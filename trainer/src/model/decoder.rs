@@ -74,6 +74,16 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Keep the batch rows `rows` names, in its order (a row may be named several times: the
+    /// rows that share a prompt's keys and values get copies of them).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.index_select(rows, 0)?;
+            *v = v.index_select(rows, 0)?;
+        }
+        Ok(())
+    }
 }
 
 /// A decoder-only language model ready for training or generation.

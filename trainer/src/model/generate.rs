@@ -7,6 +7,13 @@
 //! the end token; generation stops when every row has, or after `max_new_tokens`. n samples of
 //! one prompt is exactly what GRPO's group needs. Prompts of different lengths are left-padded and
 //! their padding masked out of attention.
+//!
+//! `generate_groups` is a whole GRPO step's generation as one workload: every group's prompt is
+//! prefilled once (its keys and values copied to the rows of its samples), all samples are
+//! decoded together, a row leaves the batch as soon as it ends, and each group is handed back
+//! the moment its last sample ends, so that its scoring can start while the others decode. Row j
+//! of a group draws from the stream `generate_ids` gives row j of that group's prompt and seed,
+//! so the completions are those of generating each group by itself.
 
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -117,9 +124,7 @@ pub fn generate_batch(
             limit - 1
         )));
     }
-    let mut rngs: Vec<SplitMix64> = (0..n as u64)
-        .map(|row| SplitMix64::new(config.seed.wrapping_mul(0x9E37_79B9).wrapping_add(row)))
-        .collect();
+    let mut rngs: Vec<SplitMix64> = (0..n).map(|row| row_stream(config.seed, row)).collect();
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     let padded: Vec<u32> = prompts
         .iter()
@@ -186,6 +191,169 @@ pub fn generate_batch(
     Ok(outputs)
 }
 
+/// One group of samples to generate: a prompt, how many completions of it, and the seed of
+/// its rows' sampling streams.
+#[derive(Debug, Clone)]
+pub struct GroupRequest {
+    pub prompt: Vec<u32>,
+    pub samples: usize,
+    pub seed: u64,
+}
+
+/// Row `row`'s sampling stream under `seed` (the same in `generate_batch` and
+/// `generate_groups`).
+fn row_stream(seed: u64, row: usize) -> SplitMix64 {
+    SplitMix64::new(seed.wrapping_mul(0x9E37_79B9).wrapping_add(row as u64))
+}
+
+/// The rows still decoding: which group and sample each is, and its stream.
+struct LiveRows {
+    group: Vec<usize>,
+    sample: Vec<usize>,
+    rng: Vec<SplitMix64>,
+}
+
+/// Completions of every group in `groups`, decoded as one batch (see the module's comment).
+/// `done(g, ids, decoding)` receives group g's completions (its samples in order, each without
+/// the prompt and with the end token when one was sampled) as soon as its last sample ends, with
+/// the number of rows that go on decoding after that step; groups end in any order.
+/// `config.seed` is not used: each group carries its own.
+pub fn generate_groups(
+    model: &Model,
+    groups: &[GroupRequest],
+    end_id: u32,
+    config: &SamplingConfig,
+    done: &mut dyn FnMut(usize, Vec<Vec<u32>>, usize) -> Result<(), TrainerError>,
+) -> Result<(), TrainerError> {
+    let device: &Device = model.device();
+    let limit = model.config().max_position_embeddings;
+    if let Some(bad) = groups
+        .iter()
+        .find(|g| g.prompt.is_empty() || g.prompt.len() >= limit)
+    {
+        return Err(TrainerError::Data(format!(
+            "a prompt has {} tokens; the model takes 1 to {}",
+            bad.prompt.len(),
+            limit - 1
+        )));
+    }
+    let groups: Vec<(usize, &GroupRequest)> = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.samples > 0)
+        .collect();
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let longest = groups
+        .iter()
+        .map(|(_, g)| g.prompt.len())
+        .max()
+        .unwrap_or(0);
+    let pads: Vec<usize> = groups
+        .iter()
+        .map(|(_, g)| longest - g.prompt.len())
+        .collect();
+    let ragged = pads.iter().any(|&p| p > 0);
+    let max_new = config.max_new_tokens.min(limit - longest);
+
+    // Prefill: one row per group, left-padded to the longest prompt.
+    let padded: Vec<u32> = groups
+        .iter()
+        .zip(&pads)
+        .flat_map(|((_, g), &pad)| std::iter::repeat_n(end_id, pad).chain(g.prompt.iter().copied()))
+        .collect();
+    let mut cache = model.new_cache();
+    let prompt = Tensor::from_vec(padded, (groups.len(), longest), device)?;
+    let prefill_mask = if ragged {
+        Some(padding_mask(&pads, longest, device)?)
+    } else {
+        None
+    };
+    let logits =
+        model.forward_masked(&prompt, 0, Some(&mut cache), prefill_mask.as_ref(), false)?;
+    let mut last: Vec<Vec<f32>> = logits
+        .narrow(1, longest - 1, 1)?
+        .squeeze(1)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+
+    // Every sample a row of its own, with a copy of its group's keys and values.
+    let mut live = LiveRows {
+        group: Vec::new(),
+        sample: Vec::new(),
+        rng: Vec::new(),
+    };
+    for (slot, (_, g)) in groups.iter().enumerate() {
+        for sample in 0..g.samples {
+            live.group.push(slot);
+            live.sample.push(sample);
+            live.rng.push(row_stream(g.seed, sample));
+        }
+    }
+    let expand: Vec<u32> = live.group.iter().map(|&g| g as u32).collect();
+    cache.select_rows(&Tensor::new(expand.as_slice(), device)?)?;
+    last = live.group.iter().map(|&g| last[g].clone()).collect();
+
+    let mut outputs: Vec<Vec<Vec<u32>>> = groups
+        .iter()
+        .map(|(_, g)| vec![Vec::new(); g.samples])
+        .collect();
+    let mut unfinished: Vec<usize> = groups.iter().map(|(_, g)| g.samples).collect();
+    for step in 0..max_new {
+        let mut next = Vec::with_capacity(live.group.len());
+        let mut keep = Vec::with_capacity(live.group.len());
+        let mut ended = Vec::new();
+        for (row, logits) in last.iter().enumerate() {
+            let token = sample_token(logits, config, &mut live.rng[row]);
+            let (g, j) = (live.group[row], live.sample[row]);
+            outputs[g][j].push(token);
+            if token == end_id || step + 1 == max_new {
+                unfinished[g] -= 1;
+                if unfinished[g] == 0 {
+                    ended.push(g);
+                }
+            } else {
+                keep.push(row);
+                next.push(token);
+            }
+        }
+        for g in ended {
+            done(groups[g].0, std::mem::take(&mut outputs[g]), keep.len())?;
+        }
+        if keep.is_empty() {
+            break;
+        }
+        if keep.len() < live.group.len() {
+            let rows: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+            cache.select_rows(&Tensor::new(rows.as_slice(), device)?)?;
+            live = LiveRows {
+                group: keep.iter().map(|&r| live.group[r]).collect(),
+                sample: keep.iter().map(|&r| live.sample[r]).collect(),
+                rng: keep.iter().map(|&r| live.rng[r].clone()).collect(),
+            };
+        }
+        let offset = longest + step;
+        let mask = if ragged {
+            let row_pads: Vec<usize> = live.group.iter().map(|&g| pads[g]).collect();
+            Some(padding_mask(&row_pads, offset + 1, device)?)
+        } else {
+            None
+        };
+        let input = Tensor::new(next.as_slice(), device)?.unsqueeze(D::Minus1)?;
+        let logits =
+            model.forward_masked(&input, offset, Some(&mut cache), mask.as_ref(), false)?;
+        last = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    }
+    // With no room for a new token, every group ends empty.
+    for (slot, left) in unfinished.iter().enumerate() {
+        if *left > 0 {
+            done(groups[slot].0, std::mem::take(&mut outputs[slot]), 0)?;
+        }
+    }
+    Ok(())
+}
+
 /// A sampled completion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
@@ -195,6 +363,22 @@ pub struct Completion {
     pub text: String,
     /// Generation stopped at `max_new_tokens` before an end token.
     pub truncated: bool,
+}
+
+impl Completion {
+    /// The completion of sampled `ids` (the end token included when it was sampled).
+    pub fn decode(ids: Vec<u32>, tokenizer: &Tokenizer, end_id: u32) -> Result<Self, TrainerError> {
+        let body: Vec<u32> = ids.iter().copied().take_while(|&t| t != end_id).collect();
+        let text = tokenizer
+            .decode(&body, false)
+            .map_err(|e| TrainerError::Data(e.to_string()))?;
+        let truncated = body.len() == ids.len();
+        Ok(Completion {
+            ids,
+            text,
+            truncated,
+        })
+    }
 }
 
 /// One completion of each tokenised prompt (repeat a prompt for several), sampled as one batch
@@ -208,18 +392,7 @@ pub fn sample_completions(
 ) -> Result<Vec<Completion>, TrainerError> {
     generate_batch(model, prompts, end_id, config)?
         .into_iter()
-        .map(|ids| {
-            let body: Vec<u32> = ids.iter().copied().take_while(|&t| t != end_id).collect();
-            let text = tokenizer
-                .decode(&body, false)
-                .map_err(|e| TrainerError::Data(e.to_string()))?;
-            let truncated = body.len() == ids.len();
-            Ok(Completion {
-                ids,
-                text,
-                truncated,
-            })
-        })
+        .map(|ids| Completion::decode(ids, tokenizer, end_id))
         .collect()
 }
 

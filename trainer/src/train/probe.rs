@@ -118,7 +118,7 @@ pub fn shape(name: &str) -> Result<ModelConfig, TrainerError> {
 
 /// Weights drawn on request, N(0, 0.02²) matrices, unit norms, zero biases: a model of any
 /// size without a checkpoint or a full f32 copy in memory.
-struct RandomWeights;
+pub struct RandomWeights;
 
 impl SimpleBackend for RandomWeights {
     fn get(

@@ -1,9 +1,10 @@
 //! Stage 3, GRPO: the policy learns from the sandbox's rewards.
 //!
 //! One step: for each of `prompts_per_step` prompts (the `generate` template over a corpus row's
-//! code), sample a group of `num_generations` completions with the KV-cache generator; extract
-//! the test file from each and submit the group for scoring at once, so the sandbox scores group
-//! k while group k + 1 is generated; then wait for what is still missing. Advantages are each
+//! code), sample a group of `num_generations` completions — all groups decoded as one batch with
+//! the KV cache, each prompt prefilled once; extract the test file from each and submit a group
+//! for scoring as soon as its last completion ends, so the sandbox scores it while the others
+//! are generated; then wait for what is still missing. Advantages are each
 //! reward less its group's mean (`policy_loss.rs`); completions that could not be scored are left
 //! out, never given 0. The loss (clipped surrogate, KL to the reference, optional online JSD to a
 //! teacher) is computed group by group as the shared loop's micro-batches, `num_iterations`
@@ -45,7 +46,7 @@ use crate::train::train_loop::{
 use crate::TrainerError;
 use policy_loss::{policy_loss, PolicyInputs, PolicySettings};
 use reward_source::{Reward, RewardSource};
-use round::{mean, round_figures, BatchLayout, Generator, Group, TrainingBatch};
+use round::{mean, round_figures, BatchLayout, Generator, Group, Reference, TrainingBatch};
 
 /// Run stage 3 against the sandbox that `config.reward` describes.
 pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, TrainerError> {
@@ -277,11 +278,26 @@ impl Grpo<'_> {
             ("reward_s", reward_s),
             ("reward_wait_s", wait_s),
             ("overlap_groups", sampled.overlapped as f64),
+            ("early_groups", sampled.early as f64),
         ]);
+        let reference = (settings.beta > 0.0).then_some(match self.reference {
+            Some(frozen) => Reference {
+                model: frozen,
+                pass: Pass::Eval,
+            },
+            None => Reference {
+                model: &self.student.model,
+                pass: Pass::BaseOnly,
+            },
+        });
         let layout = BatchLayout {
             end_id: self.student.text.end_id,
             mask_truncated: settings.mask_truncated_completions,
-            old_logp_temperature: (settings.num_iterations > 1).then(|| self.logprob_temperature()),
+            temperature: self.logprob_temperature(),
+            keep_old_logp: settings.num_iterations > 1,
+            reference,
+            // The online JSD's whole logits come from one forward over the padded rows.
+            bucketed: self.teacher.is_none(),
         };
         let training = groups
             .chunks(self.config.batch_size)
@@ -325,7 +341,7 @@ impl StageLogic for Grpo<'_> {
             .map(|&(key, value)| {
                 let fresh = matches!(
                     key,
-                    "gen_s" | "reward_s" | "reward_wait_s" | "overlap_groups"
+                    "gen_s" | "reward_s" | "reward_wait_s" | "overlap_groups" | "early_groups"
                 );
                 (key, if fresh { 0.0 } else { value })
             })
@@ -344,26 +360,9 @@ impl StageLogic for Grpo<'_> {
             let logp = chosen_logprobs(&logits, &batch.targets, temperature)?;
             (logp, Some(logits))
         } else {
-            let logp = model.target_logprobs(
-                &batch.input_ids,
-                &batch.targets,
-                temperature,
-                Pass::Train,
-            )?;
-            (logp, None)
+            (batch.logprobs(model, temperature, Pass::Train)?, None)
         };
         let old_logp = batch.old_logp.clone().unwrap_or_else(|| logp.detach());
-        let ref_logp = if self.settings.beta > 0.0 {
-            let (reference, pass) = match self.reference {
-                Some(frozen) => (frozen, Pass::Eval),
-                None => (model, Pass::BaseOnly),
-            };
-            let ref_logp =
-                reference.target_logprobs(&batch.input_ids, &batch.targets, temperature, pass)?;
-            Some(ref_logp.detach())
-        } else {
-            None
-        };
         let settings = PolicySettings {
             epsilon: self.settings.epsilon,
             epsilon_high: self.settings.epsilon_high(),
@@ -377,7 +376,7 @@ impl StageLogic for Grpo<'_> {
             &PolicyInputs {
                 logp: &logp,
                 old_logp: &old_logp,
-                ref_logp: ref_logp.as_ref(),
+                ref_logp: batch.ref_logp.as_ref(),
                 advantages: &batch.advantages,
                 mask: &batch.mask,
             },

@@ -1,7 +1,8 @@
 //! One GRPO round: a step's groups sampled, scored and arranged for training.
 //!
-//! Each prompt's group of completions is generated with the KV-cache generator and submitted
-//! for scoring at once, so the sandbox scores group k while group k + 1 is generated. Each
+//! A step's groups are generated as one batch (`generate_groups`: each prompt prefilled once,
+//! finished samples leaving the batch), and each group is submitted for scoring the moment its
+//! last completion ends, so the sandbox scores it while the others are still decoding. Each
 //! completion becomes a [`Sample`] — the completion, the test file extracted from it, what the
 //! sandbox made of it, and its advantage — and the groups become the loop's micro-batches
 //! (prompt + completion per row, right-padded, the loss masked to the completion tokens that
@@ -15,7 +16,7 @@ use super::reward_source::{Outcome, Pending, Reward, RewardSource};
 use crate::data::dataset::{Collator, Example};
 use crate::data::prompts::extract_tests;
 use crate::model::decoder::Model;
-use crate::model::generate::{sample_completions, Completion, SamplingConfig};
+use crate::model::generate::{generate_groups, Completion, GroupRequest, SamplingConfig};
 use crate::model::lora::Pass;
 use crate::train::train_loop::StepFigures;
 use crate::TrainerError;
@@ -96,10 +97,12 @@ impl Submitted {
 /// Groups sampled and submitted for scoring.
 pub(super) struct Sampled {
     pub groups: Vec<Submitted>,
-    /// Seconds spent generating.
+    /// Seconds spent generating (decoding, and extracting and submitting each group).
     pub gen_s: f64,
-    /// Groups whose scoring had begun before the next group's generation ended.
+    /// Groups whose scoring had begun when the last group's generation ended.
     pub overlapped: usize,
+    /// Groups handed to the sandbox while other rows were still decoding.
+    pub early: usize,
 }
 
 /// What generating a group needs: the policy, its tokenizer's collator and end token.
@@ -110,8 +113,9 @@ pub(super) struct Generator<'a> {
 }
 
 impl Generator<'_> {
-    /// `n` completions of each example's prompt (sampled with `sampling(group index)`),
-    /// submitted to `rewards` group by group as they are generated.
+    /// `n` completions of each example's prompt (group g sampled with `sampling(g)`), all
+    /// decoded as one batch; each group is submitted to `rewards` the moment its last
+    /// completion ends, so the sandbox scores it while the others are still generated.
     pub fn sample_groups(
         &self,
         examples: &[Example],
@@ -119,63 +123,121 @@ impl Generator<'_> {
         sampling: &dyn Fn(usize) -> SamplingConfig,
         rewards: &RewardSource,
     ) -> Result<Sampled, TrainerError> {
-        let mut groups: Vec<Submitted> = Vec::with_capacity(examples.len());
-        let (mut gen_s, mut overlapped) = (0.0, 0usize);
-        for (index, example) in examples.iter().enumerate() {
-            let started = Instant::now();
-            let prompt = self.collator.tokenize_prompt(example)?;
-            let completions = sample_completions(
-                self.model,
-                self.collator.tokenizer(),
-                &vec![prompt.clone(); n],
-                self.end_id,
-                &sampling(index),
-            )?;
-            gen_s += started.elapsed().as_secs_f64();
-            if let Some(previous) = groups.last() {
-                overlapped += usize::from(previous.pending.started());
-            }
-            let tests: Vec<String> = completions.iter().map(|c| extract_tests(&c.text)).collect();
-            let pending = rewards.submit(example, &tests);
-            groups.push(Submitted {
-                example: example.clone(),
-                prompt,
-                drafts: completions.into_iter().zip(tests).collect(),
-                pending,
-            });
-        }
+        let started = Instant::now();
+        let requests = examples
+            .iter()
+            .enumerate()
+            .map(|(index, example)| {
+                Ok(GroupRequest {
+                    prompt: self.collator.tokenize_prompt(example)?,
+                    samples: n,
+                    seed: sampling(index).seed,
+                })
+            })
+            .collect::<Result<Vec<_>, TrainerError>>()?;
+        let config = sampling(0);
+        let mut submitted: Vec<Option<Submitted>> = (0..examples.len()).map(|_| None).collect();
+        let mut finished = 0;
+        let mut overlapped = 0;
+        let mut early = 0;
+        generate_groups(
+            self.model,
+            &requests,
+            self.end_id,
+            &config,
+            &mut |index, ids, decoding| {
+                early += usize::from(decoding > 0);
+                let completions = ids
+                    .into_iter()
+                    .map(|ids| Completion::decode(ids, self.collator.tokenizer(), self.end_id))
+                    .collect::<Result<Vec<_>, TrainerError>>()?;
+                let tests: Vec<String> =
+                    completions.iter().map(|c| extract_tests(&c.text)).collect();
+                let pending = rewards.submit(&examples[index], &tests);
+                finished += 1;
+                if finished == examples.len() {
+                    // Groups whose scoring had begun before generation ended.
+                    overlapped = submitted
+                        .iter()
+                        .flatten()
+                        .filter(|s| s.pending.started())
+                        .count();
+                }
+                submitted[index] = Some(Submitted {
+                    example: examples[index].clone(),
+                    prompt: requests[index].prompt.clone(),
+                    drafts: completions.into_iter().zip(tests).collect(),
+                    pending,
+                });
+                Ok(())
+            },
+        )?;
+        let groups = submitted
+            .into_iter()
+            .map(|s| s.expect("every group ends"))
+            .collect();
         Ok(Sampled {
             groups,
-            gen_s,
+            gen_s: started.elapsed().as_secs_f64(),
             overlapped,
+            early,
         })
     }
 }
 
-/// One micro-batch of sampled groups, ready to train on.
+/// Rows of a micro-batch that share one forward pass, right-padded to their longest.
+pub(super) struct Bucket {
+    input_ids: Tensor,
+    targets: Tensor,
+}
+
+/// One micro-batch of sampled groups, ready to train on. Its rows are ordered longest first
+/// and split into buckets of similar length, each its own forward pass, so that a short
+/// completion is not padded to the longest of its micro-batch; the per-row tensors all follow
+/// that order (the loss does not depend on the order of its rows).
 pub(super) struct TrainingBatch {
-    /// [completions, time]: prompt + completion, right-padded.
+    /// [completions, time]: prompt + completion, right-padded to the longest row (the online
+    /// JSD's path, which needs whole logits, uses these).
     pub input_ids: Tensor,
     pub targets: Tensor,
+    buckets: Vec<Bucket>,
     /// 1 on the completion tokens that count (scored, not skipped, not masked as truncated).
     pub mask: Tensor,
     /// [completions].
     pub advantages: Tensor,
     /// The sampling policy's log-probs, kept when the samples serve several steps.
     pub old_logp: Option<Tensor>,
+    /// The reference policy's log-probs, when the loss has a KL term: computed once for the
+    /// round, since the reference does not change.
+    pub ref_logp: Option<Tensor>,
     pub tokens: f64,
 }
 
+/// The reference policy: a frozen model, or the student with its adapters off.
+pub(super) struct Reference<'a> {
+    pub model: &'a Model,
+    pub pass: Pass,
+}
+
 /// How a micro-batch's rows are laid out and which tokens count.
-pub(super) struct BatchLayout {
+pub(super) struct BatchLayout<'a> {
     /// The padding token of the rows.
     pub end_id: u32,
     /// Leave truncated completions out of the loss.
     pub mask_truncated: bool,
-    /// Compute the sampling policy's log-probs now, at this temperature (several iterations
-    /// on the same samples); `None` when each step's own detached log-probs serve.
-    pub old_logp_temperature: Option<f64>,
+    /// The temperature log-probs are taken at.
+    pub temperature: f64,
+    /// Compute the sampling policy's log-probs now (several iterations on the same samples);
+    /// otherwise each step's own detached log-probs serve.
+    pub keep_old_logp: bool,
+    /// The reference the KL term compares with, when there is one.
+    pub reference: Option<Reference<'a>>,
+    /// Split the rows into buckets of similar length (otherwise one forward for all).
+    pub bucketed: bool,
 }
+
+/// A new bucket starts when a row is shorter than this share of the bucket's longest row.
+const BUCKET_SHARE: f64 = 0.75;
 
 impl TrainingBatch {
     /// Tensors of a micro-batch's groups: each row prompt + completion.
@@ -185,8 +247,7 @@ impl TrainingBatch {
         layout: &BatchLayout,
     ) -> Result<Self, TrainerError> {
         let end = layout.end_id;
-        let mut rows: Vec<(Vec<u32>, usize, bool)> = Vec::new();
-        let mut row_advantages = Vec::new();
+        let mut rows: Vec<(Vec<u32>, usize, bool, f32)> = Vec::new();
         for group in groups {
             for sample in &group.samples {
                 let counts = sample.advantage.is_some()
@@ -197,19 +258,50 @@ impl TrainingBatch {
                     .chain(&sample.completion.ids)
                     .copied()
                     .collect();
-                rows.push((sequence, group.prompt.len(), counts));
-                row_advantages.push(sample.advantage.unwrap_or(0.0) as f32);
+                let advantage = sample.advantage.unwrap_or(0.0) as f32;
+                rows.push((sequence, group.prompt.len(), counts, advantage));
             }
         }
-        let time = rows.iter().map(|(s, _, _)| s.len() - 1).max().unwrap_or(1);
-        let (mut inputs, mut targets, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        for (sequence, prompt_len, counts) in &rows {
+        // Longest first (stable, so equal lengths keep their order).
+        rows.sort_by_key(|(sequence, ..)| std::cmp::Reverse(sequence.len()));
+        let device = model.device();
+        let lengths: Vec<usize> = rows.iter().map(|(s, ..)| s.len() - 1).collect();
+        let time = lengths.first().copied().unwrap_or(1).max(1);
+        let padded = |range: std::ops::Range<usize>,
+                      width: usize|
+         -> Result<(Tensor, Tensor), TrainerError> {
+            let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+            for (sequence, ..) in &rows[range.clone()] {
+                let len = sequence.len() - 1;
+                inputs.extend(sequence[..len].iter().copied());
+                inputs.extend(std::iter::repeat_n(end, width - len));
+                targets.extend(sequence[1..].iter().copied());
+                targets.extend(std::iter::repeat_n(end, width - len));
+            }
+            let shape = (range.len(), width);
+            Ok((
+                Tensor::from_vec(inputs, shape, device)?,
+                Tensor::from_vec(targets, shape, device)?,
+            ))
+        };
+        let mut buckets = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let longest = lengths[start];
+            let mut end_row = start + 1;
+            while end_row < rows.len()
+                && (!layout.bucketed || lengths[end_row] as f64 >= BUCKET_SHARE * longest as f64)
+            {
+                end_row += 1;
+            }
+            let (input_ids, targets) = padded(start..end_row, longest.max(1))?;
+            buckets.push(Bucket { input_ids, targets });
+            start = end_row;
+        }
+        let (input_ids, targets) = padded(0..rows.len(), time)?;
+        let mut mask = Vec::with_capacity(rows.len() * time);
+        for (sequence, prompt_len, counts, _) in &rows {
             let len = sequence.len() - 1;
-            let pad = time - len;
-            inputs.extend(sequence[..len].iter().copied());
-            inputs.extend(std::iter::repeat_n(end, pad));
-            targets.extend(sequence[1..].iter().copied());
-            targets.extend(std::iter::repeat_n(end, pad));
             // Position t predicts token t + 1: it counts when that token is the completion's.
             mask.extend((0..time).map(|t| {
                 if *counts && t < len && t + 1 >= *prompt_len {
@@ -219,27 +311,60 @@ impl TrainingBatch {
                 }
             }));
         }
-        let device = model.device();
         let shape = (rows.len(), time);
         let tokens = mask.iter().map(|m| *m as f64).sum();
-        let input_ids = Tensor::from_vec(inputs, shape, device)?;
-        let targets = Tensor::from_vec(targets, shape, device)?;
-        let old_logp = match layout.old_logp_temperature {
-            Some(temperature) => Some(
-                model
-                    .target_logprobs(&input_ids, &targets, temperature, Pass::Eval)?
-                    .detach(),
-            ),
-            None => None,
-        };
-        Ok(TrainingBatch {
+        let advantages: Vec<f32> = rows.iter().map(|(.., a)| *a).collect();
+        let mut batch = TrainingBatch {
             input_ids,
             targets,
+            buckets,
             mask: Tensor::from_vec(mask, shape, device)?,
-            advantages: Tensor::from_vec(row_advantages, rows.len(), device)?,
-            old_logp,
+            advantages: Tensor::from_vec(advantages, rows.len(), device)?,
+            old_logp: None,
+            ref_logp: None,
             tokens,
-        })
+        };
+        if layout.keep_old_logp {
+            batch.old_logp = Some(
+                batch
+                    .logprobs(model, layout.temperature, Pass::Eval)?
+                    .detach(),
+            );
+        }
+        if let Some(reference) = &layout.reference {
+            batch.ref_logp = Some(
+                batch
+                    .logprobs(reference.model, layout.temperature, reference.pass)?
+                    .detach(),
+            );
+        }
+        Ok(batch)
+    }
+
+    /// log p(target) of every row under `model` [completions, time]: one forward per bucket,
+    /// each right-padded with zeros (masked out) to the batch's time.
+    pub fn logprobs(
+        &self,
+        model: &Model,
+        temperature: f64,
+        pass: Pass,
+    ) -> Result<Tensor, TrainerError> {
+        let time = self.targets.dim(1)?;
+        let parts = self
+            .buckets
+            .iter()
+            .map(|bucket| {
+                let logp =
+                    model.target_logprobs(&bucket.input_ids, &bucket.targets, temperature, pass)?;
+                let width = logp.dim(1)?;
+                Ok(if width < time {
+                    logp.pad_with_zeros(1, 0, time - width)?
+                } else {
+                    logp
+                })
+            })
+            .collect::<Result<Vec<_>, TrainerError>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
     }
 }
 
@@ -302,4 +427,176 @@ pub(super) fn round_figures(groups: &[Group]) -> StepFigures {
         ("infra_excluded", excluded(true)),
         ("input_excluded", excluded(false)),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+    use crate::model::decoder::LoadOptions;
+    use crate::model::lora::LoraConfig;
+    use crate::model::recompute;
+    use crate::train::probe::{shape, RandomWeights};
+
+    fn sample(ids: Vec<u32>, advantage: f64) -> Sample {
+        Sample {
+            completion: Completion {
+                ids,
+                text: String::new(),
+                truncated: false,
+            },
+            tests: String::new(),
+            outcome: Outcome::Scored(Reward::plain(advantage)),
+            advantage: Some(advantage),
+        }
+    }
+
+    fn group(prompt: Vec<u32>, samples: Vec<Sample>) -> Group {
+        Group {
+            example: Example {
+                row: 0,
+                prompt: String::new(),
+                target: None,
+                teacher_logprobs: None,
+                code: None,
+                module: "m".into(),
+                reference_tests: None,
+                prompt_from_code: false,
+            },
+            prompt,
+            samples,
+        }
+    }
+
+    /// Σ over counted tokens of advantage · log p: a loss whose gradient reaches every adapter.
+    fn surrogate(batch: &TrainingBatch, logp: &Tensor) -> Tensor {
+        (logp * &batch.mask)
+            .unwrap()
+            .broadcast_mul(&batch.advantages.unsqueeze(1).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    }
+
+    #[test]
+    fn bucketed_rows_give_the_padded_batch_its_loss_and_gradients() {
+        let device = Device::Cpu;
+        let options = LoadOptions {
+            dtype: DType::F32,
+            lora: Some(LoraConfig {
+                dropout: 0.0,
+                ..LoraConfig::default()
+            }),
+            ..LoadOptions::default()
+        };
+        let weights = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
+        let model = Model::from_weights(
+            shape("tiny").unwrap(),
+            &weights,
+            &device,
+            &options,
+            &VarMap::new(),
+        )
+        .unwrap();
+        // LoRA's B starts at zero; give it values so that A's gradient is not zero too.
+        for (name, var) in model.trainable() {
+            if name.contains("lora_B") {
+                var.set(&Tensor::randn(0f32, 0.05, var.shape(), &device).unwrap())
+                    .unwrap();
+            }
+        }
+        // Completions of 3 to 40 tokens, in two groups with prompts of different lengths.
+        let ids = |n: usize, seed: u32| (0..n as u32).map(|i| (i * 7 + seed) % 2000).collect();
+        let groups = vec![
+            group(
+                ids(12, 1),
+                vec![
+                    sample(ids(40, 2), 0.5),
+                    sample(ids(3, 3), -0.25),
+                    sample(ids(22, 4), 1.0),
+                ],
+            ),
+            group(
+                ids(5, 5),
+                vec![sample(ids(9, 6), -1.0), sample(ids(38, 7), 0.75)],
+            ),
+        ];
+        let layout = |bucketed| BatchLayout {
+            end_id: 0,
+            mask_truncated: false,
+            temperature: 1.0,
+            keep_old_logp: true,
+            reference: Some(Reference {
+                model: &model,
+                pass: Pass::BaseOnly,
+            }),
+            bucketed,
+        };
+        let padded = TrainingBatch::new(&model, &groups, &layout(false)).unwrap();
+        let bucketed = TrainingBatch::new(&model, &groups, &layout(true)).unwrap();
+        assert_eq!(padded.buckets.len(), 1);
+        assert!(
+            bucketed.buckets.len() >= 3,
+            "{} buckets",
+            bucketed.buckets.len()
+        );
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = a
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                diff <= 1e-4 * (1.0 + scale),
+                "{what}: {diff} (scale {scale})"
+            );
+        };
+        assert_eq!(padded.tokens, bucketed.tokens);
+        close(&padded.mask, &bucketed.mask, "mask");
+        close(&padded.advantages, &bucketed.advantages, "advantages");
+        // Equal where the loss reads them (past a row's end, padding's log-probs or zeros).
+        let counted = |t: &Option<Tensor>| (t.as_ref().unwrap() * &padded.mask).unwrap();
+        close(
+            &counted(&padded.old_logp),
+            &counted(&bucketed.old_logp),
+            "old log-probs",
+        );
+        close(
+            &counted(&padded.ref_logp),
+            &counted(&bucketed.ref_logp),
+            "reference log-probs",
+        );
+        let loss_padded = surrogate(&padded, &padded.logprobs(&model, 1.0, Pass::Train).unwrap());
+        let loss_bucketed = surrogate(
+            &bucketed,
+            &bucketed.logprobs(&model, 1.0, Pass::Train).unwrap(),
+        );
+        close(&loss_padded, &loss_bucketed, "loss");
+        let grads_padded = recompute::backward(&loss_padded).unwrap();
+        let grads_bucketed = recompute::backward(&loss_bucketed).unwrap();
+        let mut compared = 0;
+        for (name, var) in model.trainable() {
+            let a = grads_padded.get(var.as_tensor()).expect("a gradient");
+            let b = grads_bucketed.get(var.as_tensor()).expect("a gradient");
+            close(a, b, name);
+            compared += 1;
+        }
+        assert!(compared > 10);
+    }
 }
