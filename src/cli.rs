@@ -656,6 +656,40 @@ pub enum BenchCommand {
     /// (through the background scorer, and with --no-daemon: pool start-up included), and
     /// mutmut on the same pair in a fresh process, side by side, with the ratio and medians.
     Oneshot(BenchOneshotArgs),
+    /// Run a few GRPO steps of a config on a model (SmolLM2 by default) and print where each
+    /// step's time goes — generation, waiting for scores, log-probs, forward, backward,
+    /// optimiser — with the generation throughput beside the generator's own batch-8 figure on
+    /// the model's shape, measured in the same run.
+    Grpo(BenchGrpoArgs),
+}
+
+#[derive(Args)]
+pub struct BenchGrpoArgs {
+    /// The GRPO stage config.
+    #[arg(long, default_value = "configs/smollm2/grpo_mutant_max.yaml")]
+    pub config: PathBuf,
+    /// The model the steps start from (its `base_model`).
+    #[arg(long, default_value = "models/smollm2-135m-instruct")]
+    pub model: PathBuf,
+    /// Timed GRPO steps.
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    /// The shape of the batch-8 generation reference (`bench train`'s probe on random weights):
+    /// `smollm2`, `tiny` or `0.5b`.
+    #[arg(long, default_value = "smollm2")]
+    pub shape: String,
+    /// Tokens each reference probe generates.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Further `key=value` overrides of the config (repeatable), e.g.
+    /// `--set grpo.prompts_per_step=4 --set reward.executor=local`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Keep the run's output directory here (default: a temporary directory, removed).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -9,7 +9,7 @@
 //! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, teacher-logprobs
 //! - `commands/eval.rs` — generate, eval
 //! - `commands/data.rs` — data from-pairs, data generate
-//! - `commands/bench/` — bench score, serve, oneshot, train (one file each)
+//! - `commands/bench/` — bench score, serve, oneshot, train, grpo (one file each)
 //!
 //! `render.rs` draws the human tables. Exit status: 0 on success, 2 with a message on stderr
 //! for anything that stopped a command.
@@ -50,7 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => eval::generate(&args),
         Command::Eval(command) => eval::run(&command),
         Command::Data(command) => data::run(command),
-        Command::Bench(command) => runtime().and_then(|rt| rt.block_on(bench::run(command))),
+        Command::Bench(command) => bench::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

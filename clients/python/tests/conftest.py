@@ -14,12 +14,12 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-BINARY = Path(os.environ.get("UNITFORGE_BIN", REPO / "target" / "debug" / "unitforge"))
+BINARY = Path(os.environ.get("UNITFORGE_BIN", REPO / "target" / "release" / "unitforge"))
 
 
 def _start(*extra: str) -> tuple[subprocess.Popen[str], str]:
     if not BINARY.is_file():
-        pytest.fail(f"{BINARY} is missing: `cargo build` first (make test does)")
+        pytest.fail(f"{BINARY} is missing: `cargo build --release` first (make test does)")
     process = subprocess.Popen(
         [
             str(BINARY),

@@ -2,6 +2,7 @@
 //! asserted. One file per bench (`score`, `oneshot`, `serve`, `train`), the references they
 //! print beside unitforge (`reference`: mutmut, a cold pytest), and the shipped pairs they load.
 
+mod grpo;
 mod oneshot;
 mod pairs;
 mod reference;
@@ -11,13 +12,18 @@ mod train;
 
 use anyhow::Result;
 
+use super::runtime;
 use crate::cli::BenchCommand;
 
-pub async fn run(command: BenchCommand) -> Result<()> {
+pub fn run(command: BenchCommand) -> Result<()> {
     match command {
-        BenchCommand::Score(args) => score::bench_score(args).await,
-        BenchCommand::Serve(args) => serve::bench_serve(args).await,
-        BenchCommand::Train(args) => tokio::task::block_in_place(|| train::bench_train(args)),
-        BenchCommand::Oneshot(args) => tokio::task::block_in_place(|| oneshot::bench_oneshot(args)),
+        BenchCommand::Score(args) => runtime()?.block_on(score::bench_score(args)),
+        BenchCommand::Serve(args) => runtime()?.block_on(serve::bench_serve(args)),
+        // The oneshot bench stops the background scorers it started through the runtime.
+        BenchCommand::Oneshot(args) => runtime()?
+            .block_on(async { tokio::task::block_in_place(|| oneshot::bench_oneshot(args)) }),
+        BenchCommand::Train(args) => train::bench_train(args),
+        // GRPO's reward backend runs a runtime of its own.
+        BenchCommand::Grpo(args) => grpo::bench_grpo(args),
     }
 }

@@ -17,7 +17,7 @@ use unitforge_trainer::train::probe::{
 
 use crate::cli::BenchTrainArgs;
 
-fn spawn_probe(probe: &Probe) -> ProbeFigures {
+pub(super) fn spawn_probe(probe: &Probe) -> ProbeFigures {
     let run = || -> Result<ProbeFigures> {
         let output = Command::new(std::env::current_exe()?)
             .args(["bench", "train", "--probe", &serde_json::to_string(probe)?])

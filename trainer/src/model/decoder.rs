@@ -501,6 +501,22 @@ impl Model {
         self.forward_pass(input_ids, offset, cache, key_mask, pass)
     }
 
+    /// `forward_masked` in evaluation, but the head's logits of the last position only [batch,
+    /// vocabulary]: what generation needs from a prompt, without the head's product over every
+    /// prompt position.
+    pub fn last_logits(
+        &self,
+        input_ids: &Tensor,
+        offset: usize,
+        cache: Option<&mut KvCache>,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let hidden = self.hidden_states(input_ids, offset, cache, key_mask, Pass::Eval)?;
+        let time = hidden.dim(1)?;
+        let last = hidden.narrow(1, time - 1, 1)?.squeeze(1)?;
+        self.head_logits(&last, Pass::Eval)
+    }
+
     /// The logits of the model as it was loaded, before its adapters: LoRA switched off. This is
     /// GRPO's reference policy; without adapters it equals `forward`.
     pub fn forward_without_adapters(

@@ -60,11 +60,31 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut SplitMix6
     if config.temperature <= 0.0 || config.top_k == 1 {
         return argmax();
     }
+    if (config.top_k == 0 || config.top_k >= logits.len()) && config.top_p >= 1.0 {
+        // The whole distribution: one pass in vocabulary order, no sort of the vocabulary.
+        let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let weights: Vec<f64> = logits
+            .iter()
+            .map(|&l| ((l as f64 - top) / config.temperature).exp())
+            .collect();
+        let mut draw = rng.uniform() * weights.iter().sum::<f64>();
+        for (token, weight) in weights.iter().enumerate() {
+            if draw < *weight {
+                return token as u32;
+            }
+            draw -= weight;
+        }
+        return argmax();
+    }
+    // Most likely first, ties in vocabulary order.
+    let before = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-    if config.top_k > 0 {
+    if config.top_k > 0 && config.top_k < order.len() {
+        // The k most likely without sorting the rest of the vocabulary.
+        order.select_nth_unstable_by(config.top_k - 1, before);
         order.truncate(config.top_k);
     }
+    order.sort_unstable_by(before);
     let top = logits[order[0]] as f64;
     let weights: Vec<f64> = order
         .iter()
@@ -270,11 +290,8 @@ pub fn generate_groups(
     } else {
         None
     };
-    let logits =
-        model.forward_masked(&prompt, 0, Some(&mut cache), prefill_mask.as_ref(), false)?;
-    let mut last: Vec<Vec<f32>> = logits
-        .narrow(1, longest - 1, 1)?
-        .squeeze(1)?
+    let mut last: Vec<Vec<f32>> = model
+        .last_logits(&prompt, 0, Some(&mut cache), prefill_mask.as_ref())?
         .to_dtype(DType::F32)?
         .to_vec2::<f32>()?;
 
@@ -428,6 +445,62 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_draws_each_token_with_its_tempered_softmax_probability() {
+        let logits = [0.0f32, 1.0, 2.0, 0.5, -1.0];
+        for (temperature, top_k, top_p) in
+            [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 3, 1.0), (1.0, 0, 0.9)]
+        {
+            let config = SamplingConfig {
+                temperature,
+                top_k,
+                top_p,
+                ..SamplingConfig::default()
+            };
+            // The expected distribution, computed directly: softmax of logits / T over the k most
+            // likely, cut to the smallest prefix whose mass reaches p, renormalised.
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            if top_k > 0 {
+                order.truncate(top_k);
+            }
+            let weights: Vec<f64> = order
+                .iter()
+                .map(|&i| (logits[i] as f64 / temperature).exp())
+                .collect();
+            let total: f64 = weights.iter().sum();
+            let (mut kept, mut mass) = (0, 0.0);
+            for w in &weights {
+                kept += 1;
+                mass += w / total;
+                if mass >= top_p {
+                    break;
+                }
+            }
+            let kept_total: f64 = weights[..kept].iter().sum();
+            let mut expected = [0.0f64; 5];
+            for (&i, w) in order[..kept].iter().zip(&weights) {
+                expected[i] = w / kept_total;
+            }
+            let mut rng = SplitMix64::new(7);
+            let draws = 40_000;
+            let mut counts = [0usize; 5];
+            for _ in 0..draws {
+                counts[sample_token(&logits, &config, &mut rng) as usize] += 1;
+            }
+            for token in 0..5 {
+                let observed = counts[token] as f64 / draws as f64;
+                // Five standard errors of a binomial share.
+                let bound = 5.0 * (expected[token] * (1.0 - expected[token]) / draws as f64).sqrt();
+                assert!(
+                    (observed - expected[token]).abs() <= bound + 1e-12,
+                    "T {temperature} k {top_k} p {top_p}: token {token} drawn {observed:.4}, expected {:.4}",
+                    expected[token]
+                );
+            }
+        }
+    }
 
     #[test]
     fn sampling_respects_greedy_top_k_and_top_p() {

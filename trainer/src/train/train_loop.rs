@@ -293,19 +293,22 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
         let mut grads = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0usize;
+        let (mut forward_s, mut backward_s) = (0.0, 0.0);
         for (index, batch) in batches.iter_mut().enumerate() {
+            let forward = Instant::now();
             let out = logic.micro_loss(index, batch)?;
             loss_sum += out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            forward_s += forward.elapsed().as_secs_f64();
             tokens += out.tokens;
             for (key, value) in out.parts {
                 *parts.entry(key.to_string()).or_default() += value / accum as f64;
             }
-            accumulate(
-                &mut grads,
-                crate::model::recompute::backward(&out.loss)?,
-                &params,
-            )?;
+            let backward = Instant::now();
+            let micro_grads = crate::model::recompute::backward(&out.loss)?;
+            backward_s += backward.elapsed().as_secs_f64();
+            accumulate(&mut grads, micro_grads, &params)?;
         }
+        let update = Instant::now();
         let mut grads = grads.expect("at least one micro-batch");
         scale_grads(&mut grads, &params, 1.0 / accum as f64)?;
         let grad_norm = clip_grad_norm(&mut grads, &params, config.max_grad_norm)?;
@@ -317,8 +320,14 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
             config.min_lr_ratio,
         );
         optimizer.step(&grads, lr)?;
-        // Forward, backward and update (a stage's preparation, such as sampling, not included).
+        // Forward, backward and update (a stage's preparation, such as sampling, not included),
+        // and its three parts (train_s also holds summing the micro-batches' gradients).
         parts.insert("train_s".into(), training.elapsed().as_secs_f64());
+        parts.insert("forward_s".into(), forward_s);
+        parts.insert("backward_s".into(), backward_s);
+        parts.insert("optimizer_s".into(), update.elapsed().as_secs_f64());
+        // The whole step, the stage's preparation included (its evaluation not).
+        parts.insert("step_s".into(), started.elapsed().as_secs_f64());
         let loss = loss_sum / accum as f64;
         let done = step + 1;
         last_done = done;

@@ -299,10 +299,13 @@ impl Grpo<'_> {
             // The online JSD's whole logits come from one forward over the padded rows.
             bucketed: self.teacher.is_none(),
         };
+        let arranging = Instant::now();
         let training = groups
             .chunks(self.config.batch_size)
             .map(|chunk| TrainingBatch::new(&self.student.model, chunk, &layout))
             .collect::<Result<Vec<_>, _>>()?;
+        // The reference's (and with several iterations the sampling policy's) log-probs.
+        figures.push(("logprob_s", arranging.elapsed().as_secs_f64()));
         let step_tokens = training.iter().map(|b| b.tokens).sum();
         Ok(Round {
             batches: training,
@@ -341,7 +344,12 @@ impl StageLogic for Grpo<'_> {
             .map(|&(key, value)| {
                 let fresh = matches!(
                     key,
-                    "gen_s" | "reward_s" | "reward_wait_s" | "overlap_groups" | "early_groups"
+                    "gen_s"
+                        | "reward_s"
+                        | "reward_wait_s"
+                        | "overlap_groups"
+                        | "early_groups"
+                        | "logprob_s"
                 );
                 (key, if fresh { 0.0 } else { value })
             })
