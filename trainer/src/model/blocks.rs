@@ -158,7 +158,7 @@ impl Attention {
         x: &Tensor,
         rope: &Rope,
         offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
         key_mask: Option<&Tensor>,
         pass: Pass,
     ) -> Result<Tensor> {
@@ -169,32 +169,112 @@ impl Attention {
                 .contiguous()
         };
         let q = rope.apply(&split(self.q.forward_pass(x, pass)?, self.heads)?, offset)?;
-        let mut k = rope.apply(
+        let k = rope.apply(
             &split(self.k.forward_pass(x, pass)?, self.kv_heads)?,
             offset,
         )?;
-        let mut v = split(self.v.forward_pass(x, pass)?, self.kv_heads)?;
-        if let Some(slot) = cache {
-            if let Some((past_k, past_v)) = slot.as_ref() {
-                k = Tensor::cat(&[past_k, &k], 2)?;
-                v = Tensor::cat(&[past_v, &v], 2)?;
-            }
-            // Detached: the cache serves generation only, and with trainable adapters the keys
-            // and values would otherwise carry the autograd graph of every earlier decoding
-            // step (all of their intermediates, kept alive to the end of generation).
-            *slot = Some((k.detach(), v.detach()));
-        }
+        let v = split(self.v.forward_pass(x, pass)?, self.kv_heads)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
         // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
         let repeats = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(&k, repeats)?, repeat_kv(&v, repeats)?);
-        let scores = q.matmul(&k.t()?.contiguous()?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let attended = attention_probs(&scores, scale, offset, key_mask)?.matmul(&v)?;
+        let attended = match cache {
+            Some(slot) => {
+                // Generation: the keys and values so far, from the cache's buffers, and the
+                // queries of each key/value head's `repeats` heads as one product with it
+                // (no repeated copy of the keys and values).
+                let (k, v) = LayerCache::append(slot, &k, &v)?;
+                let keys = k.dim(2)?;
+                let grouped = q.reshape((batch, self.kv_heads, repeats * time, self.head_dim))?;
+                let scores = grouped
+                    .matmul(&k.t()?)?
+                    .reshape((batch, self.heads, time, keys))?;
+                let probs = attention_probs(&scores, scale, offset, key_mask)?.reshape((
+                    batch,
+                    self.kv_heads,
+                    repeats * time,
+                    keys,
+                ))?;
+                probs
+                    .matmul(&v)?
+                    .reshape((batch, self.heads, time, self.head_dim))?
+            }
+            None => {
+                let (k, v) = (repeat_kv(&k, repeats)?, repeat_kv(&v, repeats)?);
+                let scores = q.matmul(&k.t()?.contiguous()?)?;
+                attention_probs(&scores, scale, offset, key_mask)?.matmul(&v)?
+            }
+        };
         let merged =
             attended
                 .transpose(1, 2)?
                 .reshape((batch, time, self.heads * self.head_dim))?;
         self.o.forward_pass(&merged, pass)
+    }
+}
+
+/// One layer's keys and values for generation, [batch, key/value heads, capacity, head dim]
+/// buffers of which the first `len` positions are filled: a decoding step writes its token's
+/// keys and values in place (the buffers double when full) instead of copying the whole cache.
+#[derive(Debug)]
+pub struct LayerCache {
+    keys: Tensor,
+    values: Tensor,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Append `k`, `v` [batch, key/value heads, time, head dim] to `slot` and return every
+    /// cached key and value so far (views of the buffers). Detached: the cache serves generation
+    /// only, and with trainable adapters the keys and values would otherwise carry the autograd
+    /// graph of every earlier decoding step.
+    fn append(slot: &mut Option<LayerCache>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (k, v) = (k.detach().contiguous()?, v.detach().contiguous()?);
+        let time = k.dim(2)?;
+        let len = slot.as_ref().map_or(0, |c| c.len);
+        let capacity = slot.as_ref().map_or(0, |c| c.keys.dim(2).unwrap_or(0));
+        if len + time > capacity {
+            let (batch, heads, _, dim) = k.dims4()?;
+            let grown = (2 * (len + time)).max(16);
+            let keys = Tensor::zeros((batch, heads, grown, dim), k.dtype(), k.device())?;
+            let values = Tensor::zeros((batch, heads, grown, dim), v.dtype(), v.device())?;
+            if let Some(old) = slot.as_ref() {
+                keys.slice_set(&old.keys.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                values.slice_set(&old.values.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+            }
+            *slot = Some(LayerCache { keys, values, len });
+        }
+        let cache = slot.as_mut().expect("a cache with room");
+        cache.keys.slice_set(&k, 2, len)?;
+        cache.values.slice_set(&v, 2, len)?;
+        cache.len = len + time;
+        Ok((
+            cache.keys.narrow(2, 0, cache.len)?,
+            cache.values.narrow(2, 0, cache.len)?,
+        ))
+    }
+
+    /// Positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keep the batch rows `rows` names, in its order (a row may be named several times).
+    pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
+        self.keys = self.keys.index_select(rows, 0)?;
+        self.values = self.values.index_select(rows, 0)?;
+        Ok(())
+    }
+
+    /// The cached keys and values (views of the filled part of the buffers).
+    pub fn keys_and_values(&self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.keys.narrow(2, 0, self.len)?,
+            self.values.narrow(2, 0, self.len)?,
+        ))
     }
 }
 
@@ -266,7 +346,7 @@ impl Layer {
         rope: &Rope,
         eps: f64,
         offset: usize,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
         key_mask: Option<&Tensor>,
         pass: Pass,
     ) -> Result<Tensor> {

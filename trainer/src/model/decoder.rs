@@ -13,7 +13,7 @@ pub use crate::model::blocks::{padding_mask, softmax_last_dim};
 use candle_nn::{VarBuilder, VarMap};
 
 use crate::kernels::quant::Nf4Tensor;
-use crate::model::blocks::{rms_norm, Attention, Layer, Mlp, Rope};
+use crate::model::blocks::{rms_norm, Attention, Layer, LayerCache, Mlp, Rope};
 use crate::model::config::ModelConfig;
 use crate::model::lora::{BaseWeight, Linear, LoraConfig, Pass};
 use crate::model::recompute;
@@ -51,15 +51,15 @@ impl Default for LoadOptions {
 }
 
 /// Keys and values of past positions, per layer, for generation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
 }
 
 impl KvCache {
     pub fn new(layers: usize) -> Self {
         Self {
-            layers: vec![None; layers],
+            layers: (0..layers).map(|_| None).collect(),
         }
     }
 
@@ -68,7 +68,7 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+            .map_or(0, LayerCache::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,9 +78,8 @@ impl KvCache {
     /// Keep the batch rows `rows` names, in its order (a row may be named several times: the
     /// rows that share a prompt's keys and values get copies of them).
     pub fn select_rows(&mut self, rows: &Tensor) -> Result<()> {
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.index_select(rows, 0)?;
-            *v = v.index_select(rows, 0)?;
+        for layer in self.layers.iter_mut().flatten() {
+            layer.select_rows(rows)?;
         }
         Ok(())
     }
@@ -690,7 +689,8 @@ mod tests {
             logits.track_op(),
             "the adapters are variables: the logits are in a graph"
         );
-        for (k, v) in cache.layers.iter().flatten() {
+        for layer in cache.layers.iter().flatten() {
+            let (k, v) = layer.keys_and_values().unwrap();
             assert!(!k.track_op() && !v.track_op());
         }
         assert_eq!(cache.len(), 3);
