@@ -797,3 +797,79 @@ fn bench_train_measures_every_mode_of_the_tiny_shape() {
         bytes("lora")
     );
 }
+
+#[test]
+fn bench_grpo_splits_a_tiny_step_and_measures_the_generator_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let model = model.to_str().unwrap();
+    let init = unitforge(&[
+        "init-model",
+        "--config",
+        "configs/model_tiny.yaml",
+        "--out",
+        model,
+    ]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = unitforge(&[
+        "bench",
+        "grpo",
+        "--config",
+        "configs/grpo_mutant_max.yaml",
+        "--model",
+        model,
+        "--shape",
+        "tiny",
+        "--gen-tokens",
+        "4",
+        "--steps",
+        "1",
+        "--set",
+        "reward.executor=local",
+        "--set",
+        "batch_size=1",
+        "--set",
+        "grpo.prompts_per_step=2",
+        "--set",
+        "grpo.num_generations=2",
+        "--set",
+        "grpo.max_completion_length=8",
+        "--json",
+    ]);
+    let report = json_of(&out);
+    let steps = report["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{report}");
+    let step = &steps[0];
+    assert_eq!(step["completions"], 4, "{step}");
+    for key in [
+        "step_s",
+        "gen_s",
+        "forward_s",
+        "backward_s",
+        "gen_tokens_per_s",
+    ] {
+        assert!(step[key].as_f64().unwrap() > 0.0, "{key}: {step}");
+    }
+    // The parts of the step fit inside it.
+    let parts: f64 = [
+        "gen_s",
+        "reward_wait_s",
+        "logprob_s",
+        "forward_s",
+        "backward_s",
+        "optimizer_s",
+    ]
+    .iter()
+    .map(|k| step[k].as_f64().unwrap())
+    .sum();
+    assert!(parts <= step["step_s"].as_f64().unwrap() * 1.001, "{step}");
+    assert!(
+        report["reference_gen_tokens_per_s_b8"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["gen_ratio"].as_f64().unwrap() > 0.0, "{report}");
+}
