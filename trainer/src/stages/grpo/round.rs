@@ -435,6 +435,7 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
 
     use super::*;
+    use crate::kernels::fused::test_support::{max_abs, max_diff};
     use crate::model::decoder::LoadOptions;
     use crate::model::lora::LoraConfig;
     use crate::model::recompute;
@@ -543,25 +544,7 @@ mod tests {
             bucketed.buckets.len()
         );
         let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = a
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let (diff, scale) = (max_diff(a, b), max_abs(a));
             assert!(
                 diff <= 1e-4 * (1.0 + scale),
                 "{what}: {diff} (scale {scale})"
