@@ -111,6 +111,20 @@ pub fn sample_token(logits: &[f32], config: &SamplingConfig, rng: &mut SplitMix6
     order[kept - 1] as u32
 }
 
+/// Every prompt has 1 to `limit − 1` tokens (room for at least one more position).
+fn check_prompts(
+    lengths: impl IntoIterator<Item = usize>,
+    limit: usize,
+) -> Result<(), TrainerError> {
+    match lengths.into_iter().find(|&len| len == 0 || len >= limit) {
+        Some(bad) => Err(TrainerError::Data(format!(
+            "a prompt has {bad} tokens; the model takes 1 to {}",
+            limit - 1
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Token ids of `n` completions of `prompt_ids` (each without the prompt; the end token, if
 /// reached, is included).
 pub fn generate_ids(
@@ -137,13 +151,7 @@ pub fn generate_batch(
     let n = prompts.len();
     let limit = model.config().max_position_embeddings;
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    if let Some(bad) = prompts.iter().find(|p| p.is_empty() || p.len() >= limit) {
-        return Err(TrainerError::Data(format!(
-            "a prompt has {} tokens; the model takes 1 to {}",
-            bad.len(),
-            limit - 1
-        )));
-    }
+    check_prompts(prompts.iter().map(Vec::len), limit)?;
     let mut rngs: Vec<SplitMix64> = (0..n).map(|row| row_stream(config.seed, row)).collect();
     let pads: Vec<usize> = prompts.iter().map(|p| longest - p.len()).collect();
     let padded: Vec<u32> = prompts
@@ -247,16 +255,7 @@ pub fn generate_groups(
 ) -> Result<(), TrainerError> {
     let device: &Device = model.device();
     let limit = model.config().max_position_embeddings;
-    if let Some(bad) = groups
-        .iter()
-        .find(|g| g.prompt.is_empty() || g.prompt.len() >= limit)
-    {
-        return Err(TrainerError::Data(format!(
-            "a prompt has {} tokens; the model takes 1 to {}",
-            bad.prompt.len(),
-            limit - 1
-        )));
-    }
+    check_prompts(groups.iter().map(|g| g.prompt.len()), limit)?;
     let groups: Vec<(usize, &GroupRequest)> = groups
         .iter()
         .enumerate()
