@@ -174,6 +174,11 @@ pub struct ScoreArgs {
     /// Reward config (YAML); defaults are documented in docs/rewards.md.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// What a test failing on the code under test does (overrides the config's
+    /// `failing_tests`): `invalidate` the suite (the default), or `prune` it — failing, flaky
+    /// and repeated tests are removed and the rest is scored, discounted by the share kept.
+    #[arg(long, value_name = "RULE", value_parser = ["invalidate", "prune"])]
+    pub failing_tests: Option<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use unitforge_sandbox::mutant::{Mutant, MutantCensus};
 use unitforge_sandbox::outcome::MutantStatus;
+use unitforge_sandbox::prune::PruneReason;
 use unitforge_sandbox::score::ScoreReport;
 use unitforge_trainer::eval::report::{EvalReport, SuiteFigures};
 
@@ -22,9 +23,14 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
     );
     let m = &report.mutants;
     let test_count = report.baseline.as_ref().map_or(0, |b| b.tests.len());
-    let validity_note = match &report.invalid_reason {
-        None => format!("the suite passes on the code under test ({test_count} tests)"),
-        Some(reason) => format!("INVALID: {reason}"),
+    let validity_note = match (&report.invalid_reason, &report.kept_tests) {
+        (Some(reason), _) => format!("INVALID: {reason}"),
+        (None, Some(kept)) => format!(
+            "{} of {test_count} tests kept (pass fraction {:.3}); the composite is discounted for the rest",
+            kept.len(),
+            report.pass_fraction.unwrap_or(0.0)
+        ),
+        (None, None) => format!("the suite passes on the code under test ({test_count} tests)"),
     };
     let rows = [
         ("validity", report.validity, validity_note),
@@ -49,7 +55,7 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
             format!(
                 "suite CPU {:.1} ms (median of {} runs, runner overhead {:.1} ms removed)",
                 report.timing.suite_cpu_ms,
-                report.stability_runs.len() + 1,
+                timed_runs(report),
                 report.timing.overhead_ms
             ),
         ),
@@ -76,7 +82,16 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
     for (name, value, note) in rows {
         let _ = writeln!(out, "  {name:<12} {value:>6.3}   {note}");
     }
-    if let Some(baseline) = &report.baseline {
+    if let Some(pruned) = report.pruned_tests.as_ref().filter(|p| !p.is_empty()) {
+        let _ = writeln!(out, "\nPruned tests ({}), not scored:", pruned.len());
+        for test in pruned {
+            let reason = serde_json::to_value(test.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {reason:<9} {}  {}", test.name, test.detail);
+        }
+    } else if let Some(baseline) = &report.baseline {
         let failing: Vec<_> = baseline
             .tests
             .iter()
@@ -143,6 +158,18 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
     }
     let _ = writeln!(out, "\nscored in {:.0} ms", report.timing.total_ms);
     out
+}
+
+/// Runs the speed figure is the median of: a pruned suite's baseline ran tests it does not keep,
+/// so it counts only when no other run was timed (see `tally.rs`).
+fn timed_runs(report: &ScoreReport) -> usize {
+    let baseline_ran_pruned = report
+        .pruned_tests
+        .iter()
+        .flatten()
+        .any(|p| p.reason != PruneReason::Flaky);
+    let later = report.stability_runs.len();
+    later + usize::from(!baseline_ran_pruned || later == 0)
 }
 
 pub fn mutant_list(mutants: &[Mutant], census: &MutantCensus) -> String {

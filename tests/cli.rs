@@ -108,6 +108,52 @@ fn an_invalid_suite_still_exits_zero() {
 }
 
 #[test]
+fn score_with_pruning_lists_what_it_pruned_and_strict_mode_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let tests = dir.path().join("test_clamp.py");
+    let right = std::fs::read_to_string("data/pairs/clamp/test_clamp.py").unwrap();
+    std::fs::write(
+        &tests,
+        format!("{right}\n\ndef test_wrong():\n    assert clamp(20, 0, 10) == 20\n"),
+    )
+    .unwrap();
+    let args = |extra: &[&'static str]| {
+        let mut args = vec![
+            "score",
+            "--code",
+            "data/pairs/clamp/clamp.py",
+            "--tests",
+            tests.to_str().unwrap(),
+            "--workers",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let pruned = json_of(&unitforge(&args(&["--failing-tests", "prune", "--json"])));
+    assert_eq!(pruned["valid"], true);
+    assert_eq!(pruned["kept_tests"].as_array().unwrap().len(), 4);
+    assert_eq!(pruned["pruned_tests"][0]["reason"], "failed");
+    assert!(pruned["pruned_tests"][0]["name"]
+        .as_str()
+        .unwrap()
+        .ends_with("::test_wrong"));
+    assert_eq!(pruned["pass_fraction"], 0.8);
+    assert!(pruned["composite"].as_f64().unwrap() > 0.0);
+
+    let strict = json_of(&unitforge(&args(&["--json"])));
+    assert_eq!(strict["composite"], 0.0);
+    for key in ["kept_tests", "pruned_tests", "pass_fraction"] {
+        assert!(strict.get(key).is_none(), "{key} in a strict report");
+    }
+
+    let table = stdout(&unitforge(&args(&["--failing-tests", "prune"])));
+    assert!(table.contains("4 of 5 tests kept"), "{table}");
+    assert!(table.contains("Pruned tests (1)"), "{table}");
+    assert!(table.contains("assert 10 == 20"), "{table}");
+}
+
+#[test]
 fn unusable_input_exits_non_zero_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let code = dir.path().join("broken.py");

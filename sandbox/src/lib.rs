@@ -25,6 +25,7 @@ pub mod mutant;
 pub mod operator;
 pub mod outcome;
 pub mod protocol;
+pub mod prune;
 pub mod report;
 pub mod rewards;
 pub mod rng;

@@ -210,7 +210,7 @@ fn first_line(text: &str) -> &str {
 /// The most useful single line of a traceback: its exception line (`AssertionError: assert 3
 /// == 5`), which pytest's explanation lines (`At index 0 diff …`, `Use -v …`) may follow; else
 /// the last non-empty line.
-fn summary_line(text: &str) -> &str {
+pub(crate) fn summary_line(text: &str) -> &str {
     let mut lines = text.lines().rev().filter(|l| !l.trim().is_empty());
     let last = lines.clone().next().unwrap_or("").trim();
     lines

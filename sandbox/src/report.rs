@@ -1,5 +1,6 @@
 //! The score report: every reward with the evidence behind it — the baseline run, each mutant's
-//! status, the stability and variant runs, timings, the environment and what was excluded.
+//! status, the stability and variant runs, timings, the environment, what was excluded and,
+//! under pruned scoring, which tests were kept.
 //! `score.rs` fills it in through `tally.rs`; the CLI, the service and the cache read it.
 
 use serde::{Deserialize, Serialize};
@@ -7,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::mutant::{Mutant, MutantCensus};
 use crate::outcome::{MutantStatus, Verdict};
 use crate::protocol::TestReport;
+use crate::prune::PrunedTest;
 use crate::suite::SuiteFacts;
 use crate::variant::Rewrite;
 
@@ -117,4 +119,14 @@ pub struct ScoreReport {
     pub infra_errors: usize,
     pub timing: Timing,
     pub environment: Environment,
+    /// Under `failing_tests: prune` only (absent otherwise): the node ids scored, in the
+    /// baseline's order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_tests: Option<Vec<String>>,
+    /// Under `prune`: the test cases removed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_tests: Option<Vec<PrunedTest>>,
+    /// Under `prune`: kept cases / collected cases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_fraction: Option<f64>,
 }

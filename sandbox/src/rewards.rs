@@ -12,6 +12,9 @@
 //! - `composite` = validity × (w_k·kill + kill·(w_s·speed + w_t·stability + w_r·robustness)) / Σw.
 //!   Speed, stability and robustness pay only in proportion to the kill rate, so a trivial suite
 //!   (fast, stable, passes everywhere, kills nothing) scores 0.
+//! - Under `failing_tests: prune`, the suite is first pruned of the tests that fail, error or are
+//!   flaky on the code under test and of repeated tests (`prune.rs`), the rest is scored as
+//!   above, and the composite is multiplied by kept / max(collected, `prune_min_tests`).
 
 use std::path::Path;
 
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mutant::MutantConfig;
 use crate::protocol::RunLimits;
+use crate::prune::FailingTests;
 use crate::timeouts::TimeoutConfig;
 use crate::variant::VariantConfig;
 
@@ -57,6 +61,13 @@ impl Default for SpeedConfig {
     }
 }
 
+/// The default floor on a pruned suite's count (`prune_min_tests`).
+pub const DEFAULT_PRUNE_FLOOR: usize = 3;
+
+fn is_default_prune_floor(floor: &usize) -> bool {
+    *floor == DEFAULT_PRUNE_FLOOR
+}
+
 /// Everything that decides a score. Part of every cache key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -69,6 +80,14 @@ pub struct RewardConfig {
     pub runs: usize,
     /// Whether a `deny` reach in the test file (see `suite.rs`) makes the suite invalid.
     pub deny_reaches_invalidate: bool,
+    /// What a test failing on the code under test does: invalidate the suite, or be pruned
+    /// from it (`prune.rs`). Left out of the serialised config at its default, so that the
+    /// cache keys of `invalidate` scores stay what they were.
+    #[serde(skip_serializing_if = "FailingTests::is_invalidate")]
+    pub failing_tests: FailingTests,
+    /// Under `prune`: the composite is multiplied by kept / max(collected, this).
+    #[serde(skip_serializing_if = "is_default_prune_floor")]
+    pub prune_min_tests: usize,
     pub speed: SpeedConfig,
     pub mutants: MutantConfig,
     pub variants: VariantConfig,
@@ -83,6 +102,8 @@ impl Default for RewardConfig {
             invalid_composite: 0.0,
             runs: 3,
             deny_reaches_invalidate: true,
+            failing_tests: FailingTests::Invalidate,
+            prune_min_tests: DEFAULT_PRUNE_FLOOR,
             speed: SpeedConfig::default(),
             mutants: MutantConfig::default(),
             variants: VariantConfig::default(),

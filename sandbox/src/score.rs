@@ -22,7 +22,13 @@ use crate::coverage::{selection_pays, Reach, TestCoverage};
 use crate::mutant::{generate_mutants, Mutant};
 use crate::outcome::{judge_run, mutant_status, JudgedRun, MutantStatus, Verdict};
 // The report types live in report.rs (tally.rs fills them in too); a score returns them.
-use crate::protocol::{function_name, RunLimits, RunRequest, TestReport, PROTOCOL_VERSION};
+use crate::protocol::{
+    function_name, RunLimits, RunReply, RunRequest, TestReport, PROTOCOL_VERSION,
+};
+use crate::prune::{
+    duplicate_functions, duplicates_in, failed_at_baseline, failing_cases, flaky_in,
+    prune_discount, FailingTests, Pruning,
+};
 pub use crate::report::{
     BaselineRun, Environment, MutantResult, MutantSummary, ScoreReport, StabilityRun, Timing,
     VariantResult,
@@ -189,6 +195,9 @@ impl Scorer {
                 ..Timing::default()
             },
             environment: self.environment.clone(),
+            kept_tests: None,
+            pruned_tests: None,
+            pass_fraction: None,
         };
         let finish = |mut report: ScoreReport| {
             report.timing.total_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -238,58 +247,121 @@ impl Scorer {
         if baseline.verdict == Verdict::CutError {
             return Err(ScoreError::CutImport(baseline.detail));
         }
-        if !baseline.passed() {
-            report.invalid_reason = Some(format!(
-                "the tests do not pass on the code under test: {}",
-                baseline.detail
-            ));
-            return finish(report);
-        }
-        if !baseline.violations.is_empty() {
-            report.invalid_reason = Some(format!(
-                "the tests attempted what the sandbox forbids: {}",
-                baseline.violations.join(", ")
-            ));
-            return finish(report);
+        // Under `prune`, what is kept of the suite; every later run selects only that.
+        let mut pruning = match config.failing_tests {
+            FailingTests::Invalidate => {
+                if let Some(reason) = strict_invalid_reason(&baseline) {
+                    report.invalid_reason = Some(reason);
+                    return finish(report);
+                }
+                None
+            }
+            FailingTests::Prune => match prune_baseline(&reply, &baseline, &tests) {
+                Ok(pruning) => Some(pruning),
+                Err(reason) => {
+                    report.invalid_reason = Some(reason);
+                    return finish(report);
+                }
+            },
+        };
+        if pruning.as_ref().is_some_and(|p| p.kept.is_empty()) {
+            return finish(invalid_when_all_pruned(report, pruning));
         }
 
-        // Stability runs, variant runs and mutant runs, all at once over the pool.
+        // Stability runs, variant runs and mutant runs, all at once over the pool; a pruned
+        // suite runs its stability runs first, to prune the tests that only pass sometimes.
         let variants = generate_variants(&cut, &config.variants);
+        let selected = |pruning: &Option<Pruning>| {
+            let selection = pruning.as_ref().and_then(Pruning::selection);
+            let functions = pruning
+                .as_ref()
+                .map_or_else(|| static_tests.clone(), Pruning::kept_functions);
+            (selection, functions)
+        };
+        let (selection, functions) = selected(&pruning);
         let stability_futures = (1..config.runs as u64).map(|seed| {
-            let request = run_request(
-                input,
-                &config.limits,
-                input.code.clone(),
-                seed,
-                config.timeouts.baseline_s,
-            );
-            async move { (seed, self.pool.run(&request).await) }
+            let request = RunRequest {
+                only: selection.clone(),
+                ..run_request(
+                    input,
+                    &config.limits,
+                    input.code.clone(),
+                    seed,
+                    config.timeouts.baseline_s,
+                )
+            };
+            let functions = &functions;
+            async move {
+                let judged = self.pool.run(&request).await.and_then(|reply| {
+                    let run = judge_run(&reply, functions)?;
+                    let sound = run.passed() || failing_cases(&reply, &run).is_some();
+                    Ok((run, sound))
+                });
+                (seed, judged)
+            }
         });
+        let (stability_first, stability_beside) = match pruning {
+            Some(_) => (Some(stability_futures), None),
+            None => (None, Some(stability_futures)),
+        };
+        let stability_runs = match (&mut pruning, stability_first) {
+            (Some(kept), Some(futures)) => {
+                let runs = join_all(futures).await;
+                for (_, run) in &runs {
+                    if let Ok((run, true)) = run {
+                        let flaky = flaky_in(&kept.kept, run);
+                        kept.remove(flaky);
+                    }
+                }
+                if kept.kept.is_empty() {
+                    return finish(invalid_when_all_pruned(report, pruning));
+                }
+                runs
+            }
+            _ => Vec::new(),
+        };
+        let (selection, functions) = selected(&pruning);
         let variant_futures = variants.iter().map(|variant| {
-            let request = run_request(
-                input,
-                &config.limits,
-                variant.source.clone(),
-                0,
-                config.timeouts.baseline_s,
-            );
+            let request = RunRequest {
+                only: selection.clone(),
+                ..run_request(
+                    input,
+                    &config.limits,
+                    variant.source.clone(),
+                    0,
+                    config.timeouts.baseline_s,
+                )
+            };
             async move { self.pool.run(&request).await }
         });
         let baseline_run = report.baseline.as_ref().expect("baseline ran");
-        let (stability_replies, variant_replies, mutant_outcomes) = tokio::join!(
-            join_all(stability_futures),
+        let mutant_suite = MutantSuite {
+            selection: &selection,
+            functions: &functions,
+        };
+        let (stability_runs, variant_replies, mutant_outcomes) = tokio::join!(
+            async {
+                match stability_beside {
+                    Some(futures) => join_all(futures).await,
+                    None => stability_runs,
+                }
+            },
             join_all(variant_futures),
-            self.run_mutants(input, config, &mutants, baseline_run, &static_tests)
+            self.run_mutants(input, config, &mutants, baseline_run, mutant_suite)
         );
+        let stability_runs = stability_runs
+            .into_iter()
+            .map(|(seed, run)| (seed, run.map(|(run, _)| run)))
+            .collect();
         tally_stability(
             &mut report,
             &baseline,
-            stability_replies,
-            &static_tests,
+            stability_runs,
+            pruning.as_ref(),
             self.overhead_ms,
             config,
         );
-        tally_variants(&mut report, &variants, variant_replies, &static_tests);
+        tally_variants(&mut report, &variants, variant_replies, &functions);
         tally_mutants(&mut report, mutants, mutant_outcomes);
 
         report.valid = true;
@@ -302,6 +374,14 @@ impl Scorer {
             report.stability,
             report.robustness,
         );
+        if let Some(pruning) = pruning {
+            report.composite *= prune_discount(
+                pruning.kept.len(),
+                pruning.collected,
+                config.prune_min_tests,
+            );
+            record_pruning(&mut report, pruning);
+        }
         finish(report)
     }
 
@@ -331,14 +411,15 @@ impl Scorer {
         &self,
         input: &ScoreInput,
         config: &RewardConfig,
-        baseline: &BaselineRun,
-        static_tests: &BTreeSet<String>,
+        kept_cases: &[&TestReport],
+        suite: MutantSuite<'_>,
     ) -> Result<Option<TestCoverage>, String> {
         if !config.mutants.coverage_guided {
             return Ok(None);
         }
         let request = RunRequest {
             coverage: true,
+            only: suite.selection.clone(),
             ..run_request(
                 input,
                 &config.limits,
@@ -348,7 +429,7 @@ impl Scorer {
             )
         };
         let reply = self.pool.run(&request).await.map_err(|e| e.to_string())?;
-        let run = judge_run(&reply, static_tests).map_err(|e| e.to_string())?;
+        let run = judge_run(&reply, suite.functions).map_err(|e| e.to_string())?;
         if !run.passed() {
             return Err(format!("the traced run did not pass: {}", run.detail));
         }
@@ -356,7 +437,7 @@ impl Scorer {
             .report
             .and_then(|r| r.coverage)
             .ok_or("the traced run reported no coverage")?;
-        let order: Vec<String> = baseline.tests.iter().map(|t| t.nodeid.clone()).collect();
+        let order: Vec<String> = kept_cases.iter().map(|t| t.nodeid.clone()).collect();
         TestCoverage::from_run(&coverage, &order).map(Some)
     }
 
@@ -371,13 +452,25 @@ impl Scorer {
         config: &RewardConfig,
         mutants: &[Mutant],
         baseline: &BaselineRun,
-        static_tests: &BTreeSet<String>,
+        suite: MutantSuite<'_>,
     ) -> MutantOutcomes {
+        let static_tests = suite.functions;
+        // The baseline's cases that are scored (all, unless the suite was pruned).
+        let kept_cases: Vec<&TestReport> = baseline
+            .tests
+            .iter()
+            .filter(|t| {
+                suite
+                    .selection
+                    .as_ref()
+                    .is_none_or(|kept| kept.contains(&t.nodeid))
+            })
+            .collect();
         let sources: Vec<String> = mutants.iter().map(|m| m.apply(&input.code)).collect();
         let mut notes = Vec::new();
         let (equivalence, coverage) = tokio::join!(
             self.pool.equivalence(&input.code, sources.clone()),
-            self.line_coverage(input, config, baseline, static_tests)
+            self.line_coverage(input, config, &kept_cases, suite)
         );
         let prechecks = match equivalence {
             Ok(reply) if reply.error.is_none() && reply.results.len() == mutants.len() => {
@@ -402,7 +495,7 @@ impl Scorer {
             None
         });
         let timeout_s = config.timeouts.mutant_timeout_s(baseline.wall_ms / 1000.0);
-        let mut fastest_first: Vec<&TestReport> = baseline.tests.iter().collect();
+        let mut fastest_first = kept_cases;
         fastest_first.sort_by(|a, b| a.duration_s.total_cmp(&b.duration_s));
         let slowest_test_s = fastest_first.last().map_or(0.0, |t| t.duration_s);
         // No tamper checks: a forged pass only costs the suite a kill, and a failure counts only
@@ -412,6 +505,7 @@ impl Scorer {
             tamper_checks: false,
             run_first: fastest_first.iter().map(|t| t.nodeid.clone()).collect(),
             test_budget_s: Some(config.timeouts.test_budget_s(slowest_test_s)),
+            only: suite.selection.clone(),
             ..run_request(input, &config.limits, String::new(), 0, timeout_s)
         };
         let needs_run = |index: usize| {
@@ -465,7 +559,7 @@ impl Scorer {
                             return settled(MutantStatus::NotCovered, not_covered_detail(lines))
                         }
                         Reach::Tests(selected) => Some(selected),
-                        Reach::Everything => None,
+                        Reach::Everything => whole_suite.only.clone(),
                     };
                     let tests = selected_functions(&only, static_tests);
                     let request = RunRequest {
@@ -573,6 +667,84 @@ impl Scorer {
             .collect();
         (outcomes, selections.len())
     }
+}
+
+/// The suite the mutant runs use: the node ids selected (`None`: every test) and the test
+/// functions a run of them must see run.
+#[derive(Clone, Copy)]
+struct MutantSuite<'a> {
+    selection: &'a Option<Vec<String>>,
+    functions: &'a BTreeSet<String>,
+}
+
+/// Why a baseline makes a suite invalid under `failing_tests: invalidate`, if it does.
+fn strict_invalid_reason(baseline: &JudgedRun) -> Option<String> {
+    if !baseline.passed() {
+        return Some(format!(
+            "the tests do not pass on the code under test: {}",
+            baseline.detail
+        ));
+    }
+    if !baseline.violations.is_empty() {
+        return Some(format!(
+            "the tests attempted what the sandbox forbids: {}",
+            baseline.violations.join(", ")
+        ));
+    }
+    None
+}
+
+/// Under `failing_tests: prune`: the baseline's failing cases and repeated tests removed, or
+/// why the whole suite is invalid (a violation, or a run that failed as a whole).
+fn prune_baseline(
+    reply: &RunReply,
+    baseline: &JudgedRun,
+    tests: &PythonSource,
+) -> Result<Pruning, String> {
+    if !baseline.violations.is_empty() {
+        return Err(format!(
+            "the tests attempted what the sandbox forbids: {}",
+            baseline.violations.join(", ")
+        ));
+    }
+    let cases = reply.report.as_ref().map_or(&[][..], |r| &r.tests[..]);
+    let mut pruning = Pruning::of(cases);
+    if !baseline.passed() {
+        let failing = failing_cases(reply, baseline).ok_or_else(|| {
+            format!(
+                "the tests do not pass on the code under test: {}",
+                baseline.detail
+            )
+        })?;
+        pruning.remove(failed_at_baseline(&failing));
+    }
+    let repeats = duplicates_in(&pruning.kept, &duplicate_functions(tests));
+    pruning.remove(repeats);
+    Ok(pruning)
+}
+
+/// A pruned suite with nothing left: invalid, with what was pruned and why.
+fn invalid_when_all_pruned(mut report: ScoreReport, pruning: Option<Pruning>) -> ScoreReport {
+    let pruning = pruning.expect("a pruned suite");
+    let reasons: Vec<String> = pruning
+        .pruned
+        .iter()
+        .take(3)
+        .map(|p| format!("{} ({})", p.name, p.detail))
+        .collect();
+    report.invalid_reason = Some(format!(
+        "no test passes reliably on the code under test: all {} pruned, e.g. {}",
+        pruning.collected,
+        reasons.join("; ")
+    ));
+    record_pruning(&mut report, pruning);
+    report
+}
+
+fn record_pruning(report: &mut ScoreReport, pruning: Pruning) {
+    report.pass_fraction = Some(pruning.pass_fraction());
+    report.kept_tests = Some(pruning.kept);
+    report.pruned_tests = Some(pruning.pruned);
 }
 
 /// A mutant's run before its kill, if any, is confirmed.

@@ -235,11 +235,61 @@ fn reads_python_file(source: &PythonSource, call: Node<'_>) -> bool {
         })
 }
 
+/// Each test function's name with its text less the name — decorators, parameters and body as
+/// tokens, comments and layout dropped — for finding repeated tests (`prune.rs`).
+pub fn test_function_texts(source: &PythonSource) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    collect_test_nodes(
+        source,
+        source.root(),
+        None,
+        &mut |test, outer, definition| {
+            let mut tokens = Vec::new();
+            let mut parts: Vec<Node<'_>> = Vec::new();
+            if outer.kind() == "decorated_definition" {
+                let mut cursor = outer.walk();
+                parts.extend(
+                    outer
+                        .named_children(&mut cursor)
+                        .filter(|c| c.kind() == "decorator"),
+                );
+            }
+            parts.extend(definition.child_by_field_name("parameters"));
+            parts.extend(definition.child_by_field_name("body"));
+            for part in parts {
+                visit(part, &mut |node| {
+                    if node.kind() == "comment" {
+                        return false;
+                    }
+                    if node.child_count() == 0 {
+                        tokens.push(source.node_text(node));
+                    }
+                    true
+                });
+            }
+            found.push((test.name, tokens.join(" ")));
+        },
+    );
+    found
+}
+
 fn collect_tests(
     source: &PythonSource,
     scope: Node<'_>,
     class: Option<&str>,
     out: &mut Vec<TestFunction>,
+) {
+    collect_test_nodes(source, scope, class, &mut |test, _, _| out.push(test));
+}
+
+/// Calls `found` with each test function (pytest's rules: `test*` functions, and `test*`
+/// methods of `Test*` classes, not async), its outer node (the decoration, if any) and its
+/// definition.
+fn collect_test_nodes<'t>(
+    source: &'t PythonSource,
+    scope: Node<'t>,
+    class: Option<&str>,
+    found: &mut impl FnMut(TestFunction, Node<'t>, Node<'t>),
 ) {
     let mut cursor = scope.walk();
     for child in scope.named_children(&mut cursor) {
@@ -256,15 +306,16 @@ fn collect_tests(
             "function_definition" if name.starts_with("test") => {
                 let is_async = source.node_text(definition).starts_with("async");
                 if !is_async {
-                    out.push(TestFunction {
+                    let test = TestFunction {
                         name: class.map_or(name.to_string(), |c| format!("{c}::{name}")),
                         line: definition.start_position().row + 1,
-                    });
+                    };
+                    found(test, child, definition);
                 }
             }
             "class_definition" if class.is_none() && name.starts_with("Test") => {
                 if let Some(body) = definition.child_by_field_name("body") {
-                    collect_tests(source, body, Some(name), out);
+                    collect_test_nodes(source, body, Some(name), found);
                 }
             }
             _ => {}

@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use crate::mutant::Mutant;
 use crate::outcome::{judge_run, JudgedRun, MutantStatus};
 use crate::protocol::RunReply;
+use crate::protocol::TestOutcome;
+use crate::prune::Pruning;
 use crate::report::{BaselineRun, MutantResult, ScoreReport, StabilityRun, VariantResult};
 use crate::rewards::{median, speed_reward, RewardConfig};
 use crate::variant::Variant;
@@ -22,21 +24,29 @@ pub(crate) struct MutantOutcomes {
     pub(crate) notes: Vec<String>,
 }
 
-/// Stability and speed from the baseline and the reseeded, shuffled runs.
+/// Stability and speed from the baseline and the reseeded, shuffled runs (judged). With `kept`
+/// (a pruned suite), a run matches when every kept case passed in it, and the baseline's CPU
+/// time counts only when it ran nothing but kept cases (or no other run could be timed).
 pub(crate) fn tally_stability(
     report: &mut ScoreReport,
     baseline: &JudgedRun,
-    replies: Vec<(u64, Result<RunReply, InfraError>)>,
-    static_tests: &BTreeSet<String>,
+    runs: Vec<(u64, Result<JudgedRun, InfraError>)>,
+    kept: Option<&Pruning>,
     overhead_ms: f64,
     config: &RewardConfig,
 ) {
-    let mut cpu = vec![baseline.cpu_ms];
+    let mut cpu = Vec::new();
     let mut matching = 1usize;
-    for (seed, reply) in replies {
-        match reply.and_then(|r| judge_run(&r, static_tests)) {
+    for (seed, run) in runs {
+        match run {
             Ok(run) => {
-                let matches_first = run.verdict == baseline.verdict && run.tests == baseline.tests;
+                let matches_first = match kept {
+                    Some(pruning) => pruning
+                        .kept
+                        .iter()
+                        .all(|nodeid| run.tests.get(nodeid) == Some(&TestOutcome::Passed)),
+                    None => run.verdict == baseline.verdict && run.tests == baseline.tests,
+                };
                 matching += usize::from(matches_first);
                 cpu.push(run.cpu_ms);
                 report.stability_runs.push(StabilityRun {
@@ -55,7 +65,11 @@ pub(crate) fn tally_stability(
             }
         }
     }
-    report.stability = matching as f64 / cpu.len() as f64;
+    let runs_counted = cpu.len() + 1;
+    if kept.is_none_or(|p| !p.pruned_at_baseline()) || cpu.is_empty() {
+        cpu.insert(0, baseline.cpu_ms);
+    }
+    report.stability = matching as f64 / runs_counted as f64;
     report.timing.suite_cpu_ms = (median(&cpu) - overhead_ms).max(0.0);
     report.speed = speed_reward(report.timing.suite_cpu_ms, config.speed.reference_ms);
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use unitforge_sandbox::local::{discover_python, LocalLauncher};
 use unitforge_sandbox::outcome::{MutantStatus, Verdict};
+use unitforge_sandbox::prune::{FailingTests, PruneReason};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreError, ScoreInput, ScoreReport, Scorer};
 use unitforge_sandbox::worker::WorkerPool;
@@ -46,6 +47,14 @@ fn runtime_only() -> RewardConfig {
     RewardConfig {
         deny_reaches_invalidate: false,
         ..RewardConfig::default()
+    }
+}
+
+/// `config` with failing tests pruned instead of invalidating the suite.
+fn pruned(config: RewardConfig) -> RewardConfig {
+    RewardConfig {
+        failing_tests: FailingTests::Prune,
+        ..config
     }
 }
 
@@ -143,12 +152,15 @@ async fn hostile_suites_get_no_credit() {
     let scorer = scorer().await;
     let mut timeouts = RewardConfig::default();
     timeouts.timeouts.baseline_s = 3.0;
+    let runtime = RewardConfig {
+        deny_reaches_invalidate: false,
+        ..timeouts.clone()
+    };
     for config in [
         timeouts.clone(),
-        RewardConfig {
-            deny_reaches_invalidate: false,
-            ..timeouts
-        },
+        pruned(timeouts),
+        runtime.clone(),
+        pruned(runtime),
     ] {
         for (name, tests) in HOSTILE {
             let report = scorer
@@ -202,7 +214,12 @@ async fn white_box_suites_earn_nothing_at_run_time() {
     assert!(cases.len() >= 8, "{} white-box cases", cases.len());
     let scorer = scorer().await;
     for (name, tests) in &cases {
-        for config in [runtime_only(), RewardConfig::default()] {
+        for config in [
+            runtime_only(),
+            RewardConfig::default(),
+            pruned(runtime_only()),
+            pruned(RewardConfig::default()),
+        ] {
             let report = scorer
                 .score(&input(CLAMP, tests), &config)
                 .await
@@ -574,4 +591,176 @@ async fn the_runner_places_each_change_on_its_compiled_lines() {
             None
         ]
     );
+}
+
+/// The clamp pair's four right tests and one wrong one.
+fn with_a_wrong_test() -> String {
+    format!("{CLAMP_TESTS}\n\ndef test_wrong():\n    assert clamp(20, 0, 10) == 20\n")
+}
+
+fn pruned_names(report: &ScoreReport) -> Vec<(String, PruneReason)> {
+    let pruned = report.pruned_tests.as_ref().expect("a pruned report");
+    pruned
+        .iter()
+        .map(|p| (p.name.rsplit("::").next().unwrap().to_string(), p.reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn pruning_scores_the_right_tests_below_the_right_tests_alone() {
+    let scorer = scorer().await;
+    let prune = pruned(RewardConfig::default());
+    let wrong = with_a_wrong_test();
+    let strict = scorer
+        .score(&input(CLAMP, &wrong), &RewardConfig::default())
+        .await
+        .unwrap();
+    assert_no_credit(&strict, "strict mode, one wrong test");
+    // Strict reports carry none of the pruning fields: byte for byte what they were.
+    let json = serde_json::to_string(&strict).unwrap();
+    for key in ["kept_tests", "pruned_tests", "pass_fraction"] {
+        assert!(!json.contains(key), "{key} in a strict report");
+    }
+
+    let kept = scorer.score(&input(CLAMP, &wrong), &prune).await.unwrap();
+    let alone = scorer
+        .score(&input(CLAMP, CLAMP_TESTS), &prune)
+        .await
+        .unwrap();
+    assert!(kept.valid, "{:?}", kept.invalid_reason);
+    assert_eq!(
+        pruned_names(&kept),
+        vec![("test_wrong".to_string(), PruneReason::Failed)]
+    );
+    let detail = &kept.pruned_tests.as_ref().unwrap()[0].detail;
+    assert!(detail.contains("assert 10 == 20"), "{detail}");
+    assert_eq!(kept.kept_tests.as_ref().unwrap().len(), 4);
+    assert_eq!(kept.pass_fraction, Some(0.8));
+    // The kept suite is the right tests: the same kills; only the discount differs (4/5).
+    assert_eq!(kept.mutant_kill, alone.mutant_kill);
+    assert!(kept.composite > 0.0 && kept.composite < alone.composite);
+    assert!((kept.composite - 0.8 * alone.composite).abs() < 0.05 * alone.composite);
+    // With nothing to prune, the prune score is the strict one.
+    let strict_alone = scorer
+        .score(&input(CLAMP, CLAMP_TESTS), &RewardConfig::default())
+        .await
+        .unwrap();
+    // (Equal but for the speed reward, which is measured CPU time.)
+    assert_eq!(alone.mutant_kill, strict_alone.mutant_kill);
+    assert!((alone.composite - strict_alone.composite).abs() < 0.02);
+    assert_eq!(alone.pass_fraction, Some(1.0));
+}
+
+#[tokio::test]
+async fn each_parametrize_case_is_pruned_on_its_own() {
+    let tests = "import pytest\nfrom clamp import clamp\n\n@pytest.mark.parametrize('value, expected', [(-1, 0), (5, 5), (11, 11), (11, 10)])\ndef test_cases(value, expected):\n    assert clamp(value, 0, 10) == expected\n";
+    let report = score_with(CLAMP, tests, &pruned(RewardConfig::default())).await;
+    assert!(report.valid, "{:?}", report.invalid_reason);
+    let pruned = report.pruned_tests.as_ref().unwrap();
+    assert_eq!(pruned.len(), 1, "{pruned:?}");
+    assert!(pruned[0].name.ends_with("test_cases[11-11]"), "{pruned:?}");
+    assert_eq!(report.kept_tests.as_ref().unwrap().len(), 3);
+    assert!(report.mutant_kill > 0.3, "kill rate {}", report.mutant_kill);
+}
+
+#[tokio::test]
+async fn repeated_tests_count_once() {
+    let once = "from clamp import clamp\n\ndef test_above():\n    assert clamp(42, 0, 10) == 10\n";
+    let thrice = format!("{once}\ndef test_above_again():\n    # the same, again\n    assert clamp(42, 0,  10) == 10\n\ndef test_above_once_more():\n    assert clamp(42, 0, 10) == 10\n");
+    let scorer = scorer().await;
+    let prune = pruned(RewardConfig::default());
+    let single = scorer.score(&input(CLAMP, once), &prune).await.unwrap();
+    let repeated = scorer.score(&input(CLAMP, &thrice), &prune).await.unwrap();
+    assert_eq!(
+        pruned_names(&repeated),
+        vec![
+            ("test_above_again".to_string(), PruneReason::Duplicate),
+            ("test_above_once_more".to_string(), PruneReason::Duplicate)
+        ]
+    );
+    assert_eq!(repeated.mutant_kill, single.mutant_kill);
+    // One test, repeated or not, earns at most a third: the floor on the count.
+    assert!(repeated.composite <= single.composite + 1e-12);
+    assert!(single.composite <= single.mutant_kill / 3.0 + 1e-12);
+}
+
+#[tokio::test]
+async fn a_flaky_test_that_passes_once_is_pruned() {
+    // Each run reseeds `random` (0 for the baseline, then 1, 2, …): 0.844 passes, 0.134 fails.
+    let flaky = "import random\nfrom clamp import clamp\n\ndef test_right():\n    assert clamp(42, 0, 10) == 10\n\ndef test_once():\n    assert random.random() > 0.5 and clamp(-1, 0, 10) == 0\n";
+    let report = score_with(CLAMP, flaky, &pruned(RewardConfig::default())).await;
+    assert!(report.valid, "{:?}", report.invalid_reason);
+    assert_eq!(
+        pruned_names(&report),
+        vec![("test_once".to_string(), PruneReason::Flaky)]
+    );
+    assert_eq!(report.stability, 1.0);
+}
+
+#[tokio::test]
+async fn a_suite_with_nothing_kept_is_invalid() {
+    let tests = "from clamp import clamp\n\ndef test_a():\n    assert clamp(20, 0, 10) == 20\n\ndef test_b():\n    assert clamp(-5, 0, 10) == -5\n";
+    let report = score_with(CLAMP, tests, &pruned(RewardConfig::default())).await;
+    assert_no_credit(&report, "every test wrong");
+    assert!(report
+        .invalid_reason
+        .as_ref()
+        .unwrap()
+        .contains("all 2 pruned"));
+    assert_eq!(report.kept_tests.as_deref(), Some(&[][..]));
+    assert_eq!(report.pass_fraction, Some(0.0));
+}
+
+/// Suites built to profit from pruning: none may earn more than a trivial suite (0).
+#[tokio::test]
+async fn pruning_cannot_be_gamed() {
+    let trivial = "import clamp\n\ndef test_nothing():\n    assert True\n";
+    let mut wrong_around_trivial = trivial.to_string();
+    for i in 0..8 {
+        wrong_around_trivial.push_str(&format!(
+            "\ndef test_wrong_{i}():\n    assert clamp.clamp({i}, 0, 10) == {}\n",
+            i + 100
+        ));
+    }
+    let cases = [
+        ("many failing tests around one trivial one", wrong_around_trivial),
+        // Fails on the original, so it is pruned; were it run on mutants, it would "kill" them.
+        (
+            "fails only to be pruned",
+            format!("{trivial}\ndef test_differs():\n    assert clamp.clamp(5, 0, 10) != 5\n"),
+        ),
+        // Its side effect makes a trivial-looking test pass: pruned, the effect is gone.
+        (
+            "a pruned test props another up",
+            "from clamp import clamp\nSTATE = []\n\ndef test_fill():\n    STATE.append(clamp(5, 0, 10))\n    assert False\n\ndef test_reads():\n    assert STATE == [5]\n".to_string(),
+        ),
+        (
+            "one trivial body, repeated",
+            format!("{trivial}\ndef test_again():\n    assert True\n\ndef test_more():\n    assert True\n"),
+        ),
+        (
+            "a flaky test that passes once",
+            "import random\nimport clamp\n\ndef test_once():\n    assert random.random() > 0.5 and clamp.clamp(-1, 0, 10) == 0\n\ndef test_nothing():\n    assert True\n".to_string(),
+        ),
+    ];
+    let scorer = scorer().await;
+    for config in [pruned(RewardConfig::default()), pruned(runtime_only())] {
+        let baseline = scorer.score(&input(CLAMP, trivial), &config).await.unwrap();
+        assert_eq!(baseline.composite, 0.0);
+        for (name, tests) in &cases {
+            let report = scorer.score(&input(CLAMP, tests), &config).await.unwrap();
+            assert!(
+                report.composite <= baseline.composite,
+                "{name}: {} ({:?}, pruned {:?})",
+                report.composite,
+                report.invalid_reason,
+                report.pruned_tests
+            );
+            assert_eq!(
+                report.mutant_kill, 0.0,
+                "{name}: {:?}",
+                report.mutants.results
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ use unitforge_sandbox::backend::start_scorer;
 use unitforge_sandbox::cache::ResultCache;
 use unitforge_sandbox::client::{Client, ClientOptions};
 use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
+use unitforge_sandbox::prune::FailingTests;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreInput, ScoreReport, DEFAULT_MODULE};
 use unitforge_sandbox::service::{Service, ServiceLimits};
@@ -27,7 +28,12 @@ use crate::cli::{
 use crate::render;
 
 pub async fn score(args: ScoreArgs) -> Result<()> {
-    let config = load_reward_config(args.config.as_deref())?;
+    let mut config = load_reward_config(args.config.as_deref())?;
+    match args.failing_tests.as_deref() {
+        Some("prune") => config.failing_tests = FailingTests::Prune,
+        Some(_) => config.failing_tests = FailingTests::Invalidate,
+        None => {}
+    }
     if let Some(batch) = &args.batch {
         return score_batch(&args, batch, &config).await;
     }

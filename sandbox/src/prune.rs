@@ -1,0 +1,315 @@
+//! Pruned scoring: what to do with the tests of a suite that fail on the code under test.
+//!
+//! Under `failing_tests: invalidate` (the default) one failing test makes the whole suite
+//! invalid. Under `failing_tests: prune` each test case (each `parametrize` case on its own) that
+//! fails, errors, skips or is flaky on the original is removed, a test function whose body repeats
+//! an earlier one's counts once, and the rest — the kept suite — is scored as a suite of its own:
+//! every later run selects only the kept node ids, so a pruned test never runs on a mutant or a
+//! variant. The composite is then discounted by the share kept, with a floor on the count
+//! ([`prune_discount`]): a suite of one test cannot earn more than a third of a full one.
+//!
+//! Pruning never forgives what makes the file untrustworthy: a test file that does not parse or
+//! collect, a run that crashed, timed out as a whole, contradicted itself or tampered with pytest,
+//! and any sandbox violation by any test still invalidate the whole suite, as does a suite with
+//! nothing left. Formulas and anchors: `docs/rewards.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{summary_line, JudgedRun, Verdict};
+use crate::protocol::{function_name, RunReply, TestOutcome, TestReport};
+use crate::source::PythonSource;
+use crate::suite::test_function_texts;
+
+/// What a test that fails on the code under test does to its suite.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FailingTests {
+    /// The whole suite is invalid (composite = `invalid_composite`).
+    #[default]
+    Invalidate,
+    /// The test is removed, and the rest is scored with a discount.
+    Prune,
+}
+
+impl FailingTests {
+    pub fn is_invalidate(&self) -> bool {
+        *self == FailingTests::Invalidate
+    }
+}
+
+/// Why a test case was removed from the kept suite.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneReason {
+    /// Failed on the code under test.
+    Failed,
+    /// Errored (a fixture or setup raised).
+    Error,
+    /// Skipped, xfailed or xpassed: not a pass.
+    NotRun,
+    /// Passed once, then failed in a shuffled, reseeded run on the same code.
+    Flaky,
+    /// Its test function's body (parameters, decorators and code) repeats an earlier one's.
+    Duplicate,
+}
+
+/// One removed test case, with the evidence.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PrunedTest {
+    /// The node id (`test_m.py::test_x[2-3]`).
+    pub name: String,
+    pub reason: PruneReason,
+    /// The failure's summary line, or the test it duplicates.
+    pub detail: String,
+}
+
+/// The tests that failed in a run, when that is all that is wrong with it: the session finished,
+/// collected every test function the file defines, imported the code under test, and the report
+/// agrees with the exit status. `None` when the run failed as a whole (or passed).
+pub fn failing_cases<'a>(reply: &'a RunReply, judged: &JudgedRun) -> Option<Vec<&'a TestReport>> {
+    if judged.verdict != Verdict::Failed || !judged.violations.is_empty() {
+        return None;
+    }
+    let report = reply.report.as_ref()?;
+    let sound = report.finished
+        && report.cut_error.is_none()
+        && report.session_error.is_none()
+        && report.collect_errors.is_empty()
+        && report.tampered.is_empty()
+        && !report.tests.is_empty()
+        && reply.exit_code == Some(1);
+    let failing: Vec<&TestReport> = report
+        .tests
+        .iter()
+        .filter(|t| t.outcome != TestOutcome::Passed)
+        .collect();
+    // A failed verdict with every reported test passing is a test function that never ran.
+    (sound && !failing.is_empty()).then_some(failing)
+}
+
+fn reason_of(outcome: TestOutcome) -> PruneReason {
+    match outcome {
+        TestOutcome::Failed | TestOutcome::Timeout => PruneReason::Failed,
+        TestOutcome::Error => PruneReason::Error,
+        TestOutcome::Passed
+        | TestOutcome::Skipped
+        | TestOutcome::Xfailed
+        | TestOutcome::Xpassed => PruneReason::NotRun,
+    }
+}
+
+/// The cases a baseline run's failures remove, with their reasons.
+pub fn failed_at_baseline(failing: &[&TestReport]) -> Vec<PrunedTest> {
+    failing
+        .iter()
+        .map(|t| PrunedTest {
+            name: t.nodeid.clone(),
+            reason: reason_of(t.outcome),
+            detail: summary(&t.message),
+        })
+        .collect()
+}
+
+/// The cases of `kept` that did not pass in a later run on the same code: flaky.
+pub fn flaky_in(kept: &[String], run: &JudgedRun) -> Vec<PrunedTest> {
+    kept.iter()
+        .filter_map(|nodeid| match run.tests.get(nodeid) {
+            Some(TestOutcome::Passed) => None,
+            Some(outcome) => Some(PrunedTest {
+                name: nodeid.clone(),
+                reason: PruneReason::Flaky,
+                detail: format!(
+                    "passed on the first run, {} in a shuffled one",
+                    outcome_word(*outcome)
+                ),
+            }),
+            // Not reported in a sound run with a selection: the selection lost it; not the test.
+            None => None,
+        })
+        .collect()
+}
+
+fn outcome_word(outcome: TestOutcome) -> &'static str {
+    match outcome {
+        TestOutcome::Passed => "passed",
+        TestOutcome::Failed => "failed",
+        TestOutcome::Error => "errored",
+        TestOutcome::Skipped => "skipped",
+        TestOutcome::Xfailed => "xfailed",
+        TestOutcome::Xpassed => "xpassed",
+        TestOutcome::Timeout => "timed out",
+    }
+}
+
+/// Test functions whose text, less their name, repeats an earlier function's: each maps to the
+/// first one with that text. Whitespace and comments do not count.
+pub fn duplicate_functions(tests: &PythonSource) -> BTreeMap<String, String> {
+    let mut first_with: HashMap<String, String> = HashMap::new();
+    let mut duplicates = BTreeMap::new();
+    for (name, text) in test_function_texts(tests) {
+        match first_with.get(&text) {
+            Some(first) => {
+                duplicates.insert(name, first.clone());
+            }
+            None => {
+                first_with.insert(text, name);
+            }
+        }
+    }
+    duplicates
+}
+
+/// The cases of duplicated functions among `kept` (their function repeats an earlier one).
+pub fn duplicates_in(kept: &[String], duplicates: &BTreeMap<String, String>) -> Vec<PrunedTest> {
+    kept.iter()
+        .filter_map(|nodeid| {
+            let first = duplicates.get(function_name(nodeid))?;
+            Some(PrunedTest {
+                name: nodeid.clone(),
+                reason: PruneReason::Duplicate,
+                detail: format!("the same test as {first}"),
+            })
+        })
+        .collect()
+}
+
+/// What pruning left: the kept node ids in the baseline's order, and what it removed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pruning {
+    /// Test cases the baseline collected.
+    pub collected: usize,
+    pub kept: Vec<String>,
+    pub pruned: Vec<PrunedTest>,
+}
+
+impl Pruning {
+    /// Start from every case the baseline collected.
+    pub fn of(baseline_cases: &[TestReport]) -> Self {
+        Self {
+            collected: baseline_cases.len(),
+            kept: baseline_cases.iter().map(|t| t.nodeid.clone()).collect(),
+            pruned: Vec::new(),
+        }
+    }
+
+    /// Remove `cases` (which must be kept ones; others are ignored).
+    pub fn remove(&mut self, cases: Vec<PrunedTest>) {
+        let names: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+        self.kept.retain(|nodeid| !names.contains(nodeid.as_str()));
+        self.pruned.extend(cases);
+    }
+
+    /// Whether the baseline ran cases that are not kept (anything pruned but the flaky ones,
+    /// which later runs still ran).
+    pub fn pruned_at_baseline(&self) -> bool {
+        self.pruned.iter().any(|p| p.reason != PruneReason::Flaky)
+    }
+
+    /// Kept cases / collected cases.
+    pub fn pass_fraction(&self) -> f64 {
+        if self.collected == 0 {
+            0.0
+        } else {
+            self.kept.len() as f64 / self.collected as f64
+        }
+    }
+
+    /// The test functions the kept cases belong to (every one of them must run).
+    pub fn kept_functions(&self) -> BTreeSet<String> {
+        self.kept
+            .iter()
+            .map(|n| function_name(n).to_string())
+            .collect()
+    }
+
+    /// The node ids a run selects: `None` (every test) while nothing is pruned, so that such a
+    /// suite is run exactly as under `invalidate`.
+    pub fn selection(&self) -> Option<Vec<String>> {
+        (!self.pruned.is_empty()).then(|| self.kept.clone())
+    }
+}
+
+/// The factor a pruned suite's composite is multiplied by: kept / max(collected, floor). With
+/// nothing pruned and at least `floor` cases it is 1; a single kept test earns at most 1/floor.
+pub fn prune_discount(kept: usize, collected: usize, floor: usize) -> f64 {
+    let denominator = collected.max(floor).max(1);
+    (kept as f64 / denominator as f64).min(1.0)
+}
+
+/// A failure message's one useful line (its exception line), capped at 300 characters.
+fn summary(message: &str) -> String {
+    summary_line(message).chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_discount_has_a_floor_on_the_count() {
+        // Three right, one wrong: three quarters of the three alone.
+        assert_eq!(prune_discount(3, 4, 3), 0.75);
+        assert_eq!(prune_discount(3, 3, 3), 1.0);
+        // One passing test alone earns at most a third.
+        assert!((prune_discount(1, 1, 3) - 1.0 / 3.0).abs() < 1e-12);
+        // One kept among ten.
+        assert_eq!(prune_discount(1, 10, 3), 0.1);
+        assert_eq!(prune_discount(0, 0, 3), 0.0);
+        assert_eq!(prune_discount(5, 5, 0), 1.0);
+    }
+
+    #[test]
+    fn pruning_keeps_the_baseline_order_and_selects_nothing_until_it_prunes() {
+        let case = |nodeid: &str| TestReport {
+            nodeid: nodeid.into(),
+            outcome: TestOutcome::Passed,
+            duration_s: 0.0,
+            message: String::new(),
+        };
+        let mut pruning = Pruning::of(&[
+            case("t.py::test_a[1]"),
+            case("t.py::test_a[2]"),
+            case("t.py::test_b"),
+        ]);
+        assert_eq!(pruning.selection(), None);
+        pruning.remove(vec![PrunedTest {
+            name: "t.py::test_a[2]".into(),
+            reason: PruneReason::Failed,
+            detail: String::new(),
+        }]);
+        assert_eq!(
+            pruning.selection(),
+            Some(vec![
+                "t.py::test_a[1]".to_string(),
+                "t.py::test_b".to_string()
+            ])
+        );
+        assert!((pruning.pass_fraction() - 2.0 / 3.0).abs() < 1e-12);
+        let functions: Vec<String> = pruning.kept_functions().into_iter().collect();
+        assert_eq!(functions, vec!["test_a", "test_b"]);
+    }
+
+    #[test]
+    fn duplicates_ignore_names_whitespace_and_comments_but_not_parameters() {
+        let source = PythonSource::parse(
+            "tests",
+            "from m import f\n\ndef test_a():\n    assert f(1) == 2\n\ndef test_b():\n    # again\n    assert f(1)  ==  2\n\n@pytest.mark.parametrize('x', [1])\ndef test_c(x):\n    assert f(1) == 2\n\nclass TestK:\n    def test_d(self):\n        assert f(1) == 2\n",
+        )
+        .unwrap();
+        let duplicates = duplicate_functions(&source);
+        assert_eq!(duplicates.get("test_b").map(String::as_str), Some("test_a"));
+        assert!(!duplicates.contains_key("test_a"));
+        assert!(!duplicates.contains_key("test_c"), "{duplicates:?}");
+        // A method takes `self`: other parameters, not a duplicate.
+        assert!(!duplicates.contains_key("TestK::test_d"), "{duplicates:?}");
+    }
+
+    #[test]
+    fn summaries_pick_the_exception_line_and_are_capped() {
+        let message = "Traceback (most recent call last):\n  File \"t.py\", line 4\nAssertionError: assert 2 == 3\n  where 2 = f(1)";
+        assert_eq!(summary(message), "AssertionError: assert 2 == 3");
+        assert_eq!(summary(&"x".repeat(400)).len(), 300);
+    }
+}
