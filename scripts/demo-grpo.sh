@@ -35,11 +35,12 @@ def lines(path):
 for name, out in (("mutant-max", "runs/grpo-mutant"), ("speed-stable", "runs/grpo-speed")):
     metrics, evals = lines(f"{out}/metrics.jsonl"), lines(f"{out}/eval.jsonl")
     n = len(metrics)
-    mean = lambda key, rows: sum(r[key] for r in rows) / max(len(rows), 1)
+    mean = lambda key, rows: sum(r.get(key, 0.0) for r in rows) / max(len([r for r in rows if key in r]), 1)
     first, last = metrics[: n // 4], metrics[-(n // 4):]
     print(f"{name}: {n} steps; sampled reward {mean('reward', first):.4f} (first quarter) -> "
           f"{mean('reward', last):.4f} (last quarter); validity {mean('validity', first):.3f} -> "
-          f"{mean('validity', last):.3f}; zero_std_frac {mean('zero_std_frac', metrics):.3f}; "
+          f"{mean('validity', last):.3f}; frac_reward_zero_std {mean('frac_reward_zero_std', metrics):.3f} "
+          f"(after resampling {mean('frac_reward_zero_std_filtered', metrics):.3f}); "
           f"kl {mean('kl', last):.4f}; infra_excluded {sum(m['infra_excluded'] for m in metrics):.0f}")
     print(f"  seconds per step: generation {mean('gen_s', metrics):.2f}, scoring (sum over "
           f"completions) {mean('reward_s', metrics):.2f}, waiting {mean('reward_wait_s', metrics):.2f}, "

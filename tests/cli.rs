@@ -706,7 +706,8 @@ fn training_stage_config_errors_name_the_key_and_short_runs_of_every_stage_write
                 "clip_ratio",
                 "completion_len",
                 "truncated_frac",
-                "zero_std_frac",
+                "frac_reward_zero_std",
+                "frac_reward_zero_std_filtered",
                 "infra_excluded",
                 "gen_s",
                 "reward_s",
@@ -918,4 +919,90 @@ fn bench_grpo_splits_a_tiny_step_and_measures_the_generator_beside_it() {
         "{report}"
     );
     assert!(report["gen_ratio"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+/// `docker stop`, Kubernetes and Slurm stop a run with SIGTERM: a GRPO run against Docker
+/// sandbox containers finishes its step, writes a checkpoint, stops its containers and exits 0.
+#[test]
+fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    json_of(&unitforge(&[
+        "init-model",
+        "--config",
+        "configs/model_tiny.yaml",
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]));
+    let out = dir.path().join("grpo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+        .args([
+            "train",
+            "grpo",
+            "--config",
+            "configs/grpo_mutant_max.yaml",
+            "--set",
+            &format!("base_model={}", model.display()),
+            "--set",
+            &format!("output_dir={}", out.display()),
+            "--set",
+            "max_steps=50",
+            "--set",
+            "save_every=50",
+            "--set",
+            "eval_every=50",
+            "--set",
+            "progress=false",
+            "--set",
+            "grpo.prompts_per_step=2",
+            "--set",
+            "grpo.num_generations=2",
+            "--set",
+            "grpo.max_completion_length=24",
+            "--set",
+            "grpo.eval_prompts=1",
+            "--set",
+            "reward.workers=2",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) == 0 {
+        assert!(started.elapsed().as_secs() < 600, "no step in 10 minutes");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let steps = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    assert!(steps < 50, "stopped early");
+    assert!(
+        out.join(format!("checkpoint-{steps:06}/trainable.safetensors"))
+            .is_file(),
+        "a checkpoint of the {steps} steps done"
+    );
+    // The run's sandbox containers (named unitforge-<pid>-…) are gone with it.
+    let listed = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&listed.stdout);
+    let prefix = format!("unitforge-{pid}-");
+    assert!(
+        !names.lines().any(|n| n.starts_with(&prefix)),
+        "containers left: {names}"
+    );
 }

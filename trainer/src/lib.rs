@@ -26,4 +26,8 @@ pub enum TrainerError {
     Data(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The rewards a stage trains on could not be had (the reward backend stayed down): the
+    /// loop writes a checkpoint of the steps done before it returns this.
+    #[error("no rewards: {0}")]
+    RewardsUnavailable(String),
 }

@@ -73,7 +73,8 @@ fn the_policy_learns_a_synthetic_reward_deterministically_and_resumes_exactly() 
             "clip_ratio",
             "completion_len",
             "truncated_frac",
-            "zero_std_frac",
+            "frac_reward_zero_std",
+            "frac_reward_zero_std_filtered",
             "gen_s",
             "reward_s",
             "reward_wait_s",
@@ -200,7 +201,10 @@ fn completions_that_cannot_be_scored_are_excluded_not_zeroed() {
     train_with(&cfg, &device, &service).unwrap();
     let m = &read_metrics(&out.join("metrics.jsonl")).unwrap()[0];
     assert_eq!(m.parts["infra_excluded"], 4.0);
-    assert_eq!(m.parts["zero_std_frac"], 1.0);
+    assert_eq!(m.parts["frac_reward_zero_std"], 1.0);
+    // No reward at all: missing, not 0; and no update of the weights.
+    assert!(!m.parts.contains_key("reward"), "{:?}", m.parts);
+    assert_eq!(m.parts["update_skipped"], 1.0);
     assert_eq!(m.loss, 0.0);
     assert_eq!(m.grad_norm, 0.0);
     let line: serde_json::Value = serde_json::from_str(
@@ -333,4 +337,121 @@ fn several_iterations_reuse_their_samples_with_a_frozen_reference_and_a_teacher(
         .unwrap_err()
         .to_string();
     assert!(err.contains("num_iterations"), "{err}");
+}
+
+/// A reward with no spread on the even rows (every completion scores 0.5: always a success)
+/// and a coin flip on the odd ones (1 for a test file of even length, else 0).
+fn half_the_rows_without_signal() -> RewardSource {
+    RewardSource::Function(Box::new(|example, tests: &str| {
+        Some(Reward::plain(if example.row % 2 == 0 {
+            0.5
+        } else {
+            f64::from(u8::from(tests.len() % 2 == 0))
+        }))
+    }))
+}
+
+#[test]
+fn dynamic_sampling_replaces_groups_without_signal_and_the_curriculum_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train, eval) = setup(dir.path());
+    let device = Device::Cpu;
+    let grpo = "{prompts_per_step: 4, num_generations: 4, max_completion_length: 12, temperature: 1.0, eval_prompts: 2, eval_samples: 2, dynamic_sampling: true, max_resample_rounds: 2, curriculum: true}";
+    let run = |name: &str, stop_at: Option<usize>, resume: bool| {
+        let out = dir.path().join(name);
+        let mut cfg = config(&model, &train, &eval, &out, "");
+        cfg.grpo = serde_yaml_ng::from_str(grpo).unwrap();
+        cfg.max_steps = 8;
+        cfg.eval_every = 100;
+        cfg.save_every = 2;
+        cfg.stop_at = stop_at;
+        cfg.resume = resume;
+        train_with(&cfg, &device, &half_the_rows_without_signal()).unwrap();
+        out
+    };
+    let whole = run("whole", None, false);
+    let metrics = read_metrics(&whole.join("metrics.jsonl")).unwrap();
+    let sum = |key: &str| metrics.iter().map(|m| m.parts[key]).sum::<f64>();
+    // Half the rows give groups without spread; drawn groups are replaced by others.
+    assert!(sum("frac_reward_zero_std") > 0.0, "{metrics:?}");
+    assert!(sum("resampled_groups") > 0.0);
+    assert!(
+        sum("frac_reward_zero_std_filtered") < sum("frac_reward_zero_std"),
+        "{} vs {}",
+        sum("frac_reward_zero_std_filtered"),
+        sum("frac_reward_zero_std")
+    );
+    // The groups trained on: a group still without signal has no advantages (out of the loss).
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(whole.join("completions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for line in &lines {
+        if line["prompt_id"].as_u64().unwrap() % 2 == 0 {
+            assert!(line["advantage"].is_null(), "{line}");
+        }
+    }
+    // The curriculum learns that even rows never differ and draws them less than odd ones.
+    let even = lines
+        .iter()
+        .filter(|l| l["prompt_id"].as_u64().unwrap() % 2 == 0)
+        .count();
+    assert!(even * 2 < lines.len(), "{even} of {} lines", lines.len());
+    // The curriculum's state is in each checkpoint: stopped at 4 and resumed, the same run.
+    let parted = run("parted", Some(4), false);
+    assert!(parted.join("checkpoint-000004/stage_state.json").is_file());
+    run("parted", None, true);
+    assert_eq!(
+        rewards(&read_metrics(&parted.join("metrics.jsonl")).unwrap()),
+        rewards(&metrics)
+    );
+    let weights = |dir: &Path| {
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (a, b) = (weights(&whole), weights(&parted));
+    for (name, tensor) in &a {
+        assert_eq!(common::max_abs_diff(tensor, &b[name]), 0.0, "{name}");
+    }
+}
+
+#[test]
+fn a_run_whose_reward_backend_stays_down_stops_with_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train, eval) = setup(dir.path());
+    let out = dir.path().join("blind");
+    let mut cfg = config(
+        &model,
+        &train,
+        &eval,
+        &out,
+        "reward: {server: \"http://127.0.0.1:9\", concurrency: 4}\n",
+    );
+    cfg.max_steps = 6;
+    cfg.save_every = 100;
+    cfg.eval_every = 100;
+    cfg.grpo.prompts_per_step = 2;
+    cfg.grpo.num_generations = 2;
+    cfg.grpo.eval_prompts = 1;
+    cfg.grpo.max_blind_steps = 2;
+    cfg.grpo.backend_wait_s = 1.0;
+    let service = RewardSource::sandbox(&cfg.reward).unwrap();
+    let err = train_with(&cfg, &Device::Cpu, &service).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("2 steps in a row") && message.contains("did not come back"),
+        "{message}"
+    );
+    assert!(message.contains("checkpoint of 1 steps"), "{message}");
+    // The first blind step ran without a reward and without an update; the second stopped the
+    // run before it trained, with a checkpoint of the one step done: nothing is lost.
+    let metrics = read_metrics(&out.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.len(), 1);
+    assert!(!metrics[0].parts.contains_key("reward"));
+    assert!(out
+        .join("checkpoint-000001/trainable.safetensors")
+        .is_file());
+    assert!(!out.join("model.safetensors").exists());
+    let eval_line = std::fs::read_to_string(out.join("eval.jsonl")).unwrap();
+    assert!(!eval_line.contains("eval_reward"), "{eval_line}");
 }

@@ -274,6 +274,20 @@ pub struct GrpoSettings {
     pub eval_samples: usize,
     /// Write every sampled completion to `completions.jsonl`.
     pub log_completions: bool,
+    /// DAPO's dynamic sampling: groups whose rewards are all equal (no signal) are replaced by
+    /// groups of further prompts, up to `max_resample_rounds` extra generation rounds a step,
+    /// and those still without signal are left out of the loss.
+    pub dynamic_sampling: bool,
+    pub max_resample_rounds: usize,
+    /// Draw each step's prompts by each training row's running success (rows the policy
+    /// always fails or always passes drawn less) instead of the loop's shuffled order.
+    pub curriculum: bool,
+    /// Steps in a row whose every completion the infrastructure failed to score before the
+    /// stage waits for the reward backend.
+    pub max_blind_steps: usize,
+    /// How long it then waits (re-scoring with back-off) before it stops with an error and a
+    /// checkpoint.
+    pub backend_wait_s: f64,
 }
 
 impl Default for GrpoSettings {
@@ -297,6 +311,11 @@ impl Default for GrpoSettings {
             eval_prompts: 16,
             eval_samples: 0,
             log_completions: true,
+            dynamic_sampling: false,
+            max_resample_rounds: 2,
+            curriculum: false,
+            max_blind_steps: 3,
+            backend_wait_s: 300.0,
         }
     }
 }
@@ -332,6 +351,11 @@ impl GrpoSettings {
         }
         if !(0.0..=1.0).contains(&self.gkd_online.beta) || self.gkd_online.temperature <= 0.0 {
             return bad("gkd_online: beta must lie in [0, 1] and temperature be positive".into());
+        }
+        if self.max_blind_steps == 0 || self.backend_wait_s.is_nan() || self.backend_wait_s < 0.0 {
+            return bad(
+                "max_blind_steps must be at least 1 and backend_wait_s not negative".into(),
+            );
         }
         if self.temperature < 0.0 || !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
             return bad("temperature must be ≥ 0 and top_p in (0, 1]".into());

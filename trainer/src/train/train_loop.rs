@@ -119,6 +119,37 @@ pub trait StageLogic {
     fn can_stop_after(&self, _done: usize) -> bool {
         true
     }
+
+    /// State of the stage's own (beyond the weights and the optimiser) that a resumed run
+    /// needs to continue exactly; saved with each checkpoint as `stage_state.json`.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Restore what [`StageLogic::state`] saved in the checkpoint a run resumes from.
+    fn restore_state(&mut self, _state: serde_json::Value) -> Result<(), TrainerError> {
+        Ok(())
+    }
+}
+
+/// The file in a checkpoint directory that holds [`StageLogic::state`].
+const STAGE_STATE: &str = "stage_state.json";
+
+/// Write a checkpoint of `done` steps, with the stage's own state.
+fn save_checkpoint(
+    model: &Model,
+    config: &StageConfig,
+    optimizer: &AdamW,
+    logic: &dyn StageLogic,
+    done: usize,
+) -> Result<(), TrainerError> {
+    let dir = checkpoint::checkpoint_dir(&config.output_dir, done);
+    checkpoint::save(model, config, &dir, optimizer, done)?;
+    if let Some(state) = logic.state() {
+        let path = dir.join(STAGE_STATE);
+        std::fs::write(&path, state.to_string()).map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 /// A curve of the plot: the metric's key in `metrics.jsonl` and its label.
@@ -176,7 +207,8 @@ impl Plot {
     }
 }
 
-/// Set by Ctrl-C: finish the step, write a checkpoint, stop.
+/// Set by Ctrl-C, or by SIGTERM / SIGHUP as `docker stop`, Kubernetes and Slurm send them:
+/// finish the step, write a checkpoint, stop.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn watch_for_interrupt() {
@@ -186,7 +218,7 @@ fn watch_for_interrupt() {
             if INTERRUPTED.swap(true, Ordering::SeqCst) {
                 std::process::exit(130); // a second Ctrl-C stops at once
             }
-            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to stop now)");
+            eprintln!("\ninterrupted: finishing this step and writing a checkpoint (interrupt again to stop now)");
         });
         if let Err(err) = installed {
             tracing::debug!(%err, "no Ctrl-C handler");
@@ -219,6 +251,15 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
     } else {
         0
     };
+    if start_step > 0 {
+        let path = checkpoint::checkpoint_dir(&config.output_dir, start_step).join(STAGE_STATE);
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+            let state = serde_json::from_str(&text)
+                .map_err(|e| TrainerError::Data(format!("{}: {e}", path.display())))?;
+            logic.restore_state(state)?;
+        }
+    }
     std::fs::create_dir_all(&config.output_dir).map_err(io(&config.output_dir))?;
     let metrics_path = config.output_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -286,7 +327,22 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
             .map(|micro| micro_batch(step * accum + micro))
             .collect();
         let mut parts: BTreeMap<String, f64> = BTreeMap::new();
-        for (key, value) in logic.prepare_step(step, &mut batches)? {
+        let prepared = match logic.prepare_step(step, &mut batches) {
+            Err(TrainerError::RewardsUnavailable(why)) => {
+                // Keep what was learned: a resumed run starts with this step.
+                if step > start_step && logic.can_stop_after(step) {
+                    save_checkpoint(model, config, &optimizer, logic, step)?;
+                }
+                progress.finish_and_clear();
+                return Err(TrainerError::RewardsUnavailable(format!(
+                    "{why}; stopped before step {}, checkpoint of {step} steps in {} (resume: true continues)",
+                    step + 1,
+                    config.output_dir.display()
+                )));
+            }
+            other => other?,
+        };
+        for (key, value) in prepared {
             parts.insert(key.to_string(), value);
         }
         let training = Instant::now();
@@ -319,7 +375,13 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
             config.max_steps,
             config.min_lr_ratio,
         );
-        optimizer.step(&grads, lr)?;
+        if tokens > 0 {
+            optimizer.step(&grads, lr)?;
+        } else {
+            // Nothing to learn from (every sample excluded): the weights stay as they are, and
+            // AdamW's moments do not drift them on an empty gradient.
+            parts.insert("update_skipped".into(), 1.0);
+        }
         // Forward, backward and update (a stage's preparation, such as sampling, not included),
         // and its three parts (train_s also holds summing the micro-batches' gradients).
         parts.insert("train_s".into(), training.elapsed().as_secs_f64());
@@ -347,13 +409,7 @@ pub fn run(stage: Stage, logic: &mut dyn StageLogic) -> Result<StageSummary, Tra
         writeln!(metrics, "{written}").map_err(io(&metrics_path))?;
         let interrupted = INTERRUPTED.load(Ordering::SeqCst) && logic.can_stop_after(done);
         if done % config.save_every.max(1) == 0 || done == end || interrupted {
-            checkpoint::save(
-                model,
-                config,
-                &checkpoint::checkpoint_dir(&config.output_dir, done),
-                &optimizer,
-                done,
-            )?;
+            save_checkpoint(model, config, &optimizer, logic, done)?;
         }
         let shown: String = progress_figures
             .iter()

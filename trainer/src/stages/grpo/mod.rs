@@ -17,6 +17,7 @@
 //! `eval.jsonl`; `policy_loss.rs` the advantages and the clipped loss; `reward_source.rs` where
 //! rewards come from.
 
+pub mod curriculum;
 mod log;
 pub mod policy_loss;
 pub mod reward_source;
@@ -27,6 +28,7 @@ use std::time::Instant;
 use candle_core::Device;
 use unitforge_sandbox::rng::SplitMix64;
 
+use self::curriculum::Curriculum;
 use self::log::Logs;
 use crate::data::dataset::{Example, Targets};
 use crate::device::{parse_dtype, usable_dtype};
@@ -133,6 +135,11 @@ fn train_checked(
         teacher: teacher.as_ref(),
         round: None,
         logs,
+        curriculum: CurriculumCell::new(Curriculum::new(
+            student.train_set.len(),
+            settings.curriculum,
+        )),
+        blind_steps: 0,
     };
     tracing::info!(rewards = rewards.name(), "GRPO rewards");
     run(
@@ -219,6 +226,50 @@ struct Grpo<'a> {
     teacher: Option<&'a Model>,
     round: Option<Round>,
     logs: Logs,
+    /// Running success of the training rows (used to draw prompts when `curriculum` is on).
+    curriculum: CurriculumCell,
+    /// Steps in a row whose every completion the infrastructure failed to score.
+    blind_steps: usize,
+}
+
+/// The curriculum, updated while groups are scored through `&self`.
+type CurriculumCell = std::cell::RefCell<Curriculum>;
+
+/// Where a round's time went, summed over its generation rounds.
+#[derive(Default)]
+struct RoundTiming {
+    gen_s: f64,
+    reward_s: f64,
+    wait_s: f64,
+    overlapped: usize,
+    early: usize,
+}
+
+/// The share of groups with no signal: fewer than two scored completions, or all equal.
+fn no_signal_share(groups: &[Group]) -> f64 {
+    groups.iter().filter(|g| !g.has_signal()).count() as f64 / groups.len().max(1) as f64
+}
+
+/// Whether the infrastructure failed every completion of the step (none scored, none refused).
+fn all_infra_excluded(groups: &[Group]) -> bool {
+    let mut samples = groups.iter().flat_map(|g| &g.samples).peekable();
+    samples.peek().is_some()
+        && samples.all(|s| {
+            matches!(
+                s.outcome,
+                reward_source::Outcome::Excluded {
+                    infrastructure: true,
+                    ..
+                }
+            )
+        })
+}
+
+/// What a GRPO checkpoint holds beside the weights and the optimiser.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GrpoState {
+    curriculum: Curriculum,
+    blind_steps: usize,
 }
 
 impl Grpo<'_> {
@@ -240,45 +291,130 @@ impl Grpo<'_> {
         }
     }
 
-    /// Sample, score and arrange the groups of one step.
-    fn new_round(&mut self, step: usize, batches: &[MicroBatch]) -> Result<Round, TrainerError> {
-        let settings = self.settings;
-        let examples: Vec<Example> = batches
-            .iter()
-            .flat_map(|b| b.examples.iter().cloned())
-            .collect();
-        let base_seed = self.config.seed;
-        let sampling = |group: usize| {
-            let mut mix = SplitMix64::new(
-                base_seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ group as u64,
-            );
-            self.sampling(mix.next_u64())
-        };
+    /// The sampling of group `group` of generation round `round` of `step`.
+    fn group_sampling(&self, step: usize, round: usize, group: usize) -> SamplingConfig {
+        let mut mix = SplitMix64::new(
+            self.config.seed
+                ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ (round as u64).wrapping_mul(0xD1B5_4A32_D192_ED03)
+                ^ group as u64,
+        );
+        self.sampling(mix.next_u64())
+    }
+
+    /// Generate and score one group per example: the groups, in order.
+    fn sample_and_score(
+        &self,
+        step: usize,
+        round: usize,
+        examples: &[Example],
+        timing: &mut RoundTiming,
+    ) -> Result<Vec<Group>, TrainerError> {
+        let sampling = |group: usize| self.group_sampling(step, round, group);
         let sampled = self.generator().sample_groups(
-            &examples,
-            settings.num_generations,
+            examples,
+            self.settings.num_generations,
             &sampling,
             self.rewards,
         )?;
-        let (mut reward_s, mut wait_s) = (0.0, 0.0);
+        timing.gen_s += sampled.gen_s;
+        timing.overlapped += sampled.overlapped;
+        timing.early += sampled.early;
         let mut groups = Vec::with_capacity(sampled.groups.len());
         for submitted in sampled.groups {
             let waiting = Instant::now();
             let (group, scoring_s) = submitted.collect();
-            wait_s += waiting.elapsed().as_secs_f64();
-            reward_s += scoring_s;
+            timing.wait_s += waiting.elapsed().as_secs_f64();
+            timing.reward_s += scoring_s;
             groups.push(group);
         }
+        for group in &groups {
+            let rewards = group.rewards();
+            let successes = rewards.iter().flatten().filter(|r| **r > 0.0).count();
+            let trials = rewards.iter().flatten().count();
+            self.curriculum
+                .borrow_mut()
+                .record(group.example.row, successes, trials);
+        }
+        Ok(groups)
+    }
+
+    /// `count` training rows for generation round `round` of `step`, none of `taken`.
+    fn draw_examples(
+        &self,
+        step: usize,
+        round: usize,
+        count: usize,
+        taken: &[usize],
+    ) -> Vec<Example> {
+        let mut rng = SplitMix64::new(
+            self.config.seed ^ 0xC0FF_EE00 ^ (step as u64).wrapping_mul(0x9E37_79B9) ^ round as u64,
+        );
+        let train_set = &self.student.train_set;
+        let rows = self.curriculum.borrow().draw(count, taken, &mut rng);
+        rows.into_iter().map(|row| train_set[row].clone()).collect()
+    }
+
+    /// Sample, score and arrange the groups of one step.
+    fn new_round(&mut self, step: usize, batches: &[MicroBatch]) -> Result<Round, TrainerError> {
+        let settings = self.settings;
+        let examples: Vec<Example> = if settings.curriculum {
+            self.draw_examples(step, 0, settings.prompts_per_step, &[])
+        } else {
+            batches
+                .iter()
+                .flat_map(|b| b.examples.iter().cloned())
+                .collect()
+        };
+        let mut timing = RoundTiming::default();
+        let mut groups = self.sample_and_score(step, 0, &examples, &mut timing)?;
+        let zero_std_before = no_signal_share(&groups);
+        // DAPO's dynamic sampling: groups without signal replaced by groups of other prompts.
+        let (mut resampled, mut rounds) = (0usize, 0usize);
+        if settings.dynamic_sampling {
+            for round in 1..=settings.max_resample_rounds {
+                let dead: Vec<usize> = (0..groups.len())
+                    .filter(|&g| !groups[g].has_signal())
+                    .collect();
+                if dead.is_empty() {
+                    break;
+                }
+                rounds += 1;
+                let taken: Vec<usize> = groups.iter().map(|g| g.example.row).collect();
+                let extra_examples = self.draw_examples(step, round, dead.len(), &taken);
+                let extra = self.sample_and_score(step, round, &extra_examples, &mut timing)?;
+                let mut live = extra.into_iter().filter(Group::has_signal);
+                for slot in dead {
+                    let Some(group) = live.next() else { break };
+                    groups[slot] = group;
+                    resampled += 1;
+                }
+            }
+        }
+        let zero_std_after = no_signal_share(&groups);
+        self.check_rewards_arrive(&mut groups)?;
         Group::assign_advantages(&mut groups, settings.scale_rewards);
+        if settings.dynamic_sampling {
+            // What is still without signal is dropped from the loss, not averaged in as zeros.
+            for group in groups.iter_mut().filter(|g| !g.has_signal()) {
+                for sample in &mut group.samples {
+                    sample.advantage = None;
+                }
+            }
+        }
         self.logs.completions(step, &groups)?;
 
         let mut figures = round_figures(&groups);
         figures.extend([
-            ("gen_s", sampled.gen_s),
-            ("reward_s", reward_s),
-            ("reward_wait_s", wait_s),
-            ("overlap_groups", sampled.overlapped as f64),
-            ("early_groups", sampled.early as f64),
+            ("frac_reward_zero_std", zero_std_before),
+            ("frac_reward_zero_std_filtered", zero_std_after),
+            ("resampled_groups", resampled as f64),
+            ("resample_rounds", rounds as f64),
+            ("gen_s", timing.gen_s),
+            ("reward_s", timing.reward_s),
+            ("reward_wait_s", timing.wait_s),
+            ("overlap_groups", timing.overlapped as f64),
+            ("early_groups", timing.early as f64),
         ]);
         let reference = (settings.beta > 0.0).then_some(match self.reference {
             Some(frozen) => Reference {
@@ -312,6 +448,68 @@ impl Grpo<'_> {
             figures,
             step_tokens,
         })
+    }
+
+    /// A step whose every completion the infrastructure failed to score has no reward; after
+    /// `max_blind_steps` such steps in a row, wait for the backend (re-scoring this step's
+    /// completions with back-off) and, if it does not come back within `backend_wait_s`, stop.
+    fn check_rewards_arrive(&mut self, groups: &mut [Group]) -> Result<(), TrainerError> {
+        if !all_infra_excluded(groups) {
+            self.blind_steps = 0;
+            return Ok(());
+        }
+        self.blind_steps += 1;
+        if self.blind_steps < self.settings.max_blind_steps {
+            tracing::warn!(
+                steps = self.blind_steps,
+                "every completion of this step was excluded by the infrastructure: no reward"
+            );
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut delay = 1.0f64;
+        loop {
+            let waited = started.elapsed().as_secs_f64();
+            let left = self.settings.backend_wait_s - waited;
+            if left <= 0.0 && waited > 0.0 {
+                break;
+            }
+            eprintln!(
+                "  the reward backend failed every completion of {} steps in a row; retrying in {:.0} s ({:.0} s of {:.0} s waited)",
+                self.blind_steps,
+                delay.min(left.max(0.0)),
+                waited,
+                self.settings.backend_wait_s
+            );
+            std::thread::sleep(std::time::Duration::from_secs_f64(delay.min(left.max(0.0))));
+            delay = (delay * 2.0).min(30.0);
+            for group in groups.iter_mut() {
+                let tests: Vec<String> = group.samples.iter().map(|s| s.tests.clone()).collect();
+                let outcomes = self
+                    .rewards
+                    .submit(&group.example, &tests)
+                    .collect()
+                    .outcomes;
+                for (sample, outcome) in group.samples.iter_mut().zip(outcomes) {
+                    sample.outcome = outcome;
+                }
+            }
+            if !all_infra_excluded(groups) {
+                eprintln!("  the reward backend is back");
+                self.blind_steps = 0;
+                return Ok(());
+            }
+        }
+        let reason = groups
+            .iter()
+            .flat_map(|g| &g.samples)
+            .find_map(|s| s.outcome.exclusion())
+            .unwrap_or_default()
+            .to_string();
+        Err(TrainerError::RewardsUnavailable(format!(
+            "the reward backend failed every completion of {} steps in a row and did not come back within {:.0} s (last: {reason})",
+            self.blind_steps, self.settings.backend_wait_s
+        )))
     }
 
     /// Log-probs are taken at the sampling temperature, as TRL does.
@@ -349,6 +547,7 @@ impl StageLogic for Grpo<'_> {
                         | "reward_wait_s"
                         | "overlap_groups"
                         | "early_groups"
+                        | "resample_rounds"
                         | "logprob_s"
                 );
                 (key, if fresh { 0.0 } else { value })
@@ -445,6 +644,12 @@ impl StageLogic for Grpo<'_> {
             .collect();
         let valid: Vec<&&Reward> = scored.iter().filter(|r| r.validity > 0.0).collect();
         let mut evaluation = Evaluation::new();
+        evaluation.insert("eval_excluded".into(), (completions - scored.len()) as f64);
+        if scored.is_empty() {
+            // Nothing scored: the held-out reward is missing, not 0.
+            self.logs.evaluation(step, completions, &evaluation)?;
+            return Ok(evaluation);
+        }
         evaluation.insert("eval_reward".into(), mean(scored.iter().map(|r| r.reward)));
         evaluation.insert(
             "eval_validity".into(),
@@ -462,12 +667,27 @@ impl StageLogic for Grpo<'_> {
             "eval_stability".into(),
             mean(valid.iter().map(|r| r.stability)),
         );
-        evaluation.insert("eval_excluded".into(), (completions - scored.len()) as f64);
         self.logs.evaluation(step, completions, &evaluation)?;
         Ok(evaluation)
     }
 
     fn can_stop_after(&self, done: usize) -> bool {
         done % self.settings.num_iterations == 0
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        let state = GrpoState {
+            curriculum: self.curriculum.borrow().clone(),
+            blind_steps: self.blind_steps,
+        };
+        Some(serde_json::to_value(state).expect("the GRPO state serialises"))
+    }
+
+    fn restore_state(&mut self, state: serde_json::Value) -> Result<(), TrainerError> {
+        let state: GrpoState = serde_json::from_value(state)
+            .map_err(|e| TrainerError::Data(format!("GRPO checkpoint state: {e}")))?;
+        self.curriculum.replace(state.curriculum);
+        self.blind_steps = state.blind_steps;
+        Ok(())
     }
 }

@@ -43,8 +43,14 @@ pub(super) struct Group {
 }
 
 impl Group {
+    /// Whether the group can teach: at least two scored samples whose rewards differ.
+    pub fn has_signal(&self) -> bool {
+        let rewards = self.rewards();
+        rewards.iter().flatten().count() >= 2 && !zero_spread(&rewards)
+    }
+
     /// Each sample's reward (`None` when it was excluded).
-    fn rewards(&self) -> Vec<Option<f64>> {
+    pub fn rewards(&self) -> Vec<Option<f64>> {
         self.samples
             .iter()
             .map(|s| s.outcome.reward().map(|r| r.reward))
@@ -380,7 +386,8 @@ pub(super) fn mean(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
-/// The step's figures from its scored groups.
+/// The step's figures from its scored groups. With nothing scored the reward and its parts
+/// are missing, not 0: the step had no reward.
 pub(super) fn round_figures(groups: &[Group]) -> StepFigures {
     let samples = || groups.iter().flat_map(|g| &g.samples);
     let scored: Vec<&Reward> = samples().filter_map(|s| s.outcome.reward()).collect();
@@ -389,29 +396,31 @@ pub(super) fn round_figures(groups: &[Group]) -> StepFigures {
             .filter(|s| matches!(&s.outcome, Outcome::Excluded { infrastructure, .. } if *infrastructure == infra))
             .count() as f64
     };
-    let component = |f: fn(&Reward) -> f64| mean(scored.iter().map(|r| f(r)));
-    let rewards: Vec<Vec<Option<f64>>> = groups.iter().map(Group::rewards).collect();
-    let spreads: Vec<f64> = rewards
-        .iter()
-        .filter(|g| g.iter().flatten().count() >= 2)
-        .map(|g| {
-            let values: Vec<f64> = g.iter().flatten().copied().collect();
-            let m = mean(values.iter().copied());
-            (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
-        })
-        .collect();
-    let no_signal = rewards
-        .iter()
-        .filter(|g| g.iter().flatten().count() < 2 || zero_spread(g))
-        .count();
-    vec![
-        ("reward", component(|r| r.reward)),
-        ("reward_std", mean(spreads)),
-        ("validity", component(|r| r.validity)),
-        ("mutant_kill", component(|r| r.mutant_kill)),
-        ("speed", component(|r| r.speed)),
-        ("stability", component(|r| r.stability)),
-        ("robustness", component(|r| r.robustness)),
+    let mut figures = StepFigures::new();
+    if !scored.is_empty() {
+        let component = |f: fn(&Reward) -> f64| mean(scored.iter().map(|r| f(r)));
+        let spreads: Vec<f64> = groups
+            .iter()
+            .map(Group::rewards)
+            .filter(|g| g.iter().flatten().count() >= 2)
+            .map(|g| {
+                let values: Vec<f64> = g.iter().flatten().copied().collect();
+                let m = mean(values.iter().copied());
+                (values.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (values.len() - 1) as f64)
+                    .sqrt()
+            })
+            .collect();
+        figures.extend([
+            ("reward", component(|r| r.reward)),
+            ("reward_std", mean(spreads)),
+            ("validity", component(|r| r.validity)),
+            ("mutant_kill", component(|r| r.mutant_kill)),
+            ("speed", component(|r| r.speed)),
+            ("stability", component(|r| r.stability)),
+            ("robustness", component(|r| r.robustness)),
+        ]);
+    }
+    figures.extend([
         (
             "completion_len",
             mean(samples().map(|s| s.completion.ids.len() as f64)),
@@ -420,13 +429,10 @@ pub(super) fn round_figures(groups: &[Group]) -> StepFigures {
             "truncated_frac",
             mean(samples().map(|s| f64::from(u8::from(s.completion.truncated)))),
         ),
-        (
-            "zero_std_frac",
-            no_signal as f64 / rewards.len().max(1) as f64,
-        ),
         ("infra_excluded", excluded(true)),
         ("input_excluded", excluded(false)),
-    ]
+    ]);
+    figures
 }
 
 #[cfg(test)]
