@@ -493,6 +493,23 @@ pub enum EvalCommand {
     /// Several checkpoints' reports side by side: pareto.png (kill rate against suite CPU
     /// time, the non-dominated front), report.md and report.json.
     Pareto(ParetoArgs),
+    /// Paired comparison on the same held-out rows: each other report's per-row means less the
+    /// base's (pruned and as-written composite and kill rate, pass rate), with 95 % bootstrap
+    /// intervals over rows.
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The report the others are compared with: a file, or a run directory holding
+    /// `eval_report.json`.
+    #[arg(value_name = "BASE")]
+    pub base: PathBuf,
+    /// The reports compared with it.
+    #[arg(required = true, value_name = "OTHER")]
+    pub others: Vec<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which figures `eval mutation | speed | all` prints.

@@ -7,6 +7,8 @@ use unitforge_sandbox::mutant::{Mutant, MutantCensus};
 use unitforge_sandbox::outcome::MutantStatus;
 use unitforge_sandbox::prune::PruneReason;
 use unitforge_sandbox::score::ScoreReport;
+use unitforge_trainer::eval::compare::Comparison;
+use unitforge_trainer::eval::interval::Interval;
 use unitforge_trainer::eval::report::{EvalReport, SuiteFigures};
 
 pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
@@ -198,7 +200,7 @@ pub fn mutant_list(mutants: &[Mutant], census: &MutantCensus) -> String {
 }
 
 /// The table of `eval mutation | speed | all`: the model's suites beside the reference and
-/// trivial baselines.
+/// trivial baselines, as written and pruned, each mean with its 95 % interval over rows.
 pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
     let mut out = format!(
         "unitforge eval  {} on {} ({} rows, {} suite{} per row, {} executor)\n\n",
@@ -209,55 +211,111 @@ pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
         if report.samples_per_row == 1 { "" } else { "s" },
         report.executor
     );
-    let columns = [
-        ("model", &report.figures),
-        ("reference", &report.reference),
-        ("trivial", &report.trivial),
-    ];
-    let row = |name: &str, value: &dyn Fn(&SuiteFigures) -> String| {
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|(_, f)| format!("{:>12}", value(f)))
-            .collect();
-        format!("  {name:<26}{}\n", cells.join(""))
-    };
-    let header: Vec<String> = columns.iter().map(|(n, _)| format!("{n:>12}")).collect();
-    out.push_str(&format!("  {:<26}{}\n", "", header.join("")));
-    out.push_str(&row("suites scored", &|f| {
-        if f.excluded > 0 {
-            format!("{} (+{} out)", f.suites, f.excluded)
-        } else {
-            f.suites.to_string()
+    let strict = [&report.figures, &report.reference, &report.trivial];
+    let table = |columns: [&SuiteFigures; 3], out: &mut String, mutation: bool, speed: bool| {
+        let row = |name: &str, value: &dyn Fn(&SuiteFigures) -> String| {
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|f| format!("{:>24}", value(f)))
+                .collect();
+            format!("  {name:<26}{}\n", cells.join(""))
+        };
+        let pct = |v: f64| format!("{:.1} %", 100.0 * v);
+        let with_ci = |v: f64, ci: Option<Interval>, scale: f64, digits: usize| match ci {
+            Some(ci) => format!(
+                "{:.digits$} [{:.digits$}, {:.digits$}]",
+                scale * v,
+                scale * ci.low,
+                scale * ci.high
+            ),
+            None => format!("{:.digits$}", scale * v),
+        };
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map_or("–".to_string(), |v| format!("{v:.digits$}"))
+        };
+        out.push_str(&row("suites scored", &|f| {
+            if f.excluded > 0 {
+                format!("{} (+{} out)", f.suites, f.excluded)
+            } else {
+                f.suites.to_string()
+            }
+        }));
+        if mutation {
+            out.push_str(&row("valid pytest", &|f| pct(f.valid_pytest_rate)));
+            out.push_str(&row("pass on their code, %", &|f| {
+                with_ci(f.pass_rate, f.pass_rate_ci, 100.0, 1)
+            }));
+            out.push_str(&row("mean kill rate", &|f| {
+                with_ci(f.mean_kill_rate, f.mean_kill_rate_ci, 1.0, 3)
+            }));
+            out.push_str(&row("median kill rate", &|f| {
+                format!("{:.3}", f.median_kill_rate)
+            }));
+            out.push_str(&row("best-of-K kill rate", &|f| {
+                format!("{:.3}", f.best_of_k_kill_rate)
+            }));
+            out.push_str(&row("mean composite", &|f| {
+                with_ci(f.mean_composite, f.mean_composite_ci, 1.0, 3)
+            }));
         }
-    }));
-    let pct = |v: f64| format!("{:.1} %", 100.0 * v);
-    let opt =
-        |v: Option<f64>, digits: usize| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
-    if mutation {
-        out.push_str(&row("valid pytest", &|f| pct(f.valid_pytest_rate)));
-        out.push_str(&row("pass on their code", &|f| pct(f.pass_rate)));
-        out.push_str(&row("mean kill rate", &|f| {
-            format!("{:.3}", f.mean_kill_rate)
-        }));
-        out.push_str(&row("median kill rate", &|f| {
-            format!("{:.3}", f.median_kill_rate)
-        }));
-        out.push_str(&row("best-of-K kill rate", &|f| {
-            format!("{:.3}", f.best_of_k_kill_rate)
-        }));
-        out.push_str(&row("mean composite", &|f| {
-            format!("{:.3}", f.mean_composite)
-        }));
+        if speed {
+            out.push_str(&row("passing suites", &|f| f.passing.to_string()));
+            out.push_str(&row("suite CPU ms, mean", &|f| opt(f.mean_suite_cpu_ms, 2)));
+            out.push_str(&row("suite CPU ms, median", &|f| {
+                opt(f.median_suite_cpu_ms, 2)
+            }));
+            out.push_str(&row("speed reward", &|f| opt(f.mean_speed, 3)));
+            out.push_str(&row("stability", &|f| opt(f.mean_stability, 3)));
+            out.push_str(&row("flaky fraction", &|f| opt(f.flaky_fraction, 3)));
+        }
+    };
+    let header: Vec<String> = ["model", "reference", "trivial"]
+        .iter()
+        .map(|n| format!("{n:>24}"))
+        .collect();
+    out.push_str(&format!("  {:<26}{}\n", "as written", header.join("")));
+    table(strict, &mut out, mutation, speed);
+    if let Some(pruned) = &report.pruned {
+        out.push_str(&format!("\n  {:<26}{}\n", "pruned", header.join("")));
+        out.push_str(
+            "  (failing, flaky and repeated tests removed; \"pass\": something was kept)\n",
+        );
+        table(
+            [&pruned.figures, &pruned.reference, &pruned.trivial],
+            &mut out,
+            mutation,
+            false,
+        );
     }
-    if speed {
-        out.push_str(&row("passing suites", &|f| f.passing.to_string()));
-        out.push_str(&row("suite CPU ms, mean", &|f| opt(f.mean_suite_cpu_ms, 2)));
-        out.push_str(&row("suite CPU ms, median", &|f| {
-            opt(f.median_suite_cpu_ms, 2)
-        }));
-        out.push_str(&row("speed reward", &|f| opt(f.mean_speed, 3)));
-        out.push_str(&row("stability", &|f| opt(f.mean_stability, 3)));
-        out.push_str(&row("flaky fraction", &|f| opt(f.flaky_fraction, 3)));
+    out.push_str("\n  [low, high]: 95 % bootstrap interval over rows\n");
+    out
+}
+
+/// The paired comparison of checkpoints on the same held-out rows (`eval compare`): each
+/// other report's per-row means less the base's, with 95 % intervals.
+pub fn comparison_table(rows: &[Comparison]) -> String {
+    let mut out = String::new();
+    for comparison in rows {
+        let _ = writeln!(
+            out,
+            "{} − {}  ({} rows in common)",
+            comparison.other, comparison.base, comparison.rows
+        );
+        for figure in &comparison.figures {
+            let _ = writeln!(
+                out,
+                "  {:<28} {:>+8.4}  [{:+.4}, {:+.4}]{}",
+                figure.name,
+                figure.difference,
+                figure.interval.low,
+                figure.interval.high,
+                if figure.interval.excludes_zero() {
+                    "  (excludes 0)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
     out
 }

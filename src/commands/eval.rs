@@ -13,13 +13,16 @@ use unitforge_trainer::model::decoder::Model;
 use unitforge_trainer::model::generate::{self, SamplingConfig};
 
 use unitforge_sandbox::backend::BlockingBackend;
+use unitforge_trainer::eval::compare::compare;
 use unitforge_trainer::eval::pareto::write_pareto;
-use unitforge_trainer::eval::report::{evaluate_model, read_report, EvalOptions};
+use unitforge_trainer::eval::report::{evaluate_model, read_report, EvalOptions, EvalReport};
 
 use super::{
     load_reward_config, module_name, notice, progress_bar, read_source, runtime, start_backend,
 };
-use crate::cli::{EvalCommand, EvalFocus, EvalRunArgs, EvalSamplesArgs, GenerateArgs, ParetoArgs};
+use crate::cli::{
+    CompareArgs, EvalCommand, EvalFocus, EvalRunArgs, EvalSamplesArgs, GenerateArgs, ParetoArgs,
+};
 use crate::render;
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
@@ -205,6 +208,7 @@ pub fn run(command: &EvalCommand) -> Result<()> {
         EvalCommand::Speed(args) => eval_run(args, EvalFocus::Speed),
         EvalCommand::All(args) => eval_run(args, EvalFocus::All),
         EvalCommand::Pareto(args) => pareto(args),
+        EvalCommand::Compare(args) => compare_reports(args),
     }
 }
 
@@ -275,25 +279,46 @@ fn eval_run(args: &EvalRunArgs, focus: EvalFocus) -> Result<()> {
     Ok(())
 }
 
+/// A report named on the command line (a file, or a run directory holding `eval_report.json`)
+/// with its label: the run directory's name.
+fn labelled_report(path: &std::path::Path) -> Result<(String, EvalReport)> {
+    let file = if path.is_dir() {
+        path.join(EVAL_REPORT)
+    } else {
+        path.to_path_buf()
+    };
+    let label = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(path)
+    }
+    .file_name()
+    .map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok((label, read_report(&file)?))
+}
+
+fn compare_reports(args: &CompareArgs) -> Result<()> {
+    let (base_label, base) = labelled_report(&args.base)?;
+    let mut comparisons = Vec::new();
+    for path in &args.others {
+        let (label, other) = labelled_report(path)?;
+        comparisons.push(compare((&base_label, &base), (&label, &other))?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparisons)?);
+    } else {
+        print!("{}", render::comparison_table(&comparisons));
+    }
+    Ok(())
+}
+
 fn pareto(args: &ParetoArgs) -> Result<()> {
     let mut reports = Vec::new();
     for path in &args.reports {
-        let file = if path.is_dir() {
-            path.join(EVAL_REPORT)
-        } else {
-            path.clone()
-        };
-        let label = if path.is_dir() {
-            path
-        } else {
-            path.parent().unwrap_or(path)
-        }
-        .file_name()
-        .map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        reports.push((label, read_report(&file)?));
+        reports.push(labelled_report(path)?);
     }
     let report = write_pareto(&reports, &args.out)?;
     if args.json {

@@ -50,16 +50,15 @@ fn references_pass_the_trivial_suite_earns_nothing_and_reports_repeat() {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/corpus/eval.jsonl");
     let examples = load_jsonl(&data, &PromptFormat::Plain, Targets::Optional).unwrap();
     let examples = &examples[..3];
-    // Per row, as if a model wrote them: the reference itself, and a suite that fails.
+    // Per row, as if a model wrote them: the reference itself, and the reference with one wrong
+    // test more (invalid as written; pruned, the reference again).
     let generated: Vec<Vec<String>> = examples
         .iter()
         .map(|e| {
+            let reference = e.target.clone().unwrap();
             vec![
-                e.target.clone().unwrap(),
-                format!(
-                    "from {} import *\n\n\ndef test_wrong():\n    assert 1 == 2\n",
-                    e.module
-                ),
+                reference.clone(),
+                format!("{reference}\n\ndef test_wrong():\n    assert 1 == 2\n"),
             ]
         })
         .collect();
@@ -110,6 +109,18 @@ fn references_pass_the_trivial_suite_earns_nothing_and_reports_repeat() {
     assert!((f.mean_kill_rate - mean / 2.0).abs() < 1e-12);
     assert!((f.best_of_k_kill_rate - mean).abs() < 1e-12);
     assert_eq!(TRIVIAL_SUITE.lines().count(), 2);
+    // Each mean has an interval over rows that holds it.
+    let ci = f.mean_kill_rate_ci.unwrap();
+    assert!(
+        ci.low <= f.mean_kill_rate && f.mean_kill_rate <= ci.high,
+        "{ci:?}"
+    );
+    // Pruned, the wrong test goes and the reference's kills remain: every suite kept.
+    let pruned = report.pruned.as_ref().unwrap();
+    assert_eq!(pruned.figures.pass_rate, 1.0, "{:?}", pruned.figures);
+    assert!((pruned.figures.mean_kill_rate - mean).abs() < 1e-12);
+    assert_eq!(pruned.trivial.mean_composite, 0.0);
+    assert!(pruned.figures.mean_composite > f.mean_composite);
 
     let again = score_suites(
         examples,

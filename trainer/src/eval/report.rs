@@ -8,19 +8,25 @@
 //! its code), mean and median kill rate (a suite that does not pass kills nothing), best-of-K
 //! kill rate (each row's best sample), mean composite. Speed figures, over the suites that pass:
 //! mean and median suite CPU time, mean speed reward, mean stability, and the flaky fraction
-//! (suites whose reruns disagree). The same rows, seed and model give the same samples and the
-//! same mutation figures; CPU times are measured, so they vary a little from run to run.
+//! (suites whose reruns disagree). Each suite is scored twice: as written (`failing_tests:
+//! invalidate`, one wrong assertion and it passes nothing) and pruned (`prune`: what is left once
+//! failing, flaky and repeated tests are removed — the suite a user would keep), and each mean
+//! has a 95 % bootstrap interval over rows (`interval.rs`). The same rows, seed and model give
+//! the same samples and the same mutation figures; CPU times are measured, so they vary a little
+//! from run to run.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use unitforge_sandbox::backend::{BlockingBackend, Scored};
+use unitforge_sandbox::prune::FailingTests;
 use unitforge_sandbox::rewards::{median, RewardConfig};
-use unitforge_sandbox::score::ScoreInput;
+use unitforge_sandbox::score::{ScoreInput, ScoreReport};
 
 use crate::data::dataset::Example;
 use crate::data::prompts::extract_tests;
 use crate::data::tokenizer::ModelTokenizer;
+use crate::eval::interval::{bootstrap_mean, Interval};
 use crate::eval::samples::check_tests;
 use crate::model::decoder::Model;
 use crate::model::generate::{generate, SamplingConfig};
@@ -65,6 +71,24 @@ pub struct SuiteResult {
     pub scored: Option<SuiteScore>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub excluded: Option<String>,
+    /// The same suite scored under `failing_tests: prune` (`passed`: something was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<SuiteScore>,
+}
+
+impl SuiteResult {
+    /// This suite as its pruned score sees it.
+    fn pruned_view(&self) -> SuiteResult {
+        SuiteResult {
+            valid_pytest: self.valid_pytest,
+            scored: self.pruned.clone(),
+            excluded: self
+                .pruned
+                .is_none()
+                .then(|| "not scored under prune".to_string()),
+            pruned: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -108,6 +132,14 @@ pub struct SuiteFigures {
     pub mean_speed: Option<f64>,
     pub mean_stability: Option<f64>,
     pub flaky_fraction: Option<f64>,
+    /// 95 % bootstrap intervals over rows of the pass rate, mean kill rate and mean composite
+    /// (`interval.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_rate_ci: Option<Interval>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_kill_rate_ci: Option<Interval>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_composite_ci: Option<Interval>,
 }
 
 impl SuiteFigures {
@@ -136,7 +168,13 @@ impl SuiteFigures {
             })
             .collect();
         let cpu: Vec<f64> = passing.iter().map(|s| s.suite_cpu_ms).collect();
+        let interval = |f: fn(&SuiteScore) -> f64| {
+            bootstrap_mean(&row_means(rows.iter().map(|r| r.as_slice()), f)).map(|(_, ci)| ci)
+        };
         Self {
+            pass_rate_ci: interval(|s| f64::from(u8::from(s.passed))),
+            mean_kill_rate_ci: interval(|s| s.mutant_kill),
+            mean_composite_ci: interval(|s| s.composite),
             suites: scored.len(),
             excluded: all.len() - scored.len(),
             valid_pytest_rate: all.iter().filter(|s| s.valid_pytest).count() as f64
@@ -160,6 +198,63 @@ impl SuiteFigures {
     }
 }
 
+/// Each row's mean of `f` over its scored suites (rows with none left out).
+fn row_means<'a>(
+    rows: impl Iterator<Item = &'a [&'a SuiteResult]>,
+    f: fn(&SuiteScore) -> f64,
+) -> Vec<f64> {
+    rows.filter_map(|row| {
+        let values: Vec<f64> = row
+            .iter()
+            .filter_map(|s| s.scored.as_ref().map(f))
+            .collect();
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    })
+    .collect()
+}
+
+/// The figures of the same suites scored under `failing_tests: prune`: the suite a user keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PrunedFigures {
+    pub figures: SuiteFigures,
+    pub reference: SuiteFigures,
+    pub trivial: SuiteFigures,
+}
+
+/// Which score of a suite: as written, or pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    Strict,
+    Pruned,
+}
+
+impl EvalReport {
+    /// The model's per-row mean of `f` under `scoring`, by row number (rows with no scored
+    /// suite left out): what paired comparisons of two checkpoints resample.
+    pub fn row_means(
+        &self,
+        scoring: Scoring,
+        f: fn(&SuiteScore) -> f64,
+    ) -> std::collections::BTreeMap<usize, f64> {
+        self.per_row
+            .iter()
+            .filter_map(|row| {
+                let values: Vec<f64> = row
+                    .samples
+                    .iter()
+                    .filter_map(|s| match scoring {
+                        Scoring::Strict => s.scored.as_ref(),
+                        Scoring::Pruned => s.pruned.as_ref(),
+                    })
+                    .map(f)
+                    .collect();
+                (!values.is_empty())
+                    .then(|| (row.row, values.iter().sum::<f64>() / values.len() as f64))
+            })
+            .collect()
+    }
+}
+
 /// A whole evaluation, as `eval … --out` writes it and `eval pareto` reads it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EvalReport {
@@ -173,28 +268,38 @@ pub struct EvalReport {
     pub figures: SuiteFigures,
     pub reference: SuiteFigures,
     pub trivial: SuiteFigures,
+    /// The same suites under `failing_tests: prune` (absent in reports from before pruning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<PrunedFigures>,
     pub per_row: Vec<RowResult>,
 }
 
-fn suite_result(tests: &str, module: &str, scored: Scored) -> SuiteResult {
+fn suite_score(report: &ScoreReport) -> SuiteScore {
+    SuiteScore {
+        passed: report.valid,
+        mutant_kill: report.mutant_kill,
+        composite: report.composite,
+        speed: report.speed,
+        stability: report.stability,
+        suite_cpu_ms: report.timing.suite_cpu_ms,
+    }
+}
+
+fn suite_result(tests: &str, module: &str, strict: Scored, pruned: Scored) -> SuiteResult {
     let valid_pytest = check_tests(tests, module).valid_pytest();
-    match scored.result {
+    let pruned = pruned.result.ok().map(|report| suite_score(&report));
+    match strict.result {
         Ok(report) => SuiteResult {
             valid_pytest,
-            scored: Some(SuiteScore {
-                passed: report.valid,
-                mutant_kill: report.mutant_kill,
-                composite: report.composite,
-                speed: report.speed,
-                stability: report.stability,
-                suite_cpu_ms: report.timing.suite_cpu_ms,
-            }),
+            scored: Some(suite_score(&report)),
             excluded: None,
+            pruned,
         },
         Err(err) => SuiteResult {
             valid_pytest,
             scored: None,
             excluded: Some(err.to_string()),
+            pruned,
         },
     }
 }
@@ -279,30 +384,39 @@ pub fn score_suites(
         }
         push(TRIVIAL_SUITE);
     }
-    let total = inputs.len();
+    // Each suite twice: as written (`invalidate`) and pruned.
+    let total = 2 * inputs.len();
     let done = std::sync::atomic::AtomicUsize::new(0);
+    let tick = |_: &Scored| {
+        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        progress("scored", n, total);
+    };
+    let under = |failing_tests| RewardConfig {
+        failing_tests,
+        ..config.clone()
+    };
     let mut scored = backend
-        .score_all(&inputs, config, &|_| {
-            let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            progress("scored", n, total);
-        })
+        .score_all(&inputs, &under(FailingTests::Invalidate), &tick)
         .into_iter();
+    let mut pruned = backend
+        .score_all(&inputs, &under(FailingTests::Prune), &tick)
+        .into_iter();
+    let mut next = || {
+        (
+            scored.next().expect("one score per input"),
+            pruned.next().expect("one pruned score per input"),
+        )
+    };
     let mut per_row = Vec::with_capacity(examples.len());
     for (example, suites) in examples.iter().zip(generated) {
         let module = &example.module;
-        let samples = suites
-            .iter()
-            .map(|t| suite_result(t, module, scored.next().expect("one score per input")))
-            .collect();
-        let reference = example
-            .target
-            .as_ref()
-            .map(|t| suite_result(t, module, scored.next().expect("one score per input")));
-        let trivial = suite_result(
-            TRIVIAL_SUITE,
-            module,
-            scored.next().expect("one score per input"),
-        );
+        let mut result = |tests: &str| {
+            let (strict, pruned) = next();
+            suite_result(tests, module, strict, pruned)
+        };
+        let samples = suites.iter().map(|t| result(t)).collect();
+        let reference = example.target.as_ref().map(|t| result(t));
+        let trivial = result(TRIVIAL_SUITE);
         per_row.push(RowResult {
             row: example.row,
             module: module.clone(),
@@ -319,6 +433,19 @@ pub fn score_suites(
         .filter_map(|r| r.reference.as_ref().map(|s| vec![s]))
         .collect();
     let trivial_rows: Vec<Vec<&SuiteResult>> = per_row.iter().map(|r| vec![&r.trivial]).collect();
+    let pruned_figures = |rows: &[Vec<&SuiteResult>]| {
+        let views: Vec<Vec<SuiteResult>> = rows
+            .iter()
+            .map(|row| row.iter().map(|s| s.pruned_view()).collect())
+            .collect();
+        let refs: Vec<Vec<&SuiteResult>> = views.iter().map(|r| r.iter().collect()).collect();
+        SuiteFigures::of(&refs)
+    };
+    let pruned = PrunedFigures {
+        figures: pruned_figures(&model_rows),
+        reference: pruned_figures(&reference_rows),
+        trivial: pruned_figures(&trivial_rows),
+    };
     Ok(EvalReport {
         model: model_label.to_string(),
         data: data_label.to_string(),
@@ -329,6 +456,7 @@ pub fn score_suites(
         figures: SuiteFigures::of(&model_rows),
         reference: SuiteFigures::of(&reference_rows),
         trivial: SuiteFigures::of(&trivial_rows),
+        pruned: Some(pruned),
         per_row,
     })
 }
@@ -356,6 +484,7 @@ mod tests {
                 suite_cpu_ms: cpu,
             }),
             excluded: score.is_none().then(|| "infrastructure".into()),
+            pruned: None,
         }
     }
 
