@@ -6,7 +6,8 @@
 # Stages: prepare, sft, distill, grpo-mutant, grpo-speed, eval. A failing stage creates the stop
 # file, so the reward service (and with it `docker compose up`) ends too; the eval stage creates
 # it when the report is written. Extra `--set` overrides for one training stage:
-# SET_SFT, SET_DISTILL, SET_GRPO_MUTANT, SET_GRPO_SPEED="k=v k=v"; EVAL_LIMIT: held-out rows.
+# SET_SFT, SET_DISTILL, SET_GRPO_MUTANT, SET_GRPO_SPEED="k=v k=v"; EVAL_LIMIT: held-out rows;
+# START_ROWS: held-out rows that decide whether GRPO starts from SFT or the distilled student.
 set -eu
 stage=${1:?usage: pipeline.sh prepare|sft|distill|grpo-mutant|grpo-speed|eval}
 pipeline=${PIPELINE:-tiny}
@@ -39,12 +40,14 @@ tiny)
     distill_steps="--set max_steps=30 --set eval_every=15 --set save_every=30 --set eval_batches=4"
     grpo_steps="--set max_steps=8 --set eval_every=8 --set save_every=8 --set grpo.eval_prompts=8"
     eval_limit=${EVAL_LIMIT:-24}
+    start_rows=${START_ROWS:-12}
     ;;
 smollm2)
     base=models/smollm2-135m-instruct out=runs/smollm2
     configs=configs/smollm2
     sft_steps="" distill_steps="" grpo_steps=""
     eval_limit=${EVAL_LIMIT:-0}
+    start_rows=${START_ROWS:-24}
     ;;
 *)
     echo "pipeline: unknown PIPELINE=$pipeline (tiny or smollm2)" >&2
@@ -88,11 +91,25 @@ distill)
         $uf train distill --config $configs/distill_gkd.yaml --set teacher_model=$out/sft \
             --set output_dir=$out/distill $common $(extra distill)
     fi
+    # GRPO starts from the better of the SFT model and the distilled student, by held-out mean
+    # pruned composite on the first $start_rows rows (a tie keeps SFT): distillation must not
+    # hand GRPO a worse start (docs/pipeline.md).
+    for name in sft distill; do
+        $uf eval mutation --model $out/$name --server "$server" --limit "$start_rows" \
+            --out $out/start-choice/$name/eval_report.json > /dev/null
+    done
+    gain=$($uf eval compare $out/start-choice/sft $out/start-choice/distill --json |
+        awk '/"difference"/ { gsub(",", "", $2); print $2; exit }')
+    if awk -v g="${gain:-0}" 'BEGIN { exit !(g > 0) }'; then start=distill; else start=sft; fi
+    echo "$start (distill − sft, held-out pruned composite on $start_rows rows: ${gain:-none})" > $out/grpo-start.txt
+    echo "GRPO starts from $(cat $out/grpo-start.txt)"
     ;;
 grpo-mutant | grpo-speed)
     case "$stage" in grpo-mutant) config=grpo_mutant_max ;; *) config=grpo_speed_stable ;; esac
+    start=$(cut -d' ' -f1 $out/grpo-start.txt)
+    echo "GRPO starts from $(cat $out/grpo-start.txt)"
     grpo="$uf train grpo --config $configs/$config.yaml --server $server \
-        --set base_model=$out/distill --set output_dir=$out/$stage $grpo_steps $common $(extra "$stage")"
+        --set base_model=$out/$start --set output_dir=$out/$stage $grpo_steps $common $(extra "$stage")"
     if [ "$pipeline" = tiny ]; then
         # The two branches side by side, one core each.
         RAYON_NUM_THREADS=1 $grpo
@@ -117,6 +134,7 @@ eval)
         dirs="$dirs $out/eval/$name"
     done
     $uf eval pareto $dirs --out $out/report
+    echo "GRPO started from $(cat $out/grpo-start.txt)" >> $out/report/report.md
     cat $out/report/report.md
     ;;
 *)

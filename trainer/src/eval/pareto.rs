@@ -2,16 +2,21 @@
 //! against suite CPU time, the non-dominated front, a table — as `pareto.png`, `report.md` and
 //! `report.json`.
 //!
-//! A checkpoint is on the front when no other one kills at least as many mutants with suites at
-//! least as fast, and is strictly better in one of the two. Speed is the mean suite CPU time of
-//! the checkpoint's passing suites; a checkpoint none of whose suites pass has no speed and
-//! counts as the slowest.
+//! The picture reads the pruned figures (the suites a user keeps: failing, flaky and repeated
+//! tests removed) where the reports have them, the as-written ones otherwise. A checkpoint is on
+//! the front when no other one kills at least as many mutants with suites at least as fast, and
+//! is strictly better in one of the two. Speed is the mean suite CPU time of the checkpoint's
+//! passing suites; a checkpoint none of whose suites pass has no speed and counts as the
+//! slowest. The human reference suites and the trivial suite are drawn as fixed points beside
+//! the checkpoints (never on the front), so the picture has a scale even when every checkpoint
+//! is at the origin.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::eval::interval::Interval;
 use crate::eval::report::{EvalReport, SuiteFigures};
 use crate::plot::font_available;
 use crate::TrainerError;
@@ -20,20 +25,41 @@ use crate::TrainerError;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ParetoPoint {
     pub label: String,
+    /// Of the pruned suites where the report has them.
     pub mean_kill_rate: f64,
-    /// Mean suite CPU time of the passing suites (ms); `None` when none pass.
+    /// Mean suite CPU time of the passing (pruned) suites (ms); `None` when none pass.
     pub mean_suite_cpu_ms: Option<f64>,
     pub on_front: bool,
+    /// As written.
     pub figures: SuiteFigures,
+    /// Pruned (absent in reports from before pruning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<SuiteFigures>,
+}
+
+impl ParetoPoint {
+    /// A point at `figures` (the pruned ones when given).
+    fn new(label: &str, figures: &SuiteFigures, pruned: Option<&SuiteFigures>) -> Self {
+        let plotted = pruned.unwrap_or(figures);
+        Self {
+            label: label.to_string(),
+            mean_kill_rate: plotted.mean_kill_rate,
+            mean_suite_cpu_ms: plotted.mean_suite_cpu_ms,
+            on_front: false,
+            figures: figures.clone(),
+            pruned: pruned.cloned(),
+        }
+    }
 }
 
 /// What `write_pareto` wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParetoReport {
     pub points: Vec<ParetoPoint>,
-    /// The baselines of the first report (the same held-out rows for every checkpoint).
-    pub reference: SuiteFigures,
-    pub trivial: SuiteFigures,
+    /// The baselines of the first report (the same held-out rows for every checkpoint), drawn
+    /// as fixed points.
+    pub reference: ParetoPoint,
+    pub trivial: ParetoPoint,
 }
 
 /// Mark the non-dominated points: higher kill rate and lower CPU time are better.
@@ -52,14 +78,13 @@ fn plot_error(e: impl std::fmt::Display) -> TrainerError {
     TrainerError::Data(format!("cannot draw the Pareto picture: {e}"))
 }
 
-fn draw(points: &[ParetoPoint], path: &Path) -> Result<(), TrainerError> {
-    let x_max = points
-        .iter()
+fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(), TrainerError> {
+    let everything = || points.iter().chain(fixed.iter().copied());
+    let x_max = everything()
         .filter_map(|p| p.mean_suite_cpu_ms)
         .fold(1.0f64, f64::max)
         * 1.25;
-    let y_max = points
-        .iter()
+    let y_max = everything()
         .map(|p| p.mean_kill_rate)
         .fold(0.05f64, f64::max)
         .min(1.0)
@@ -135,6 +160,25 @@ fn draw(points: &[ParetoPoint], path: &Path) -> Result<(), TrainerError> {
             ))
             .map_err(plot_error)?;
     }
+    // The baselines: black squares, labelled, never on the front.
+    for (index, point) in fixed.iter().enumerate() {
+        let label = if labelled {
+            point.label.clone()
+        } else {
+            String::new()
+        };
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at(at(point))
+                    + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled())
+                    + Text::new(
+                        label,
+                        (9, 8 + 18 * index as i32),
+                        ("sans-serif", 16).into_font(),
+                    ),
+            ))
+            .map_err(plot_error)?;
+    }
     if labelled {
         chart
             .configure_series_labels()
@@ -152,16 +196,38 @@ fn cell(value: Option<f64>, digits: usize) -> String {
     value.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
 
-fn table_row(label: &str, f: &SuiteFigures) -> String {
+/// `value [low, high]` with its interval, when there is one.
+fn with_interval(value: f64, interval: Option<Interval>, scale: f64, digits: usize) -> String {
+    match interval {
+        Some(ci) => format!(
+            "{:.digits$} [{:.digits$}, {:.digits$}]",
+            scale * value,
+            scale * ci.low,
+            scale * ci.high
+        ),
+        None => format!("{:.digits$}", scale * value),
+    }
+}
+
+fn table_row(point: &ParetoPoint) -> String {
+    let f = &point.figures;
+    let pruned =
+        |get: &dyn Fn(&SuiteFigures) -> String| point.pruned.as_ref().map_or("–".to_string(), get);
+    let label = if point.on_front {
+        format!("**{}** (front)", point.label)
+    } else {
+        point.label.clone()
+    };
     format!(
-        "| {label} | {} | {:.1} % | {:.1} % | {:.3} | {:.3} | {:.3} | {} | {} | {} |\n",
+        "| {label} | {} | {:.1} % | {} % | {} | {} % | {} | {} | {} | {} | {} |\n",
         f.suites,
         100.0 * f.valid_pytest_rate,
-        100.0 * f.pass_rate,
-        f.mean_kill_rate,
-        f.best_of_k_kill_rate,
-        f.mean_composite,
-        cell(f.mean_suite_cpu_ms, 2),
+        with_interval(f.pass_rate, f.pass_rate_ci, 100.0, 1),
+        with_interval(f.mean_kill_rate, f.mean_kill_rate_ci, 1.0, 3),
+        pruned(&|p| with_interval(p.pass_rate, p.pass_rate_ci, 100.0, 1)),
+        pruned(&|p| with_interval(p.mean_kill_rate, p.mean_kill_rate_ci, 1.0, 3)),
+        pruned(&|p| with_interval(p.mean_composite, p.mean_composite_ci, 1.0, 3)),
+        cell(point.mean_suite_cpu_ms, 2),
         cell(f.mean_stability, 3),
         cell(f.flaky_fraction, 3),
     )
@@ -177,39 +243,47 @@ pub fn write_pareto(
         .ok_or_else(|| TrainerError::Config("no evaluation reports given".into()))?;
     let mut points: Vec<ParetoPoint> = reports
         .iter()
-        .map(|(label, report)| ParetoPoint {
-            label: label.clone(),
-            mean_kill_rate: report.figures.mean_kill_rate,
-            mean_suite_cpu_ms: report.figures.mean_suite_cpu_ms,
-            on_front: false,
-            figures: report.figures.clone(),
+        .map(|(label, report)| {
+            ParetoPoint::new(
+                label,
+                &report.figures,
+                report.pruned.as_ref().map(|p| &p.figures),
+            )
         })
         .collect();
     mark_front(&mut points);
-    std::fs::create_dir_all(out).map_err(|e| TrainerError::Io(out.display().to_string(), e))?;
-    draw(&points, &out.join("pareto.png"))?;
+    let baseline = &first.1;
     let report = ParetoReport {
         points,
-        reference: first.1.reference.clone(),
-        trivial: first.1.trivial.clone(),
+        reference: ParetoPoint::new(
+            "human reference suites",
+            &baseline.reference,
+            baseline.pruned.as_ref().map(|p| &p.reference),
+        ),
+        trivial: ParetoPoint::new(
+            "trivial suite (assert True)",
+            &baseline.trivial,
+            baseline.pruned.as_ref().map(|p| &p.trivial),
+        ),
     };
+    std::fs::create_dir_all(out).map_err(|e| TrainerError::Io(out.display().to_string(), e))?;
+    draw(
+        &report.points,
+        &[&report.reference, &report.trivial],
+        &out.join("pareto.png"),
+    )?;
     let mut md = format!(
         "# Pareto report\n\n{} held-out rows of `{}`, {} suite(s) per row, scored in the sandbox ({}).\n\n![kill rate against suite CPU time](pareto.png)\n\n",
         first.1.rows, first.1.data, first.1.samples_per_row, first.1.executor
     );
-    md.push_str("| checkpoint | suites | valid pytest | pass | mean kill | best-of-K kill | mean composite | suite CPU ms | stability | flaky |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| checkpoint | suites | valid pytest | pass (as written) | mean kill (as written) | pass (pruned) | mean kill (pruned) | mean composite (pruned) | suite CPU ms | stability | flaky |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for point in &report.points {
-        let label = if point.on_front {
-            format!("**{}** (front)", point.label)
-        } else {
-            point.label.clone()
-        };
-        md.push_str(&table_row(&label, &point.figures));
+        md.push_str(&table_row(point));
     }
-    md.push_str(&table_row("reference suites (human)", &report.reference));
-    md.push_str(&table_row("trivial suite (`assert True`)", &report.trivial));
-    md.push_str("\nKill rates and composites are means over every scored suite (a suite that does not pass kills nothing); CPU time, stability and the flaky share are over the passing suites.\n");
+    md.push_str(&table_row(&report.reference));
+    md.push_str(&table_row(&report.trivial));
+    md.push_str("\nAs written: a suite with one failing test passes nothing and kills nothing. Pruned: the failing, flaky and repeated tests removed and the rest scored, its composite discounted by the share kept (docs/rewards.md); \"pass\" is then the share of suites with something kept. Kill rates and composites are means over every scored suite; [low, high] is a 95 % bootstrap interval over rows. CPU time (of the pruned suites where there are some), stability and the flaky share are over the passing suites.\n");
     let write = |name: &str, text: String| {
         std::fs::write(out.join(name), text)
             .map_err(|e| TrainerError::Io(out.join(name).display().to_string(), e))
@@ -233,6 +307,7 @@ mod tests {
             mean_suite_cpu_ms: cpu,
             on_front: false,
             figures: SuiteFigures::default(),
+            pruned: None,
         }
     }
 
