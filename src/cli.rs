@@ -42,6 +42,10 @@ pub enum Command {
     /// model.safetensors, tokenizer.json, tokenizer_config.json (chat template),
     /// generation_config.json.
     ImportGguf(ImportGgufArgs),
+    /// LoRA adapters: export one (PEFT files, in bf16 to publish it) or merge one into its
+    /// base model (a Hugging Face model directory another adapter can be trained or applied on).
+    #[command(subcommand)]
+    Adapter(AdapterCommand),
     /// Precompute the offline teacher field: add `teacher_logprobs` (the teacher's log-prob of
     /// each target token, end token included) to every row of a JSONL dataset.
     TeacherLogprobs(TeacherLogprobsArgs),
@@ -337,6 +341,31 @@ pub struct InitModelArgs {
     pub out: PathBuf,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AdapterCommand {
+    /// Copy a run's PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`) to
+    /// --out, its weights stored as --dtype.
+    Export {
+        /// A training run's output directory (or any directory holding the two PEFT files).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "bf16")]
+        dtype: WeightDtype,
+    },
+    /// Write --model with --adapter merged into its weights (model.safetensors, config.json,
+    /// the tokenizer files) to --out.
+    Merge {
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        adapter: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]

@@ -6,7 +6,8 @@
 //!
 //! - `commands/sandbox.rs` — score, serve, health, mutants, variants, image, doctor
 //! - `commands/daemon.rs` — the background scorer `score` starts and reuses: daemon status, stop
-//! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, teacher-logprobs
+//! - `commands/train.rs` — train (sft, distill, grpo), init-model, import-gguf, adapter,
+//!   teacher-logprobs
 //! - `commands/eval.rs` — generate, eval
 //! - `commands/data.rs` — data from-pairs, data generate
 //! - `commands/bench/` — bench score, serve, oneshot, train, grpo (one file each)
@@ -45,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Doctor(args) => runtime().and_then(|rt| rt.block_on(sandbox::doctor(args))),
         Command::InitModel(args) => train::init_model(&args),
         Command::ImportGguf(args) => train::import_gguf(&args),
+        Command::Adapter(command) => train::adapter(&command),
         Command::Train(command) => train::train(&command),
         Command::TeacherLogprobs(args) => train::teacher_logprobs(&args),
         Command::Generate(args) => eval::generate(&args),

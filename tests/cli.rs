@@ -1006,3 +1006,128 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
         "containers left: {names}"
     );
 }
+
+/// A LoRA run's adapter exported in bf16 and merged into its base: the merged model computes
+/// what the base with the adapter computes, and the bf16 copy nearly so.
+#[test]
+fn adapters_export_in_bf16_and_merge_into_their_base() {
+    use candle_core::{Device, Tensor};
+    use unitforge_trainer::model::decoder::Model;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("tiny");
+    let run = dir.path().join("lora");
+    json_of(&unitforge(&[
+        "init-model",
+        "--config",
+        "configs/model_tiny.yaml",
+        "--out",
+        base.to_str().unwrap(),
+        "--json",
+    ]));
+    let base_set = format!("base_model={}", base.display());
+    let out_set = format!("output_dir={}", run.display());
+    let trained = unitforge(&[
+        "train",
+        "sft",
+        "--config",
+        "configs/sft.yaml",
+        "--json",
+        "--set",
+        &base_set,
+        "--set",
+        &out_set,
+        "--set",
+        "max_steps=3",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "grad_accum=1",
+        "--set",
+        "max_len=64",
+        "--set",
+        "eval_batches=1",
+        "--set",
+        "progress=false",
+        "--set",
+        "full_finetune=false",
+        "--set",
+        "learning_rate=0.05",
+    ]);
+    json_of(&trained);
+    let exported = dir.path().join("exported");
+    let merged = dir.path().join("merged");
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let out = unitforge(&[
+        "adapter",
+        "export",
+        "--from",
+        &path(&run),
+        "--out",
+        &path(&exported),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let weights =
+        candle_core::safetensors::load(exported.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert!(!weights.is_empty());
+    assert!(weights
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::BF16));
+    let out = unitforge(&[
+        "adapter",
+        "merge",
+        "--model",
+        &path(&base),
+        "--adapter",
+        &path(&run),
+        "--out",
+        &path(&merged),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ids = Tensor::new(&[[5u32, 17, 42, 7, 99, 3]], &Device::Cpu).unwrap();
+    let logits = |model: &Model| {
+        model
+            .forward(&ids, 0, None, false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let with_adapter = logits(&Model::load_for_inference(&base, Some(&run), &Device::Cpu).unwrap());
+    let plain = logits(&Model::load_for_inference(&base, None, &Device::Cpu).unwrap());
+    let from_merged = logits(&Model::load_for_inference(&merged, None, &Device::Cpu).unwrap());
+    let from_bf16 =
+        logits(&Model::load_for_inference(&base, Some(&exported), &Device::Cpu).unwrap());
+    let gap = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(
+        gap(&with_adapter, &plain) > 1e-3,
+        "the adapter changes the logits"
+    );
+    assert!(
+        gap(&with_adapter, &from_merged) < 1e-4,
+        "{}",
+        gap(&with_adapter, &from_merged)
+    );
+    assert!(
+        gap(&with_adapter, &from_bf16) < 0.05 * gap(&with_adapter, &plain),
+        "bf16 {} against the adapter's effect {}",
+        gap(&with_adapter, &from_bf16),
+        gap(&with_adapter, &plain)
+    );
+}

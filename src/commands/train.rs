@@ -1,8 +1,14 @@
-//! Training commands: `train <stage>`, `init-model` and `teacher-logprobs`.
+//! Training commands: `train <stage>`, `init-model`, `import-gguf`, `adapter` and
+//! `teacher-logprobs`.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use unitforge_trainer::model::decoder::Model;
+use unitforge_trainer::train::checkpoint::carry_tokenizer_files;
 
-use crate::cli::{ImportGgufArgs, InitModelArgs, TeacherLogprobsArgs, TrainCommand, WeightDtype};
+use crate::cli::{
+    AdapterCommand, ImportGgufArgs, InitModelArgs, TeacherLogprobsArgs, TrainCommand, WeightDtype,
+};
 
 pub fn train(command: &TrainCommand) -> Result<()> {
     let (kind, args, overrides) = command.stage();
@@ -122,6 +128,62 @@ pub fn import_gguf(args: &ImportGgufArgs) -> Result<()> {
             types.join(", "),
             summary.dtype
         );
+    }
+    Ok(())
+}
+
+/// The PEFT files of an adapter directory.
+const ADAPTER_CONFIG: &str = "adapter_config.json";
+const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+
+pub fn adapter(command: &AdapterCommand) -> Result<()> {
+    match command {
+        AdapterCommand::Export { from, out, dtype } => {
+            let dtype = match dtype {
+                WeightDtype::F32 => candle_core::DType::F32,
+                WeightDtype::Bf16 => candle_core::DType::BF16,
+            };
+            let weights = candle_core::safetensors::load(from.join(ADAPTER_WEIGHTS), &Device::Cpu)
+                .with_context(|| format!("{} holds no PEFT adapter", from.display()))?;
+            let converted = weights
+                .into_iter()
+                .map(|(name, tensor)| Ok((name, tensor.to_dtype(dtype)?)))
+                .collect::<Result<std::collections::HashMap<_, _>>>()?;
+            std::fs::create_dir_all(out)?;
+            candle_core::safetensors::save(&converted, out.join(ADAPTER_WEIGHTS))?;
+            std::fs::copy(from.join(ADAPTER_CONFIG), out.join(ADAPTER_CONFIG))?;
+            let bytes = std::fs::metadata(out.join(ADAPTER_WEIGHTS))?.len();
+            println!(
+                "wrote {}: {} tensors, {:.1} MB",
+                out.display(),
+                converted.len(),
+                bytes as f64 / 1e6
+            );
+        }
+        AdapterCommand::Merge {
+            model,
+            adapter,
+            out,
+        } => {
+            let merged = Model::load_for_inference(model, Some(adapter), &Device::Cpu)?;
+            std::fs::create_dir_all(out)?;
+            candle_core::safetensors::save(
+                &merged.merged_weights()?,
+                out.join("model.safetensors"),
+            )?;
+            std::fs::write(
+                out.join("config.json"),
+                serde_json::to_string_pretty(merged.config())?,
+            )?;
+            carry_tokenizer_files(model, out)?;
+            std::fs::copy(model.join("tokenizer.json"), out.join("tokenizer.json"))?;
+            println!(
+                "wrote {}: {} with {} merged",
+                out.display(),
+                model.display(),
+                adapter.display()
+            );
+        }
     }
     Ok(())
 }
