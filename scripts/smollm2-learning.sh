@@ -55,16 +55,19 @@ evaluate() {  # name model [adapter]
 
 grpo() {  # branch config
     local branch=$1 config=$2
-    [ -f "$RUNS/$branch/adapter_model.safetensors" ] && return 0
+    # Published already (a later session on a fresh machine): nothing to train.
+    [ -f "$RESULTS/$branch/adapter_model.safetensors" ] && return 0
     [ -f "$merged/model.safetensors" ] || $UF adapter merge --model $base --adapter "$RESULTS/sft" --out $merged
     echo "== train grpo $branch ($GRPO_STEPS steps from the published SFT adapter)"
+    [ -f "$RUNS/$branch/adapter_model.safetensors" ] ||
     $UF train grpo --config "$config" --set base_model=$merged --set output_dir="$RUNS/$branch" \
         --set max_steps="$GRPO_STEPS" --set save_every=5 --set eval_every=20 --set resume=true \
         --set progress=false --json > "$RUNS/$branch.json"
     $UF adapter export --from "$RUNS/$branch" --out "$RESULTS/$branch"
 }
 
-if wanted sft && [ ! -f "$RUNS/sft/adapter_model.safetensors" ]; then
+if wanted sft && [ ! -f "$RUNS/sft/adapter_model.safetensors" ] &&
+    [ ! -f "$RESULTS/sft/adapter_model.safetensors" ]; then
     echo "== train sft ($SFT_STEPS steps)"
     $UF train sft --config configs/smollm2/sft.yaml --set output_dir="$RUNS/sft" \
         --set max_steps="$SFT_STEPS" --set eval_every=80 --set save_every=40 --set resume=true \
