@@ -1131,3 +1131,61 @@ fn adapters_export_in_bf16_and_merge_into_their_base() {
         gap(&with_adapter, &plain)
     );
 }
+
+/// `eval all` writes K suites per row, each scored as written and pruned with intervals over
+/// rows, and the same seed gives the same suites.
+#[test]
+fn eval_all_scores_k_suites_per_row_both_ways_and_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    json_of(&unitforge(&[
+        "init-model",
+        "--config",
+        "configs/model_tiny.yaml",
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]));
+    let run = |name: &str| {
+        let out = dir.path().join(name).join("eval_report.json");
+        let output = unitforge(&[
+            "eval",
+            "all",
+            "--model",
+            model.to_str().unwrap(),
+            "--limit",
+            "3",
+            "--samples",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ]);
+        json_of(&output)
+    };
+    let (a, b) = (run("a"), run("b"));
+    let rows = a["per_row"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        assert_eq!(row["tests"].as_array().unwrap().len(), 2);
+        assert!(row["samples"][0]["pruned"].is_object(), "{row}");
+    }
+    assert_eq!(a["per_row"][0]["tests"], b["per_row"][0]["tests"]);
+    assert_eq!(a["per_row"][2]["tests"], b["per_row"][2]["tests"]);
+    assert!(a["pruned"]["reference"]["mean_kill_rate"].as_f64().unwrap() > 0.3);
+    assert!(a["reference"]["mean_kill_rate_ci"]["low"].is_number());
+    let compared = unitforge(&[
+        "eval",
+        "compare",
+        dir.path().join("a").to_str().unwrap(),
+        dir.path().join("b").to_str().unwrap(),
+    ]);
+    let text = stdout(&compared);
+    assert!(text.contains("pruned mean composite"), "{text}");
+}

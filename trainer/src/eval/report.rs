@@ -29,7 +29,7 @@ use crate::data::tokenizer::ModelTokenizer;
 use crate::eval::interval::{bootstrap_mean, Interval};
 use crate::eval::samples::check_tests;
 use crate::model::decoder::Model;
-use crate::model::generate::{generate, SamplingConfig};
+use crate::model::generate::{generate_groups, GroupRequest, SamplingConfig};
 use crate::TrainerError;
 
 /// The trivial baseline: a suite that passes on anything and checks nothing.
@@ -336,20 +336,50 @@ pub fn evaluate_model(
         top_p: 1.0,
         seed: options.seed,
     };
+    // Each batch of rows decoded together: a row's prompt prefilled once and shared by its K
+    // samples, a finished sample leaving the batch (`generate_groups`).
     let mut generated: Vec<Vec<String>> = Vec::with_capacity(count);
     for (index, batch) in examples.chunks(options.batch.max(1)).enumerate() {
-        let prompts: Vec<String> = batch
+        let requests = batch
             .iter()
-            .flat_map(|e| std::iter::repeat_n(e.prompt.clone(), k))
-            .collect();
-        let config = SamplingConfig {
-            seed: options.seed.wrapping_add(index as u64),
-            ..sampling.clone()
-        };
-        let completions = generate(model, &text.tokenizer, &prompts, text.end_id, &config)?;
-        for chunk in completions.chunks(k) {
-            generated.push(chunk.iter().map(|c| extract_tests(c)).collect());
-        }
+            .enumerate()
+            .map(|(row, example)| {
+                Ok(GroupRequest {
+                    prompt: text
+                        .tokenizer
+                        .encode(example.prompt.as_str(), false)
+                        .map_err(|e| TrainerError::Data(e.to_string()))?
+                        .get_ids()
+                        .to_vec(),
+                    samples: k,
+                    seed: options
+                        .seed
+                        .wrapping_add(index as u64)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ row as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, TrainerError>>()?;
+        let mut suites: Vec<Vec<String>> = vec![Vec::new(); batch.len()];
+        generate_groups(
+            model,
+            &requests,
+            text.end_id,
+            &sampling,
+            &mut |row, completions, _| {
+                suites[row] = completions
+                    .iter()
+                    .map(|ids| {
+                        text.tokenizer
+                            .decode(ids, false)
+                            .map(|completion| extract_tests(&completion))
+                            .map_err(|e| TrainerError::Data(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(())
+            },
+        )?;
+        generated.extend(suites);
         progress("generated", generated.len(), count);
     }
     score_suites(
