@@ -8,7 +8,7 @@ use unitforge_sandbox::outcome::MutantStatus;
 use unitforge_sandbox::prune::PruneReason;
 use unitforge_sandbox::score::ScoreReport;
 use unitforge_trainer::eval::compare::Comparison;
-use unitforge_trainer::eval::interval::Interval;
+use unitforge_trainer::eval::interval::with_interval;
 use unitforge_trainer::eval::report::{EvalReport, SuiteFigures};
 
 pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
@@ -221,15 +221,6 @@ pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
             format!("  {name:<26}{}\n", cells.join(""))
         };
         let pct = |v: f64| format!("{:.1} %", 100.0 * v);
-        let with_ci = |v: f64, ci: Option<Interval>, scale: f64, digits: usize| match ci {
-            Some(ci) => format!(
-                "{:.digits$} [{:.digits$}, {:.digits$}]",
-                scale * v,
-                scale * ci.low,
-                scale * ci.high
-            ),
-            None => format!("{:.digits$}", scale * v),
-        };
         let opt = |v: Option<f64>, digits: usize| {
             v.map_or("–".to_string(), |v| format!("{v:.digits$}"))
         };
@@ -243,10 +234,10 @@ pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
         if mutation {
             out.push_str(&row("valid pytest", &|f| pct(f.valid_pytest_rate)));
             out.push_str(&row("pass on their code, %", &|f| {
-                with_ci(f.pass_rate, f.pass_rate_ci, 100.0, 1)
+                with_interval(f.pass_rate, f.pass_rate_ci, 100.0, 1)
             }));
             out.push_str(&row("mean kill rate", &|f| {
-                with_ci(f.mean_kill_rate, f.mean_kill_rate_ci, 1.0, 3)
+                with_interval(f.mean_kill_rate, f.mean_kill_rate_ci, 1.0, 3)
             }));
             out.push_str(&row("median kill rate", &|f| {
                 format!("{:.3}", f.median_kill_rate)
@@ -255,7 +246,7 @@ pub fn eval_table(report: &EvalReport, mutation: bool, speed: bool) -> String {
                 format!("{:.3}", f.best_of_k_kill_rate)
             }));
             out.push_str(&row("mean composite", &|f| {
-                with_ci(f.mean_composite, f.mean_composite_ci, 1.0, 3)
+                with_interval(f.mean_composite, f.mean_composite_ci, 1.0, 3)
             }));
         }
         if speed {

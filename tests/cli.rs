@@ -13,6 +13,20 @@ fn unitforge(args: &[&str]) -> Output {
         .expect("the unitforge binary runs")
 }
 
+/// A freshly initialised tiny model in `dir/tiny`.
+fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
+    let model = dir.join("tiny");
+    json_of(&unitforge(&[
+        "init-model",
+        "--config",
+        "configs/model_tiny.yaml",
+        "--out",
+        model.to_str().unwrap(),
+        "--json",
+    ]));
+    model
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -926,15 +940,7 @@ fn bench_grpo_splits_a_tiny_step_and_measures_the_generator_beside_it() {
 #[test]
 fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    json_of(&unitforge(&[
-        "init-model",
-        "--config",
-        "configs/model_tiny.yaml",
-        "--out",
-        model.to_str().unwrap(),
-        "--json",
-    ]));
+    let model = tiny_model(dir.path());
     let out = dir.path().join("grpo");
     let mut child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
         .args([
@@ -1015,16 +1021,8 @@ fn adapters_export_in_bf16_and_merge_into_their_base() {
     use unitforge_trainer::model::decoder::Model;
 
     let dir = tempfile::tempdir().unwrap();
-    let base = dir.path().join("tiny");
+    let base = tiny_model(dir.path());
     let run = dir.path().join("lora");
-    json_of(&unitforge(&[
-        "init-model",
-        "--config",
-        "configs/model_tiny.yaml",
-        "--out",
-        base.to_str().unwrap(),
-        "--json",
-    ]));
     let base_set = format!("base_model={}", base.display());
     let out_set = format!("output_dir={}", run.display());
     let trained = unitforge(&[
@@ -1137,15 +1135,7 @@ fn adapters_export_in_bf16_and_merge_into_their_base() {
 #[test]
 fn eval_all_scores_k_suites_per_row_both_ways_and_repeats() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("tiny");
-    json_of(&unitforge(&[
-        "init-model",
-        "--config",
-        "configs/model_tiny.yaml",
-        "--out",
-        model.to_str().unwrap(),
-        "--json",
-    ]));
+    let model = tiny_model(dir.path());
     let run = |name: &str| {
         let out = dir.path().join(name).join("eval_report.json");
         let output = unitforge(&[

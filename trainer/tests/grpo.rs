@@ -40,6 +40,11 @@ fn share_of_e() -> RewardSource {
     }))
 }
 
+/// The weights a finished run wrote.
+fn final_weights(dir: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
+}
+
 fn rewards(metrics: &[StepMetrics]) -> Vec<f64> {
     metrics.iter().map(|m| m.parts["reward"]).collect()
 }
@@ -125,10 +130,7 @@ fn the_policy_learns_a_synthetic_reward_deterministically_and_resumes_exactly() 
     cfg_c.stop_at = None;
     cfg_c.resume = true;
     train_with(&cfg_c, &device, &share_of_e()).unwrap();
-    let weights = |dir: &Path| {
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
-    };
-    let (wa, wc) = (weights(&a), weights(&c));
+    let (wa, wc) = (final_weights(&a), final_weights(&c));
     for (name, tensor) in &wa {
         let gap = common::max_abs_diff(tensor, &wc[name]);
         assert_eq!(gap, 0.0, "{name} differs after resume by {gap}");
@@ -406,10 +408,7 @@ fn dynamic_sampling_replaces_groups_without_signal_and_the_curriculum_resumes_ex
         rewards(&read_metrics(&parted.join("metrics.jsonl")).unwrap()),
         rewards(&metrics)
     );
-    let weights = |dir: &Path| {
-        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap()
-    };
-    let (a, b) = (weights(&whole), weights(&parted));
+    let (a, b) = (final_weights(&whole), final_weights(&parted));
     for (name, tensor) in &a {
         assert_eq!(common::max_abs_diff(tensor, &b[name]), 0.0, "{name}");
     }

@@ -28,6 +28,20 @@ impl Interval {
     }
 }
 
+/// `value [low, high]` (each × `scale`, with `digits` decimals), or `value` alone without an
+/// interval: how tables print a figure.
+pub fn with_interval(value: f64, interval: Option<Interval>, scale: f64, digits: usize) -> String {
+    match interval {
+        Some(ci) => format!(
+            "{:.digits$} [{:.digits$}, {:.digits$}]",
+            scale * value,
+            scale * ci.low,
+            scale * ci.high
+        ),
+        None => format!("{:.digits$}", scale * value),
+    }
+}
+
 /// The mean of `per_row` and its 95 % bootstrap interval (`None` without rows).
 pub fn bootstrap_mean(per_row: &[f64]) -> Option<(f64, Interval)> {
     if per_row.is_empty() {

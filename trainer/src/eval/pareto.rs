@@ -16,7 +16,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::eval::interval::Interval;
+use crate::eval::interval::with_interval;
 use crate::eval::report::{EvalReport, SuiteFigures};
 use crate::plot::font_available;
 use crate::TrainerError;
@@ -194,19 +194,6 @@ fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(
 
 fn cell(value: Option<f64>, digits: usize) -> String {
     value.map_or("–".into(), |v| format!("{v:.digits$}"))
-}
-
-/// `value [low, high]` with its interval, when there is one.
-fn with_interval(value: f64, interval: Option<Interval>, scale: f64, digits: usize) -> String {
-    match interval {
-        Some(ci) => format!(
-            "{:.digits$} [{:.digits$}, {:.digits$}]",
-            scale * value,
-            scale * ci.low,
-            scale * ci.high
-        ),
-        None => format!("{:.digits$}", scale * value),
-    }
 }
 
 fn table_row(point: &ParetoPoint) -> String {
