@@ -160,7 +160,8 @@ fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(
             ))
             .map_err(plot_error)?;
     }
-    // The baselines: black squares, labelled, never on the front.
+    // The baselines: black squares, labelled above (the trivial suite sits on the x axis),
+    // never on the front.
     for (index, point) in fixed.iter().enumerate() {
         let label = if labelled {
             point.label.clone()
@@ -173,7 +174,7 @@ fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(
                     + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled())
                     + Text::new(
                         label,
-                        (9, 8 + 18 * index as i32),
+                        (9, -20 - 18 * index as i32),
                         ("sans-serif", 16).into_font(),
                     ),
             ))
