@@ -1000,17 +1000,26 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
             .is_file(),
         "a checkpoint of the {steps} steps done"
     );
-    // The run's sandbox containers (named unitforge-<pid>-…) are gone with it.
-    let listed = Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Names}}"])
-        .output()
-        .unwrap();
-    let names = String::from_utf8_lossy(&listed.stdout);
+    // The run's sandbox containers (named unitforge-<pid>-…) are gone with it: removed by its
+    // shutdown (a loaded engine may take a moment to finish a removal), not left running until
+    // another command reaps them.
     let prefix = format!("unitforge-{pid}-");
-    assert!(
-        !names.lines().any(|n| n.starts_with(&prefix)),
-        "containers left: {names}"
-    );
+    let left = || {
+        let listed = Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .filter(|n| n.starts_with(&prefix))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let exited = std::time::Instant::now();
+    while !left().is_empty() && exited.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(left(), Vec::<String>::new(), "containers left");
 }
 
 /// A LoRA run's adapter exported in bf16 and merged into its base: the merged model computes

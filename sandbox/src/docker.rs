@@ -295,19 +295,42 @@ pub async fn remove_container(docker: &Docker, id: &str) {
         .force(true)
         .v(true)
         .build();
-    if let Err(err) = docker.remove_container(id, Some(options)).await {
-        // 404: already gone; 409: another removal of it is under way. Both are what we want.
-        if !matches!(
-            err,
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404 | 409,
-                ..
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => {}
+        // Already gone.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        // Another removal of it is under way (a dropped worker's guard): wait for it to end, so
+        // that a shutdown that returns has really removed its containers.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {
+            for _ in 0..REMOVAL_POLLS {
+                let filters = HashMap::from([("id".to_string(), vec![id.to_string()])]);
+                let listed = docker
+                    .list_containers(Some(
+                        ListContainersOptionsBuilder::default()
+                            .all(true)
+                            .filters(&filters)
+                            .build(),
+                    ))
+                    .await;
+                if listed.map_or(true, |found| found.is_empty()) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-        ) {
+            tracing::warn!(container = id, "a sandbox container's removal did not end");
+        }
+        Err(err) => {
             tracing::warn!(container = id, %err, "could not remove a sandbox container");
         }
     }
 }
+
+/// How many times (100 ms apart) a removal under way elsewhere is checked for its end.
+const REMOVAL_POLLS: usize = 100;
 
 /// Removes its container when the worker is dropped (replaced, recycled or shut down).
 struct ContainerGuard {
