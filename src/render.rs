@@ -5,7 +5,7 @@ use std::path::Path;
 
 use unitforge_sandbox::mutant::{Mutant, MutantCensus};
 use unitforge_sandbox::outcome::MutantStatus;
-use unitforge_sandbox::prune::PruneReason;
+use unitforge_sandbox::prune::pruned_at_baseline;
 use unitforge_sandbox::score::ScoreReport;
 use unitforge_trainer::eval::compare::Comparison;
 use unitforge_trainer::eval::interval::with_interval;
@@ -167,9 +167,8 @@ pub fn score_table(report: &ScoreReport, code: &Path, tests: &Path) -> String {
 fn timed_runs(report: &ScoreReport) -> usize {
     let baseline_ran_pruned = report
         .pruned_tests
-        .iter()
-        .flatten()
-        .any(|p| p.reason != PruneReason::Flaky);
+        .as_deref()
+        .is_some_and(pruned_at_baseline);
     let later = report.stability_runs.len();
     later + usize::from(!baseline_ran_pruned || later == 0)
 }

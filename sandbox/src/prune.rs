@@ -175,6 +175,11 @@ pub fn duplicates_in(kept: &[String], duplicates: &BTreeMap<String, String>) -> 
         .collect()
 }
 
+/// Whether the baseline ran any of `pruned` (all but the flaky ones, which later runs ran too).
+pub fn pruned_at_baseline(pruned: &[PrunedTest]) -> bool {
+    pruned.iter().any(|p| p.reason != PruneReason::Flaky)
+}
+
 /// What pruning left: the kept node ids in the baseline's order, and what it removed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pruning {
@@ -204,7 +209,7 @@ impl Pruning {
     /// Whether the baseline ran cases that are not kept (anything pruned but the flaky ones,
     /// which later runs still ran).
     pub fn pruned_at_baseline(&self) -> bool {
-        self.pruned.iter().any(|p| p.reason != PruneReason::Flaky)
+        pruned_at_baseline(&self.pruned)
     }
 
     /// Kept cases / collected cases.
