@@ -8,7 +8,11 @@
 # Hours on 2 cores, so every part is resumable: a finished part is skipped (its output exists),
 # and an interrupted training run continues from its last checkpoint (resume: true). Run it
 # again to go on; PARTS picks parts (default: all, in order):
-#   sft export-sft eval-start eval-sft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table
+#   sft export-sft eval-start eval-sft raft eval-raft grpo-mutant eval-grpo-mutant grpo-speed
+#   eval-grpo-speed table
+# `raft` is a reward-filtered SFT round (RAFT): the SFT model writes K suites for each of the
+# first RAFT_ROWS training rows, `data raft` keeps each row's best one less its pruned tests
+# (proven to pass and kill as written), and a new LoRA on the merged SFT model trains on them.
 # GRPO trains on top of the SFT adapter *as published* (merged from its bf16 copy into
 # models/smollm2-sft), so `make reproduce-eval` on a fresh clone evaluates exactly these weights.
 # Scoring goes through a local reward service with a cache (the reference and trivial suites,
@@ -22,7 +26,9 @@ GRPO_STEPS=${GRPO_STEPS:-60}
 K=${EVAL_SAMPLES:-4}
 LIMIT=${EVAL_LIMIT:-0}
 TOKENS=${EVAL_TOKENS:-320}
-PARTS=${PARTS:-sft export-sft eval-start eval-sft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
+RAFT_ROWS=${RAFT_ROWS:-160}
+RAFT_STEPS=${RAFT_STEPS:-70}
+PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
 PORT=${PORT:-18191}
 base=models/smollm2-135m-instruct
 merged=models/smollm2-sft
@@ -78,6 +84,27 @@ if wanted export-sft && [ ! -f "$RESULTS/sft/adapter_model.safetensors" ]; then
 fi
 if wanted eval-start; then evaluate start $base; fi
 if wanted eval-sft; then evaluate sft $base "$RESULTS/sft"; fi
+if wanted raft && [ ! -f "$RESULTS/raft/adapter_model.safetensors" ]; then
+    [ -f "$merged/model.safetensors" ] || $UF adapter merge --model $base --adapter "$RESULTS/sft" --out $merged
+    start_server
+    if [ ! -f "$RUNS/raft-samples.json" ]; then
+        echo "== raft: $K suites for each of $RAFT_ROWS training rows (the SFT model)"
+        $UF eval all --model $merged --data data/corpus/train.jsonl --samples "$K" \
+            --limit "$RAFT_ROWS" --max-new-tokens "$TOKENS" --seed 1 \
+            --server http://127.0.0.1:$PORT --out "$RUNS/raft-samples.json" > "$RUNS/raft-samples.txt"
+    fi
+    [ -f "$RUNS/raft.jsonl" ] || $UF data raft --report "$RUNS/raft-samples.json" \
+        --server http://127.0.0.1:$PORT --out "$RUNS/raft.jsonl" | tee "$RUNS/raft-rows.txt"
+    echo "== train raft ($RAFT_STEPS steps on $(wc -l < "$RUNS/raft.jsonl") rows)"
+    [ -f "$RUNS/raft/adapter_model.safetensors" ] ||
+    $UF train sft --config configs/smollm2/sft.yaml --set base_model=$merged \
+        --set train_data="$RUNS/raft.jsonl" --set output_dir="$RUNS/raft" \
+        --set max_steps="$RAFT_STEPS" --set learning_rate=0.0001 --set warmup_steps=5 \
+        --set eval_every=35 --set save_every=10 --set save_merged=false --set resume=true \
+        --set progress=false --json > "$RUNS/raft.json"
+    $UF adapter export --from "$RUNS/raft" --out "$RESULTS/raft"
+fi
+if wanted eval-raft; then evaluate raft $merged "$RESULTS/raft"; fi
 if wanted grpo-mutant; then grpo grpo-mutant configs/smollm2/grpo_mutant_max.yaml; fi
 if wanted eval-grpo-mutant; then evaluate grpo-mutant $merged "$RESULTS/grpo-mutant"; fi
 if wanted grpo-speed; then grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml; fi

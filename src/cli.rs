@@ -647,6 +647,46 @@ pub enum DataCommand {
     /// each reference suite scored in the sandbox; only suites valid on their code are kept.
     /// Writes train.jsonl, eval.jsonl (held out: no code also in train.jsonl) and report.json.
     Generate(GenerateDataArgs),
+    /// Reward-filtered SFT rows (RAFT) from what a model wrote: given an `eval all` report on
+    /// training rows (`--data data/corpus/train.jsonl`), each row's best suites by pruned
+    /// composite become their kept files (the suite less its pruned tests), each kept file is
+    /// scored as written, and the best that passes and kills becomes the row's target. Train a
+    /// further SFT round on --out (`train sft --set train_data=FILE`).
+    Raft(RaftArgs),
+}
+
+#[derive(Args)]
+pub struct RaftArgs {
+    /// The report of `eval all --data <training rows> --samples K --out FILE`: the model's
+    /// suites with their pruned scores.
+    #[arg(long, value_name = "FILE")]
+    pub report: PathBuf,
+    /// The dataset the report was made from (its rows give each suite's code).
+    #[arg(long, default_value = "data/corpus/train.jsonl")]
+    pub data: PathBuf,
+    /// Where the rows go (JSONL: module, code, chosen, and the kept file's scores).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Suites tried per row, best first by pruned composite.
+    #[arg(long, default_value_t = 2)]
+    pub candidates: usize,
+    /// A kept file must kill more than this share of the mutants.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_kill: f64,
+    /// Reward config (YAML); the report's own config keeps the service's cache warm.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Suites scored at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// Score through a running `unitforge serve` (repeat for several) instead of a local pool.
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

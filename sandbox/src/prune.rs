@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::{summary_line, JudgedRun, Verdict};
 use crate::protocol::{function_name, RunReply, TestOutcome, TestReport};
 use crate::source::PythonSource;
-use crate::suite::test_function_texts;
+use crate::suite::{test_function_texts, without_tests};
 
 /// What a test that fails on the code under test does to its suite.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -243,6 +243,20 @@ pub fn prune_discount(kept: usize, collected: usize, floor: usize) -> f64 {
     (kept as f64 / denominator as f64).min(1.0)
 }
 
+/// The test file a user keeps: `tests` less every test function one of whose cases `pruned`
+/// names (with its decorators; a parametrized function goes as a whole). `None` when nothing
+/// would be left of it, or the file does not parse.
+pub fn kept_file(tests: &str, pruned: &[PrunedTest]) -> Option<String> {
+    let source = PythonSource::parse("tests", tests).ok()?;
+    let functions: BTreeSet<String> = pruned
+        .iter()
+        .map(|p| function_name(&p.name).to_string())
+        .collect();
+    let kept = without_tests(&source, &functions);
+    let left = PythonSource::parse("tests", &kept).ok()?;
+    (!crate::suite::suite_facts(&left).tests.is_empty()).then_some(kept)
+}
+
 /// A failure message's one useful line (its exception line), capped at 300 characters.
 fn summary(message: &str) -> String {
     summary_line(message).chars().take(300).collect()
@@ -251,6 +265,41 @@ fn summary(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pruned(name: &str) -> PrunedTest {
+        PrunedTest {
+            name: name.to_string(),
+            reason: PruneReason::Failed,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_kept_file_drops_each_pruned_function_once_and_nothing_else() {
+        let tests = "import pytest\nfrom m import f\n\n\n@pytest.mark.parametrize('x, y', [(1, 1), (2, 5)])\ndef test_table(x, y):\n    assert f(x) == y\n\n\ndef test_one():\n    assert f(1) == 1\n\n\ndef test_two():\n    assert f(2) == 3\n";
+        // One parametrize case and one plain test pruned (the case's id names the function).
+        let kept = kept_file(
+            tests,
+            &[
+                pruned("test_m.py::test_table[2-5]"),
+                pruned("test_m.py::test_two"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            kept,
+            "import pytest\nfrom m import f\n\n\ndef test_one():\n    assert f(1) == 1\n"
+        );
+        // Nothing pruned: the file as written.
+        assert_eq!(kept_file(tests, &[]).unwrap(), tests);
+        // Everything pruned: nothing to keep.
+        let all = [
+            "test_m.py::test_table[1-1]",
+            "test_m.py::test_one",
+            "test_m.py::test_two",
+        ];
+        assert_eq!(kept_file(tests, &all.map(pruned)), None);
+    }
 
     #[test]
     fn the_discount_has_a_floor_on_the_count() {

@@ -273,6 +273,86 @@ pub fn test_function_texts(source: &PythonSource) -> Vec<(String, String)> {
     found
 }
 
+/// The test file with the named test functions (`test_x`, `TestClass::test_x`) removed, each
+/// with its decorators and its lines; a `Test*` class left with no statement goes with them.
+/// Everything else — imports, helpers, fixtures, comments between tests — is kept byte for
+/// byte, so the file a user keeps is the one the model wrote, less the tests that were pruned.
+/// A parametrized test goes as a whole when any of its cases is named: pytest's case ids are
+/// not a safe handle on the list entry that produced them.
+pub fn without_tests(source: &PythonSource, functions: &BTreeSet<String>) -> String {
+    let mut removed: Vec<Node<'_>> = Vec::new();
+    collect_test_nodes(source, source.root(), None, &mut |test, outer, _| {
+        if functions.contains(&test.name) {
+            removed.push(outer);
+        }
+    });
+    // A class whose every statement is removed would not parse: remove the class instead.
+    let mut cursor = source.root().walk();
+    for child in source.root().named_children(&mut cursor) {
+        let definition = if child.kind() == "decorated_definition" {
+            child.child_by_field_name("definition").unwrap_or(child)
+        } else {
+            child
+        };
+        let Some(body) = (definition.kind() == "class_definition")
+            .then(|| definition.child_by_field_name("body"))
+            .flatten()
+        else {
+            continue;
+        };
+        let mut body_cursor = body.walk();
+        let statements: Vec<Node<'_>> = body
+            .named_children(&mut body_cursor)
+            .filter(|n| n.kind() != "comment")
+            .collect();
+        if !statements.is_empty() && statements.iter().all(|s| removed.contains(s)) {
+            removed.retain(|n| !statements.contains(n));
+            removed.push(child);
+        }
+    }
+    let text = source.text();
+    let mut ranges: Vec<(usize, usize)> = removed
+        .iter()
+        .map(|node| {
+            // Whole lines: from the line's start (its indentation) through the newline after it.
+            let start = text[..node.start_byte()].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[node.end_byte()..]
+                .find('\n')
+                .map_or(text.len(), |i| node.end_byte() + i + 1);
+            (start, end)
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut kept = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in ranges {
+        if start >= at {
+            kept.push_str(&text[at..start]);
+            at = end;
+        }
+    }
+    kept.push_str(&text[at..]);
+    // The blank lines around a removed test would pile up: at most two in a row.
+    let mut tidy = String::with_capacity(kept.len());
+    let mut blank_run = 0;
+    for line in kept.split_inclusive('\n') {
+        blank_run = if line.trim().is_empty() {
+            blank_run + 1
+        } else {
+            0
+        };
+        if blank_run <= 2 {
+            tidy.push_str(line);
+        }
+    }
+    let end = tidy.trim_end().len();
+    tidy.truncate(end);
+    if !tidy.is_empty() {
+        tidy.push('\n');
+    }
+    tidy
+}
+
 fn collect_tests(
     source: &PythonSource,
     scope: Node<'_>,
@@ -329,6 +409,42 @@ mod tests {
 
     fn facts(code: &str) -> SuiteFacts {
         suite_facts(&PythonSource::parse("tests", code).unwrap())
+    }
+
+    fn without(code: &str, names: &[&str]) -> String {
+        let source = PythonSource::parse("tests", code).unwrap();
+        without_tests(&source, &names.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn removes_named_tests_with_their_decorators_and_keeps_the_rest() {
+        let code = "import pytest\nfrom m import f\n\n\ndef helper():\n    return 1\n\n\n@pytest.mark.parametrize('x', [1, 2])\ndef test_a(x):\n    assert f(x) == 3\n\n\n# keep me\ndef test_b():\n    assert f(1) == 1\n\n\ndef test_c():\n    assert f(2) == 2\n";
+        let kept = without(code, &["test_a", "test_c"]);
+        assert_eq!(
+            kept,
+            "import pytest\nfrom m import f\n\n\ndef helper():\n    return 1\n\n\n# keep me\ndef test_b():\n    assert f(1) == 1\n"
+        );
+        let names: Vec<String> = facts(&kept).tests.into_iter().map(|t| t.name).collect();
+        assert_eq!(names, vec!["test_b"]);
+        // Nothing named: the file unchanged.
+        assert_eq!(without(code, &[]), code);
+    }
+
+    #[test]
+    fn a_class_left_empty_goes_and_one_with_methods_left_stays() {
+        let code = "from m import f\n\nclass TestF:\n    def test_x(self):\n        assert f(1) == 9\n\n    def test_y(self):\n        assert f(1) == 1\n\n\nclass TestG:\n    # only one\n    def test_z(self):\n        assert f(0) == 5\n\n\ndef test_w():\n    assert f(2) == 2\n";
+        let kept = without(code, &["TestF::test_x", "TestG::test_z"]);
+        let source = PythonSource::parse("tests", &kept).expect("still parses");
+        let names: Vec<String> = suite_facts(&source)
+            .tests
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, vec!["TestF::test_y", "test_w"]);
+        assert!(!kept.contains("class TestG"), "{kept}");
+        // A method of the same name in another class is another test.
+        let kept = without(code, &["test_x"]);
+        assert!(kept.contains("def test_x"), "{kept}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! `from-pairs` turns the hand-written pairs in `data/pairs` into JSONL rows; `generate` writes
 //! the synthetic corpus (trainer::corpus) and keeps only the pairs whose reference tests the
-//! scorer finds valid on their code, recording each pair's kill rate.
+//! scorer finds valid on their code, recording each pair's kill rate; `raft` keeps the best
+//! suites a model wrote, less their pruned tests, as the rows of a further SFT round.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -13,7 +14,7 @@ use unitforge_sandbox::score::ScoreInput;
 use unitforge_trainer::data::corpus::{family_names, generate_corpus, GeneratedPair};
 
 use super::{load_reward_config, progress_bar, read_source, runtime, start_backend};
-use crate::cli::{DataCommand, FromPairsArgs, GenerateDataArgs};
+use crate::cli::{DataCommand, FromPairsArgs, GenerateDataArgs, RaftArgs};
 
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
@@ -21,6 +22,7 @@ pub fn run(command: DataCommand) -> Result<()> {
             from_pairs(&pairs, &out, eval)
         }
         DataCommand::Generate(args) => runtime()?.block_on(generate(&args)),
+        DataCommand::Raft(args) => raft(&args),
     }
 }
 
@@ -234,6 +236,78 @@ async fn generate(args: &GenerateDataArgs) -> Result<()> {
         for (family, why) in &report.rejected_examples {
             println!("  rejected {family}: {why}");
         }
+    }
+    Ok(())
+}
+
+fn raft(args: &RaftArgs) -> Result<()> {
+    use unitforge_sandbox::backend::BlockingBackend;
+    use unitforge_trainer::data::dataset::{load_jsonl, Targets};
+    use unitforge_trainer::data::prompts::PromptFormat;
+    use unitforge_trainer::eval::raft::{filtered_rows, FilterOptions};
+    use unitforge_trainer::eval::report::read_report;
+
+    let report = read_report(&args.report)?;
+    // Only each row's code and module are read: the prompt format does not matter here.
+    let examples = load_jsonl(&args.data, &PromptFormat::Plain, Targets::Optional)?;
+    let config = load_reward_config(args.config.as_deref())?;
+    let backend = BlockingBackend::start(
+        &args.executor.backend(&args.server, args.jobs),
+        &super::notice,
+    )?;
+    let bar = progress_bar(0, "suites scored");
+    let (rows, summary) = filtered_rows(
+        &report,
+        &examples,
+        &backend,
+        &config,
+        &FilterOptions {
+            candidates: args.candidates,
+            min_kill: args.min_kill,
+        },
+        &|phase, done, total| {
+            bar.set_message(phase.to_string());
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let lines: Vec<String> = rows
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()?;
+    std::fs::write(
+        &args.out,
+        lines.join("\n") + if lines.is_empty() { "" } else { "\n" },
+    )
+    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "{} of {} rows kept ({} suites, {} tried, {} rows with no suite that kills, \
+             {} kept files rejected, {} excluded); kept files: mean kill rate {:.3}, \
+             mean composite {:.3} → {}",
+            summary.rows_kept,
+            summary.rows,
+            summary.suites,
+            summary.candidates,
+            summary.rows_without_candidate,
+            summary.kept_files_rejected,
+            summary.excluded,
+            summary.mean_kill_rate,
+            summary.mean_composite,
+            args.out.display()
+        );
+    }
+    if rows.is_empty() {
+        bail!(
+            "no row kept: nothing in {} passes and kills once pruned",
+            args.report.display()
+        );
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Held-out figures of a checkpoint: greedy samples checked for valid pytest (`samples`), suites
 //! scored in the sandbox beside the reference and trivial suites (`report`) with intervals over
-//! rows (`interval`), paired comparisons of two checkpoints (`compare`), and the Pareto front
-//! of the checkpoints (`pareto`). It imports neither the loop nor a stage.
+//! rows (`interval`), paired comparisons of two checkpoints (`compare`), the Pareto front
+//! of the checkpoints (`pareto`), and the reward-filtered rows of a further SFT round, the best
+//! suites a model wrote less their pruned tests (`raft`). It imports neither the loop nor a stage.
 
 pub mod compare;
 pub mod interval;
 pub mod pareto;
+pub mod raft;
 pub mod report;
 pub mod samples;
