@@ -500,9 +500,45 @@ pub struct GenerateArgs {
     pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print JSON: each completion and the test file extracted from it.
+    /// Print JSON: each completion and the test file extracted from it (with --deliver: the
+    /// delivery report).
     #[arg(long)]
     pub json: bool,
+    /// Deliver one checked test file instead of raw samples: the --n suites are scored in the
+    /// sandbox, failing, flaky and repeated tests pruned, optionally repaired and fixed, and
+    /// the best suite that passes as written goes to --out with a report. One --code only.
+    #[arg(long, requires = "out")]
+    pub deliver: bool,
+    /// Where the delivered test file goes (with --deliver).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The module name the tests import (default: the --code file's stem).
+    #[arg(long, value_name = "NAME")]
+    pub module: Option<String>,
+    /// Oracle repair: an `assert f(x) == EXPECTED` (or `pytest.approx`, or `pytest.raises`)
+    /// that fails only because of its expected value is rewritten to what the code does, from
+    /// the sandbox's evidence; the report lists each such disagreement.
+    #[arg(long, requires = "deliver")]
+    pub oracle_repair: bool,
+    /// Fix rounds: suites that still fail are sent back to the model with the fix template and
+    /// their failure text, up to this many times.
+    #[arg(long, default_value_t = 0, requires = "deliver")]
+    pub fix_rounds: usize,
+    /// Ask the model (diagnose template) whether the test or the code is wrong, for each
+    /// expectation oracle repair changed.
+    #[arg(long, requires = "oracle_repair")]
+    pub diagnose: bool,
+    /// Reward config (YAML) for the scores.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Score through a running `unitforge serve` instead of a local pool.
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    /// Suites scored at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 #[derive(Subcommand)]

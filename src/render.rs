@@ -7,6 +7,7 @@ use unitforge_sandbox::mutant::{Mutant, MutantCensus};
 use unitforge_sandbox::outcome::MutantStatus;
 use unitforge_sandbox::prune::pruned_at_baseline;
 use unitforge_sandbox::score::ScoreReport;
+use unitforge_trainer::deliver::{Delivery, Origin};
 use unitforge_trainer::eval::compare::Comparison;
 use unitforge_trainer::eval::interval::with_interval;
 use unitforge_trainer::eval::report::{EvalReport, SuiteFigures};
@@ -308,4 +309,89 @@ pub fn comparison_table(rows: &[Comparison]) -> String {
         }
     }
     out
+}
+
+/// The report of `generate --deliver`: what was written, what was kept, pruned and repaired,
+/// the disagreements between the model and the code, and the survivors.
+pub fn delivery(delivery: &Delivery, out: &Path) -> String {
+    let mut text = String::new();
+    let tried = delivery.candidates.len();
+    let Some(score) = &delivery.score else {
+        text += &format!(
+            "No suite for `{}` kept a passing test ({tried} tried); nothing written.\n",
+            delivery.module
+        );
+        for (i, c) in delivery.candidates.iter().enumerate() {
+            let why = c
+                .invalid
+                .clone()
+                .or_else(|| c.excluded.clone())
+                .unwrap_or_else(|| "every test failed".into());
+            text += &format!("  candidate {i} ({}): {why}\n", origin(&c.origin));
+        }
+        return text;
+    };
+    let chosen = delivery.chosen.expect("a delivery has its candidate");
+    let kept = score.suite.tests.len();
+    text += &format!(
+        "Wrote {} — {kept} tests for `{}`, passing as written; kill rate {:.1} % ({} of {} mutants), composite {:.3}.\n",
+        out.display(),
+        delivery.module,
+        100.0 * score.mutant_kill,
+        score.mutants.killed + score.mutants.timeout,
+        score.mutants.scored,
+        score.composite,
+    );
+    text += &format!(
+        "From candidate {chosen} of {tried} ({}); generation {:.1} s, sandbox {:.1} s.\n",
+        origin(&delivery.candidates[chosen].origin),
+        delivery.generation_s,
+        delivery.sandbox_s
+    );
+    if !delivery.pruned.is_empty() {
+        text += "\nPruned (removed from the file):\n";
+        for p in &delivery.pruned {
+            let detail = if p.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", p.detail)
+            };
+            text += &format!("  {} [{:?}]{detail}\n", p.name, p.reason);
+        }
+    }
+    if !delivery.disagreements.is_empty() {
+        text += "\nRepaired: the model expected one thing, the code does another (a wrong test, or a bug):\n";
+        for d in &delivery.disagreements {
+            text += &format!(
+                "  {} line {}: the model expected {}, the code returns {}\n",
+                d.repair.test, d.repair.line, d.repair.old, d.repair.new
+            );
+            if let Some(diagnosis) = &d.diagnosis {
+                for line in diagnosis.lines().take(8) {
+                    text += &format!("      model: {line}\n");
+                }
+            }
+        }
+    }
+    if !delivery.survivors.is_empty() {
+        text += &format!(
+            "\nSurviving mutants ({}): changes no test notices\n",
+            delivery.survivors.len()
+        );
+        for s in delivery.survivors.iter().take(10) {
+            text += &format!("  {s}\n");
+        }
+        if delivery.survivors.len() > 10 {
+            text += &format!("  … and {} more\n", delivery.survivors.len() - 10);
+        }
+    }
+    text
+}
+
+fn origin(origin: &Origin) -> String {
+    match origin {
+        Origin::Sampled { sample } => format!("sample {}", sample + 1),
+        Origin::Repaired { of } => format!("oracle repair of candidate {of}"),
+        Origin::Fixed { of, round } => format!("fix round {round} of candidate {of}"),
+    }
 }

@@ -266,7 +266,8 @@ const TRAINER_LAYERS: &[(&str, &[&str])] = &[
     ("new_model", &["kernels", "model", "data"]),
     ("train", &["kernels", "model", "data"]),
     ("stages", &["kernels", "model", "data", "train"]),
-    ("eval", &["kernels", "model", "data"]),
+    ("deliver", &["kernels", "model", "data"]),
+    ("eval", &["kernels", "model", "data", "deliver"]),
 ];
 
 /// The crate-wide modules every layer may use; they import none of the layers.

@@ -16,6 +16,8 @@ the child's process group, caps output, and accepts a report only if the child f
 session. The Rust side then checks the report against the exit status and the static test count.
 """
 
+import ast
+import builtins
 import dis
 import gc
 import json
@@ -27,10 +29,11 @@ import select
 import shutil
 import signal
 import sys
+import textwrap
 import time
 import types
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 # Exit statuses of a child; the Rust side checks them against the report.
 CHILD_ALL_PASSED = 0
@@ -119,8 +122,11 @@ class ResultsPlugin:
     def __init__(self):
         self.reset(0, False, None, None, None)
 
-    def reset(self, seed, shuffle, policy, first, test_budget, only=None, coverage=None):
+    def reset(self, seed, shuffle, policy, first, test_budget, only=None, coverage=None, detail=False):
         self.seed = seed
+        self.detail = detail  # failure text and oracle evidence for each failing test
+        self.current = None  # the node id whose call is running
+        self.compared = {}  # node id -> the failing comparison's evidence
         self.shuffle = shuffle
         self.policy = policy
         self.first = first or []  # node ids to run first, in this order
@@ -166,6 +172,7 @@ class ResultsPlugin:
 
     @pytest_hookimpl_wrapper
     def pytest_runtest_call(self, item):
+        self.current = item.nodeid
         if not self.test_budget:
             return (yield from self._covered_by(item.nodeid))
 
@@ -185,6 +192,29 @@ class ResultsPlugin:
             signal.setitimer(signal.ITIMER_PROF, 0, 0)
             signal.signal(signal.SIGPROF, previous)
 
+    def pytest_assertrepr_compare(self, config, op, left, right):
+        """A failing `assert a OP b`: keep both sides as Python literals where they are ones
+        (the evidence oracle repair rewrites an expected value from); pytest explains it."""
+        if self.detail and self.current is not None and self.current not in self.compared:
+            self.compared[self.current] = {
+                "op": op,
+                "line": _test_file_line(sys._getframe(1)),
+                "left": _literal(left),
+                "right": _literal(right),
+            }
+        return None
+
+    @pytest_hookimpl_wrapper
+    def pytest_runtest_makereport(self, item, call):
+        report = yield
+        if self.detail and report.failed and call.excinfo is not None:
+            try:
+                report.unitforge_failure = _failure_text(call.excinfo)
+                report.unitforge_evidence = _evidence(call.excinfo, self.compared.get(item.nodeid))
+            except Exception:  # noqa: BLE001 - the plain report stands
+                pass
+        return report
+
     def pytest_collectreport(self, report):
         if report.failed:
             self.collect_errors.append(
@@ -203,7 +233,11 @@ class ResultsPlugin:
         outcome = "timeout" if report.nodeid in self.over_budget else _phase_outcome(report)
         if outcome != "passed" and entry["outcome"] == "passed":
             entry["outcome"] = outcome
-            entry["message"] = _short(report.longreprtext)
+            failure = getattr(report, "unitforge_failure", None)
+            entry["message"] = _short(failure if failure is not None else report.longreprtext)
+            evidence = getattr(report, "unitforge_evidence", None)
+            if evidence:
+                entry["evidence"] = evidence
 
 
 class _QuietTerminal:
@@ -222,6 +256,75 @@ def _phase_outcome(report):
     if report.skipped:
         return "skipped"
     return "failed" if report.when == "call" else "error"
+
+
+def _in_test_file(path):
+    name = os.path.basename(str(path))
+    return name.startswith("test_") and name.endswith(".py")
+
+
+def _test_file_line(frame):
+    """The line of the innermost frame of the test file at or above `frame`, or None."""
+    while frame is not None:
+        if _in_test_file(frame.f_code.co_filename):
+            return frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def _literal(value):
+    """`repr(value)` when it is a Python literal that reads back as an equal value of the same
+    type (numbers, strings, bytes, None, booleans, and containers of those), else None."""
+    try:
+        text = repr(value)
+        if len(text) > 400:
+            return None
+        back = ast.literal_eval(text)
+        return text if type(back) is type(value) and back == value else None
+    except Exception:  # noqa: BLE001 - an unprintable or unreadable value is no evidence
+        return None
+
+
+def _failure_text(excinfo):
+    """What a failing test did, as its author needs it: the frames of the test file and the code
+    under test (file:line, the test's own statement) and the exception with pytest's explanation;
+    never the runner's or pytest's own frames."""
+    lines = []
+    for entry in excinfo.traceback:
+        path = str(entry.path)
+        name = os.path.basename(path)
+        if _in_test_file(path):
+            lines.append("%s:%d: in %s" % (name, entry.lineno + 1, entry.name))
+            try:
+                statement = textwrap.dedent(str(entry.statement)).strip("\n")
+            except Exception:  # noqa: BLE001
+                statement = ""
+            lines.extend("    " + line for line in statement.splitlines()[:6])
+        elif name == "%s.py" % _CUT_MODULE[0]:
+            lines.append("%s:%d: in %s" % (name, entry.lineno + 1, entry.name))
+    message = str(excinfo.value)
+    lines.append("%s: %s" % (excinfo.typename, message) if message else excinfo.typename)
+    return "\n".join(lines)
+
+
+def _evidence(excinfo, compared):
+    """What oracle repair may use: the failing line of the test file, the failing comparison's
+    sides as literals, and the type of an exception that escaped, when it is a builtin one."""
+    line = None
+    for entry in excinfo.traceback:
+        if _in_test_file(entry.path):
+            line = entry.lineno + 1
+    evidence = {"line": line}
+    if compared is not None and isinstance(excinfo.value, AssertionError):
+        evidence["compared"] = compared
+    raised = excinfo.type
+    if getattr(builtins, raised.__name__, None) is raised and not isinstance(excinfo.value, AssertionError):
+        evidence["raised"] = raised.__name__
+    return evidence
+
+
+# The module name of the code under test in this child (set before its tests run).
+_CUT_MODULE = [None]
 
 
 def _short(text, limit=2000):
@@ -434,7 +537,8 @@ class Server:
         seed = int(req.get("seed", 0))
         shuffle = bool(req.get("shuffle", False))
         # pytest's default traceback style costs ~130 ms per failing run; "native" ~5 ms, "line" less.
-        self.config.option.tbstyle = "native" if req.get("tracebacks", True) else "line"
+        req_tracebacks = req.get("tracebacks", True)
+        self.config.option.tbstyle = "native" if req_tracebacks else "line"
         # A mutant needs only one failing test: stop there, trying the fastest tests first.
         self.config.option.maxfail = 1 if req.get("stop_on_first_failure") else 0
         first = req.get("run_first") or []
@@ -461,7 +565,11 @@ class Server:
         import random
 
         random.seed(seed)
-        self.plugin.reset(seed, shuffle, policy if tamper_checks else None, first, test_budget, only, coverage)
+        _CUT_MODULE[0] = module_name
+        self.plugin.reset(
+            seed, shuffle, policy if tamper_checks else None, first, test_budget, only, coverage,
+            detail=bool(req_tracebacks),
+        )
         if cut_error is None:
             cut_error = _exec_cut(module_name, cut_code)
         del cut_code

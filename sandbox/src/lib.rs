@@ -26,6 +26,7 @@ pub mod operator;
 pub mod outcome;
 pub mod protocol;
 pub mod prune;
+pub mod repair;
 pub mod report;
 pub mod rewards;
 pub mod rng;

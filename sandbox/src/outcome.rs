@@ -319,6 +319,7 @@ mod tests {
                         outcome: *outcome,
                         duration_s: 0.0,
                         message: String::new(),
+                        evidence: None,
                     })
                     .collect(),
                 finished: true,

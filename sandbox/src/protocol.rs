@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Resource limits applied to each forked run (rlimits in the child).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -169,8 +169,41 @@ pub struct TestReport {
     pub outcome: TestOutcome,
     #[serde(default)]
     pub duration_s: f64,
+    /// What failed, as the test's author needs it: the test file's and the code under test's
+    /// frames and the exception with pytest's explanation (never the runner's frames).
     #[serde(default)]
     pub message: String,
+    /// A failing test's evidence for oracle repair (runs with tracebacks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<FailureEvidence>,
+}
+
+/// What a failing test's run showed, for oracle repair (`repair.rs`): where in the test file it
+/// failed, the failing comparison's two sides where they are Python literals, and the builtin
+/// exception that escaped. Reported by the child, so a hint and nothing more: a repaired suite
+/// counts only once it passes in the sandbox.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+pub struct FailureEvidence {
+    /// The innermost line of the test file in the failure's traceback.
+    #[serde(default)]
+    pub line: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared: Option<Comparison>,
+    /// The type of the exception that ended the test, when it is a builtin one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raised: Option<String>,
+}
+
+/// A failing `assert left OP right`: each side's `repr` when it reads back as an equal literal.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct Comparison {
+    pub op: String,
+    #[serde(default)]
+    pub line: Option<usize>,
+    #[serde(default)]
+    pub left: Option<String>,
+    #[serde(default)]
+    pub right: Option<String>,
 }
 
 impl TestReport {
@@ -224,6 +257,7 @@ mod tests {
             outcome: TestOutcome::Passed,
             duration_s: 0.0,
             message: String::new(),
+            evidence: None,
         };
         assert_eq!(report("test_m.py::test_a[1-2]").function_name(), "test_a");
         assert_eq!(

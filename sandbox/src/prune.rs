@@ -321,6 +321,7 @@ mod tests {
             outcome: TestOutcome::Passed,
             duration_s: 0.0,
             message: String::new(),
+            evidence: None,
         };
         let mut pruning = Pruning::of(&[
             case("t.py::test_a[1]"),

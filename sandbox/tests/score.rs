@@ -355,6 +355,76 @@ async fn a_failing_comparison_reports_its_diff() {
 }
 
 #[tokio::test]
+async fn a_failure_names_the_tests_frames_and_values_never_the_runners() {
+    let code = "def parse(text):\n    if not text:\n        raise ValueError('empty')\n    return int(text)\n\n\ndef make():\n    return object()\n";
+    let tests = "import pytest\nfrom m import parse, make\n\n\ndef test_value():\n    assert parse('12') == 13\n\n\ndef test_raises():\n    with pytest.raises(TypeError):\n        parse('')\n\n\ndef test_object():\n    assert make() == 3\n";
+    let report = scorer()
+        .await
+        .score(
+            &ScoreInput {
+                module: "m".into(),
+                code: code.into(),
+                tests: tests.into(),
+            },
+            &RewardConfig::default(),
+        )
+        .await
+        .unwrap();
+    let baseline = report.baseline.as_ref().unwrap();
+    let test = |name: &str| {
+        baseline
+            .tests
+            .iter()
+            .find(|t| t.nodeid.ends_with(name))
+            .unwrap_or_else(|| panic!("{name} in {:?}", baseline.tests))
+    };
+    for t in &baseline.tests {
+        for internal in ["unitforge_runner", "pluggy", "_pytest", "_multicall"] {
+            assert!(!t.message.contains(internal), "{internal} in {}", t.message);
+        }
+    }
+    let value = test("test_value");
+    assert_eq!(
+        value.message,
+        "test_m.py:6: in test_value\n    assert parse('12') == 13\nAssertionError: assert 12 == 13\n +  where 12 = parse('12')"
+    );
+    let compared = value.evidence.as_ref().unwrap().compared.as_ref().unwrap();
+    assert_eq!((compared.op.as_str(), compared.line), ("==", Some(6)));
+    assert_eq!(
+        (compared.left.as_deref(), compared.right.as_deref()),
+        (Some("12"), Some("13"))
+    );
+    let raises = test("test_raises");
+    assert!(
+        raises.message.contains("m.py:3: in parse"),
+        "{}",
+        raises.message
+    );
+    assert!(
+        raises.message.ends_with("ValueError: empty"),
+        "{}",
+        raises.message
+    );
+    let evidence = raises.evidence.as_ref().unwrap();
+    assert_eq!(
+        (evidence.line, evidence.raised.as_deref()),
+        (Some(11), Some("ValueError"))
+    );
+    // An object without a literal repr is no evidence.
+    let compared = test("test_object")
+        .evidence
+        .as_ref()
+        .unwrap()
+        .compared
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (compared.left, compared.right.as_deref()),
+        (None, Some("3"))
+    );
+}
+
+#[tokio::test]
 async fn cut_syntax_error_is_a_clear_error() {
     let err = scorer()
         .await

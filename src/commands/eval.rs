@@ -26,6 +26,9 @@ use crate::cli::{
 use crate::render;
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
+    if args.deliver {
+        return deliver(args);
+    }
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
@@ -76,6 +79,71 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
                 prompts::extract_tests(completion)
             );
         }
+    }
+    Ok(())
+}
+
+/// `generate --deliver`: one checked test file for one module (trainer::deliver).
+fn deliver(args: &GenerateArgs) -> Result<()> {
+    use unitforge_trainer::deliver::{self, DeliverOptions, ModelWriter};
+    let [path] = args.code.as_slice() else {
+        anyhow::bail!("--deliver writes one test file: give exactly one --code");
+    };
+    let out = args
+        .out
+        .as_ref()
+        .expect("clap requires --out with --deliver");
+    let code = read_source(path)?;
+    let module = module_name(path, args.module.as_deref())?;
+    let config = load_reward_config(args.config.as_deref())?;
+    let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
+    let device = unitforge_trainer::device::select()?;
+    let text = ModelTokenizer::load(&args.model)?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let mut writer = ModelWriter {
+        model: &model,
+        text: &text,
+        sampling: SamplingConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+    };
+    let options = DeliverOptions {
+        n: args.n.max(1),
+        oracle_repair: args.oracle_repair,
+        fix_rounds: args.fix_rounds,
+        diagnose: args.diagnose,
+        seed: args.seed,
+    };
+    let delivery = deliver::deliver(
+        &mut writer,
+        &module,
+        &code,
+        &backend,
+        &config,
+        &options,
+        &|step| notice(step),
+    )?;
+    if let Some(tests) = &delivery.tests {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(out, tests)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&delivery)?);
+    } else {
+        print!("{}", render::delivery(&delivery, out));
+    }
+    if delivery.tests.is_none() {
+        anyhow::bail!(
+            "no suite kept a passing test: nothing written to {} (try a larger --n, \
+             --oracle-repair or --fix-rounds)",
+            out.display()
+        );
     }
     Ok(())
 }

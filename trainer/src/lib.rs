@@ -2,10 +2,12 @@
 //! enforces): `kernels` (the CPU ops with their own backward), `model` (the decoder, its LoRA
 //! layers and generation), `data` (rows, tokenizer, prompts, the synthetic corpus), `new_model`
 //! (initialising, pruning and importing models), `train` (the loop every stage shares and what it
-//! needs), `stages` (SFT, GKD distillation, GRPO) and `eval` (held-out figures and the Pareto
+//! needs), `stages` (SFT, GKD distillation, GRPO), `deliver` (from a model to a test file a user
+//! keeps: sampled, scored, repaired, fixed, verified) and `eval` (held-out figures and the Pareto
 //! picture); `device` and `plot` serve them all.
 
 pub mod data;
+pub mod deliver;
 pub mod device;
 pub mod eval;
 pub mod kernels;

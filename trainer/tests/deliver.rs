@@ -1,0 +1,219 @@
+//! Delivery against the real sandbox (local executor), with the model's side scripted: the
+//! suites a model would write are given, so what is checked is everything after sampling —
+//! pruning, oracle repair (only the expected value changes), fix rounds carrying the failing
+//! tests' own failure text, the disagreements, and that what is delivered passes as written.
+
+use std::cell::RefCell;
+
+use unitforge_sandbox::backend::{BackendOptions, BlockingBackend};
+use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
+use unitforge_sandbox::repair::RepairKind;
+use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_trainer::data::prompts::PromptFormat;
+use unitforge_trainer::deliver::{deliver, DeliverOptions, Origin, Writer};
+use unitforge_trainer::TrainerError;
+
+fn backend() -> BlockingBackend {
+    let options = BackendOptions {
+        executor: ExecutorOptions {
+            kind: ExecutorKind::Local,
+            workers: 2,
+            ..ExecutorOptions::default()
+        },
+        servers: Vec::new(),
+        concurrency: 4,
+    };
+    BlockingBackend::start(&options, &|_| {}).expect("local sandbox (make venv)")
+}
+
+/// Answers generate prompts with `samples`, fix prompts with `fixes` in turn, and diagnose
+/// prompts with a fixed sentence; keeps every prompt it was given.
+struct Scripted {
+    samples: Vec<String>,
+    fixes: RefCell<Vec<String>>,
+    prompts: RefCell<Vec<String>>,
+    format: PromptFormat,
+}
+
+impl Scripted {
+    fn new(samples: &[&str], fixes: &[&str]) -> Self {
+        Self {
+            samples: samples.iter().map(|s| s.to_string()).collect(),
+            fixes: RefCell::new(fixes.iter().rev().map(|s| s.to_string()).collect()),
+            prompts: RefCell::new(Vec::new()),
+            format: PromptFormat::Plain,
+        }
+    }
+}
+
+impl Writer for Scripted {
+    fn write(&mut self, prompt: &str, n: usize, _seed: u64) -> Result<Vec<String>, TrainerError> {
+        self.prompts.borrow_mut().push(prompt.to_string());
+        let answer = if prompt.contains("Fix the tests") {
+            vec![self.fixes.borrow_mut().pop().unwrap_or_default()]
+        } else if prompt.contains("Explain in a few sentences") {
+            vec!["The test is wrong: grade(100) is an A.".to_string()]
+        } else {
+            self.samples.clone()
+        };
+        Ok(answer.into_iter().cycle().take(n).collect())
+    }
+
+    fn format(&self) -> &PromptFormat {
+        &self.format
+    }
+}
+
+const GRADE: &str = "def grade(score):\n    if score >= 90:\n        return 'A'\n    if score >= 80:\n        return 'B'\n    return 'C'\n\n\ndef parse(text):\n    if not text:\n        raise ValueError('empty')\n    return int(text)\n\n\ndef ratio(a, b):\n    return a / b\n\n\ndef letters(scores):\n    return [grade(s) for s in scores]\n\n\ndef make():\n    return object()\n";
+
+fn options(oracle_repair: bool, fix_rounds: usize) -> DeliverOptions {
+    DeliverOptions {
+        n: 1,
+        oracle_repair,
+        fix_rounds,
+        diagnose: true,
+        seed: 0,
+    }
+}
+
+fn fenced(tests: &str) -> String {
+    format!("```python\n{tests}```\n")
+}
+
+#[test]
+fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
+    let suite = "import pytest\nfrom grade import grade, parse, ratio, letters, make\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n\n\ndef test_empty():\n    with pytest.raises(TypeError):\n        parse('')\n\n\ndef test_ratio():\n    assert ratio(1, 3) == pytest.approx(0.3)\n\n\ndef test_letters():\n    assert letters([95, 85, 10]) == ['A', 'A', 'C']\n\n\ndef test_object():\n    assert make() == 3\n";
+    let mut writer = Scripted::new(&[&fenced(suite)], &[]);
+    let delivery = deliver(
+        &mut writer,
+        "grade",
+        GRADE,
+        &backend(),
+        &RewardConfig::default(),
+        &options(true, 0),
+        &|_| {},
+    )
+    .unwrap();
+    let tests = delivery.tests.as_deref().expect("a delivered file");
+    // Exactly the wrong expectations changed; the unprintable one pruned with its test.
+    let expected = suite
+        .replace("grade(100) == 'B'", "grade(100) == 'A'")
+        .replace("pytest.raises(TypeError)", "pytest.raises(ValueError)")
+        .replace("pytest.approx(0.3)", "pytest.approx(0.3333333333333333)")
+        .replace("== ['A', 'A', 'C']", "== ['A', 'B', 'C']")
+        .replace("\n\n\ndef test_object():\n    assert make() == 3\n", "\n");
+    assert_eq!(tests, expected);
+    let score = delivery.score.as_ref().unwrap();
+    assert!(score.valid && score.mutant_kill > 0.0, "{score:?}");
+    let mut changes: Vec<(RepairKind, &str, &str)> = delivery
+        .disagreements
+        .iter()
+        .map(|d| (d.repair.kind, d.repair.old.as_str(), d.repair.new.as_str()))
+        .collect();
+    changes.sort_by_key(|c| c.1.to_string());
+    assert_eq!(
+        changes,
+        vec![
+            (RepairKind::ExpectedValue, "'B'", "'A'"),
+            (RepairKind::ApproxValue, "0.3", "0.3333333333333333"),
+            (RepairKind::ExceptionType, "TypeError", "ValueError"),
+            (
+                RepairKind::ExpectedValue,
+                "['A', 'A', 'C']",
+                "['A', 'B', 'C']"
+            ),
+        ]
+    );
+    // Each disagreement carries the failure it came from and, asked, the model's diagnosis.
+    let top = delivery
+        .disagreements
+        .iter()
+        .find(|d| d.repair.test.ends_with("test_top"))
+        .unwrap();
+    assert!(top.failure.contains("assert 'A' == 'B'"), "{}", top.failure);
+    assert!(top.diagnosis.as_deref().unwrap().contains("test is wrong"));
+    assert!(delivery
+        .pruned
+        .iter()
+        .any(|p| p.name.ends_with("test_object")));
+    assert!(matches!(
+        delivery.candidates[delivery.chosen.unwrap()].origin,
+        Origin::Repaired { of: 0 }
+    ));
+}
+
+#[test]
+fn without_repair_the_failing_tests_are_pruned_and_the_rest_delivered() {
+    let suite = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n";
+    let mut writer = Scripted::new(&[&fenced(suite)], &[]);
+    let delivery = deliver(
+        &mut writer,
+        "grade",
+        GRADE,
+        &backend(),
+        &RewardConfig::default(),
+        &options(false, 0),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(
+        delivery.tests.as_deref().unwrap(),
+        "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n"
+    );
+    assert!(delivery.disagreements.is_empty());
+    assert_eq!(delivery.pruned.len(), 1);
+}
+
+#[test]
+fn a_fix_round_gets_the_tests_own_failure_and_its_answer_is_delivered() {
+    // Every test fails (a wrong import name), so nothing can be kept; the fix answers right.
+    let broken = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'B'\n\n\ndef test_c():\n    assert grade(5) == 'B'\n";
+    let fixed = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_c():\n    assert grade(5) == 'C'\n";
+    let mut writer = Scripted::new(&[&fenced(broken)], &[&fenced(fixed)]);
+    let delivery = deliver(
+        &mut writer,
+        "grade",
+        GRADE,
+        &backend(),
+        &RewardConfig::default(),
+        &options(false, 1),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(delivery.tests.as_deref(), Some(fixed));
+    assert!(matches!(
+        delivery.candidates[delivery.chosen.unwrap()].origin,
+        Origin::Fixed { of: 0, round: 1 }
+    ));
+    let prompts = writer.prompts.borrow();
+    let fix_prompt = prompts
+        .iter()
+        .find(|p| p.contains("Fix the tests"))
+        .unwrap();
+    assert!(fix_prompt.contains("assert 'A' == 'B'"), "{fix_prompt}");
+    assert!(
+        fix_prompt.contains("test_grade.py:5: in test_a"),
+        "{fix_prompt}"
+    );
+    for internal in ["unitforge_runner", "pluggy", "_pytest"] {
+        assert!(!fix_prompt.contains(internal), "{internal} in {fix_prompt}");
+    }
+}
+
+#[test]
+fn nothing_is_delivered_when_no_test_passes() {
+    let broken = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'B'\n";
+    let mut writer = Scripted::new(&[&fenced(broken)], &[&fenced(broken)]);
+    let delivery = deliver(
+        &mut writer,
+        "grade",
+        GRADE,
+        &backend(),
+        &RewardConfig::default(),
+        &options(false, 1),
+        &|_| {},
+    )
+    .unwrap();
+    assert!(delivery.tests.is_none() && delivery.score.is_none());
+    assert_eq!(delivery.candidates.len(), 2);
+}
