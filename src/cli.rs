@@ -562,6 +562,48 @@ pub enum EvalCommand {
     /// base's (pruned and as-written composite and kill rate, pass rate), with 95 % bootstrap
     /// intervals over rows.
     Compare(CompareArgs),
+    /// Delivered figures held out: for each row, the greedy suite as written, then one delivery
+    /// (N samples, oracle repair, fix rounds) read step by step — best of N once pruned, + oracle
+    /// repair, + fix rounds, and the file delivered — as the share of rows with a valid suite
+    /// and the mean kill rate (95 % intervals over rows), beside the human and trivial suites.
+    Deliver(EvalDeliverArgs),
+}
+
+#[derive(Args)]
+pub struct EvalDeliverArgs {
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    #[arg(long, default_value = "data/corpus/eval.jsonl")]
+    pub data: PathBuf,
+    /// Rows to evaluate (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Suites sampled per row.
+    #[arg(long, default_value_t = 4)]
+    pub n: usize,
+    #[arg(long, default_value_t = 1)]
+    pub fix_rounds: usize,
+    #[arg(long, default_value_t = 320)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Write the report (JSON) here.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

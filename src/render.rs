@@ -9,6 +9,7 @@ use unitforge_sandbox::prune::pruned_at_baseline;
 use unitforge_sandbox::score::ScoreReport;
 use unitforge_trainer::deliver::{Delivery, Origin};
 use unitforge_trainer::eval::compare::Comparison;
+use unitforge_trainer::eval::delivered::DeliveredReport;
 use unitforge_trainer::eval::interval::with_interval;
 use unitforge_trainer::eval::report::{EvalReport, SuiteFigures};
 
@@ -394,4 +395,26 @@ fn origin(origin: &Origin) -> String {
         Origin::Repaired { of } => format!("oracle repair of candidate {of}"),
         Origin::Fixed { of, round } => format!("fix round {round} of candidate {of}"),
     }
+}
+
+/// `eval deliver`: each step's share of rows with a valid suite and mean kill rate.
+pub fn delivered_table(report: &DeliveredReport) -> String {
+    let mut text = format!(
+        "Delivered figures: {} ({} rows, {} samples, {} fix rounds; 95 % intervals over rows)\n\n",
+        report.model, report.rows, report.samples, report.fix_rounds
+    );
+    text += "| step | rows with a valid suite | mean kill rate |\n|---|---|---|\n";
+    for step in &report.steps {
+        text += &format!(
+            "| {} | {} % | {} |\n",
+            step.step,
+            with_interval(step.valid_rows, step.valid_rows_ci, 100.0, 1),
+            with_interval(step.mean_kill_rate, step.mean_kill_rate_ci, 1.0, 3)
+        );
+    }
+    text += &format!(
+        "\nPer row: generation {:.1} s, sandbox {:.1} s.\n",
+        report.mean_generation_s, report.mean_sandbox_s
+    );
+    text
 }

@@ -21,7 +21,8 @@ use super::{
     load_reward_config, module_name, notice, progress_bar, read_source, runtime, start_backend,
 };
 use crate::cli::{
-    CompareArgs, EvalCommand, EvalFocus, EvalRunArgs, EvalSamplesArgs, GenerateArgs, ParetoArgs,
+    CompareArgs, EvalCommand, EvalDeliverArgs, EvalFocus, EvalRunArgs, EvalSamplesArgs,
+    GenerateArgs, ParetoArgs,
 };
 use crate::render;
 
@@ -277,6 +278,7 @@ pub fn run(command: &EvalCommand) -> Result<()> {
         EvalCommand::All(args) => eval_run(args, EvalFocus::All),
         EvalCommand::Pareto(args) => pareto(args),
         EvalCommand::Compare(args) => compare_reports(args),
+        EvalCommand::Deliver(args) => eval_deliver(args),
     }
 }
 
@@ -404,6 +406,68 @@ fn pareto(args: &ParetoArgs) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    Ok(())
+}
+
+fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
+    use unitforge_trainer::deliver::{DeliverOptions, ModelWriter};
+    use unitforge_trainer::eval::delivered::evaluate_delivery;
+    let device = unitforge_trainer::device::select()?;
+    let text = ModelTokenizer::load(&args.model)?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
+    let config = load_reward_config(args.config.as_deref())?;
+    let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
+    let mut writer = ModelWriter {
+        model: &model,
+        text: &text,
+        sampling: SamplingConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: 0,
+            top_p: 1.0,
+            seed: args.seed,
+        },
+    };
+    let options = DeliverOptions {
+        n: args.n.max(1),
+        oracle_repair: true,
+        fix_rounds: args.fix_rounds,
+        diagnose: false,
+        seed: args.seed,
+    };
+    let rows = if args.limit == 0 {
+        examples.len()
+    } else {
+        args.limit.min(examples.len())
+    };
+    let bar = progress_bar(rows, "rows delivered");
+    let label = match &args.adapter {
+        Some(adapter) => format!("{} + {}", args.model.display(), adapter.display()),
+        None => args.model.display().to_string(),
+    };
+    let report = evaluate_delivery(
+        &mut writer,
+        &examples,
+        args.limit,
+        &backend,
+        &config,
+        &options,
+        &label,
+        &|done, _| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    if let Some(out) = &args.out {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render::delivered_table(&report));
     }
     Ok(())
 }

@@ -217,3 +217,44 @@ fn nothing_is_delivered_when_no_test_passes() {
     assert!(delivery.tests.is_none() && delivery.score.is_none());
     assert_eq!(delivery.candidates.len(), 2);
 }
+
+#[test]
+fn delivered_figures_follow_each_step_of_the_delivery() {
+    use unitforge_trainer::data::dataset::Example;
+    use unitforge_trainer::eval::delivered::evaluate_delivery;
+    // Right about 95 and 85, wrong about 100: as written it fails; pruned it keeps two tests;
+    // repaired it keeps all three.
+    let suite = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n";
+    let example = Example {
+        row: 0,
+        prompt: String::new(),
+        target: Some("from grade import grade\n\n\ndef test_all():\n    assert [grade(s) for s in (90, 89, 80, 79)] == ['A', 'B', 'B', 'C']\n".into()),
+        teacher_logprobs: None,
+        code: Some(GRADE.into()),
+        module: "grade".into(),
+        reference_tests: None,
+        prompt_from_code: true,
+    };
+    let mut writer = Scripted::new(&[&fenced(suite)], &[]);
+    let report = evaluate_delivery(
+        &mut writer,
+        &[example],
+        0,
+        &backend(),
+        &RewardConfig::default(),
+        &options(true, 0),
+        "scripted",
+        &|_, _| {},
+    )
+    .unwrap();
+    let row = &report.per_row[0];
+    assert_eq!(row.greedy, None, "as written the suite fails");
+    let (pruned, repaired) = (row.best_of_n.unwrap(), row.repaired.unwrap());
+    assert!(pruned > 0.0 && repaired >= pruned, "{row:?}");
+    assert_eq!(row.fixed, row.repaired);
+    assert!(row.delivered.unwrap() > 0.0);
+    assert!(row.reference.unwrap() > row.delivered.unwrap(), "{row:?}");
+    assert_eq!(row.trivial, Some(0.0));
+    let valid: Vec<f64> = report.steps.iter().map(|s| s.valid_rows).collect();
+    assert_eq!(valid, vec![0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+}

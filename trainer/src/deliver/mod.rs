@@ -35,6 +35,14 @@ use crate::TrainerError;
 /// What writes the suites: `n` completions for one rendered prompt.
 pub trait Writer {
     fn write(&mut self, prompt: &str, n: usize, seed: u64) -> Result<Vec<String>, TrainerError>;
+    /// One greedy completion (the raw answer a user without delivery gets).
+    fn write_greedy(&mut self, prompt: &str) -> Result<String, TrainerError> {
+        Ok(self
+            .write(prompt, 1, 0)?
+            .into_iter()
+            .next()
+            .unwrap_or_default())
+    }
     /// How prompts are rendered for it.
     fn format(&self) -> &PromptFormat;
 }
@@ -80,6 +88,14 @@ impl Writer for ModelWriter<'_> {
             },
         )?;
         Ok(out)
+    }
+
+    fn write_greedy(&mut self, prompt: &str) -> Result<String, TrainerError> {
+        let sampling = self.sampling.clone();
+        self.sampling.temperature = 0.0;
+        let out = self.write(prompt, 1, 0);
+        self.sampling = sampling;
+        Ok(out?.into_iter().next().unwrap_or_default())
     }
 
     fn format(&self) -> &PromptFormat {
