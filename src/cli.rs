@@ -567,6 +567,36 @@ pub enum EvalCommand {
     /// repair, + fix rounds, and the file delivered — as the share of rows with a valid suite
     /// and the mean kill rate (95 % intervals over rows), beside the human and trivial suites.
     Deliver(EvalDeliverArgs),
+    /// Fix success rate: on fix rows (`data fix-rows`), the share of broken suites whose greedy
+    /// fix passes as written, with a 95 % interval over rows.
+    Fix(EvalFixArgs),
+}
+
+#[derive(Args)]
+pub struct EvalFixArgs {
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
+    /// Fix rows (rows whose `task` is not `fix` are skipped).
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 384)]
+    pub max_new_tokens: usize,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -731,6 +761,34 @@ pub enum DataCommand {
     /// scored as written, and the best that passes and kills becomes the row's target. Train a
     /// further SFT round on --out (`train sft --set train_data=FILE`).
     Raft(RaftArgs),
+    /// Fix and diagnose rows for training the repair: each validated pair's suite broken one way
+    /// (a wrong expected value, a wrong exception class, a wrong imported name, an argument off
+    /// by one), run in the sandbox for its real failure text, and kept only if it fails; the fix
+    /// row's target is the original suite, the diagnose row's a templated explanation.
+    FixRows(FixRowsArgs),
+}
+
+#[derive(Args)]
+pub struct FixRowsArgs {
+    /// Validated pairs (module, code, chosen).
+    #[arg(long, default_value = "data/corpus/train.jsonl")]
+    pub data: PathBuf,
+    /// Where the rows go (JSONL: task, module, code, prompt, chosen, tests, corruption).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Pairs to use (the first N; 0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    #[arg(long, value_name = "URL")]
+    pub server: Vec<String>,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 }
 
 #[derive(Args)]

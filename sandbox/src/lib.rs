@@ -41,3 +41,5 @@ pub mod worker;
 
 /// The Docker client library, re-exported so callers use the same version.
 pub use bollard;
+/// The tree type `source::PythonSource` hands out, for callers that walk it.
+pub use tree_sitter;

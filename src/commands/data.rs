@@ -3,7 +3,8 @@
 //! `from-pairs` turns the hand-written pairs in `data/pairs` into JSONL rows; `generate` writes
 //! the synthetic corpus (trainer::corpus) and keeps only the pairs whose reference tests the
 //! scorer finds valid on their code, recording each pair's kill rate; `raft` keeps the best
-//! suites a model wrote, less their pruned tests, as the rows of a further SFT round.
+//! suites a model wrote, less their pruned tests, as the rows of a further SFT round; `fix-rows`
+//! breaks validated suites and keeps what really fails as fix and diagnose rows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -14,7 +15,7 @@ use unitforge_sandbox::score::ScoreInput;
 use unitforge_trainer::data::corpus::{family_names, generate_corpus, GeneratedPair};
 
 use super::{load_reward_config, progress_bar, read_source, runtime, start_backend};
-use crate::cli::{DataCommand, FromPairsArgs, GenerateDataArgs, RaftArgs};
+use crate::cli::{DataCommand, FixRowsArgs, FromPairsArgs, GenerateDataArgs, RaftArgs};
 
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
@@ -23,6 +24,7 @@ pub fn run(command: DataCommand) -> Result<()> {
         }
         DataCommand::Generate(args) => runtime()?.block_on(generate(&args)),
         DataCommand::Raft(args) => raft(&args),
+        DataCommand::FixRows(args) => fix_rows(&args),
     }
 }
 
@@ -309,5 +311,63 @@ fn raft(args: &RaftArgs) -> Result<()> {
             args.report.display()
         );
     }
+    Ok(())
+}
+
+fn fix_rows(args: &FixRowsArgs) -> Result<()> {
+    use unitforge_sandbox::backend::BlockingBackend;
+    use unitforge_trainer::data::dataset::{load_jsonl, Targets};
+    use unitforge_trainer::data::prompts::PromptFormat;
+    use unitforge_trainer::deliver::fix_rows::{fix_rows, Pair};
+
+    let examples = load_jsonl(&args.data, &PromptFormat::Plain, Targets::Required)?;
+    let count = if args.limit == 0 {
+        examples.len()
+    } else {
+        args.limit.min(examples.len())
+    };
+    let pairs: Vec<Pair<'_>> = examples[..count]
+        .iter()
+        .filter_map(|e| {
+            Some(Pair {
+                module: &e.module,
+                code: e.code.as_deref()?,
+                tests: e.target.as_deref()?,
+            })
+        })
+        .collect();
+    let config = load_reward_config(args.config.as_deref())?;
+    let backend = BlockingBackend::start(
+        &args.executor.backend(&args.server, args.jobs),
+        &super::notice,
+    )?;
+    let bar = progress_bar(pairs.len(), "broken suites run");
+    let (rows, summary) = fix_rows(&pairs, &backend, &config, args.seed, &|done, _| {
+        bar.set_position(done as u64)
+    });
+    bar.finish_and_clear();
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let lines: Vec<String> = rows
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<_, _>>()?;
+    std::fs::write(
+        &args.out,
+        lines.join("\n") + if lines.is_empty() { "" } else { "\n" },
+    )
+    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!(
+        "{} fix and {} diagnose rows from {} pairs ({} corruptions still passed, {} pairs had \
+         nothing to break, {} excluded) → {}",
+        summary.fix_rows,
+        summary.diagnose_rows,
+        summary.pairs,
+        summary.still_passing,
+        summary.not_corruptible,
+        summary.excluded,
+        args.out.display()
+    );
     Ok(())
 }

@@ -21,8 +21,8 @@ use super::{
     load_reward_config, module_name, notice, progress_bar, read_source, runtime, start_backend,
 };
 use crate::cli::{
-    CompareArgs, EvalCommand, EvalDeliverArgs, EvalFocus, EvalRunArgs, EvalSamplesArgs,
-    GenerateArgs, ParetoArgs,
+    CompareArgs, EvalCommand, EvalDeliverArgs, EvalFixArgs, EvalFocus, EvalRunArgs,
+    EvalSamplesArgs, GenerateArgs, ParetoArgs,
 };
 use crate::render;
 
@@ -279,6 +279,7 @@ pub fn run(command: &EvalCommand) -> Result<()> {
         EvalCommand::Pareto(args) => pareto(args),
         EvalCommand::Compare(args) => compare_reports(args),
         EvalCommand::Deliver(args) => eval_deliver(args),
+        EvalCommand::Fix(args) => eval_fix(args),
     }
 }
 
@@ -468,6 +469,77 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render::delivered_table(&report));
+    }
+    Ok(())
+}
+
+fn eval_fix(args: &EvalFixArgs) -> Result<()> {
+    use unitforge_trainer::deliver::ModelWriter;
+    use unitforge_trainer::eval::fix_rate::fix_success_rate;
+    use unitforge_trainer::eval::interval::with_interval;
+    let device = unitforge_trainer::device::select()?;
+    let text = ModelTokenizer::load(&args.model)?;
+    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    // Only the fix rows: their `task` field says so.
+    let raw = std::fs::read_to_string(&args.data)?;
+    let fix_lines: Vec<&str> = raw
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v.get("task").and_then(|t| t.as_str()) == Some("fix"))
+        })
+        .collect();
+    if fix_lines.is_empty() {
+        anyhow::bail!(
+            "{} holds no fix rows (`data fix-rows` writes them)",
+            args.data.display()
+        );
+    }
+    let mut rows = unitforge_trainer::data::dataset::parse_jsonl(
+        &fix_lines.join("\n"),
+        &args.data,
+        &text.format,
+        Targets::Required,
+    )?;
+    if args.limit > 0 {
+        rows.truncate(args.limit);
+    }
+    let config = load_reward_config(args.config.as_deref())?;
+    let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
+    let mut writer = ModelWriter {
+        model: &model,
+        text: &text,
+        sampling: SamplingConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+    };
+    let bar = progress_bar(rows.len(), "fixes written");
+    let label = match &args.adapter {
+        Some(adapter) => format!("{} + {}", args.model.display(), adapter.display()),
+        None => args.model.display().to_string(),
+    };
+    let report = fix_success_rate(&mut writer, &rows, &backend, &config, &label, &|done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{}: fix success rate {} % over {} broken suites ({} excluded); mean kill rate of the fixes {}",
+            report.model,
+            with_interval(report.fix_success_rate, report.fix_success_rate_ci, 100.0, 1),
+            report.rows,
+            report.excluded,
+            with_interval(report.mean_kill_rate, report.mean_kill_rate_ci, 1.0, 3)
+        );
     }
     Ok(())
 }

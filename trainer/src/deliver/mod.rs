@@ -14,6 +14,8 @@
 //! The model is reached through [`Writer`], so the steps after sampling are the same whatever
 //! writes the suites (and tests can give fixed suites with the real sandbox).
 
+pub mod fix_rows;
+
 use std::collections::BTreeSet;
 use std::time::Instant;
 
@@ -501,7 +503,7 @@ fn candidate(origin: Origin, tests: String, repairs: Vec<Repair>, scored: Scored
 
 /// The failure text a fix prompt carries: each failing test's own message, at most ~1,500
 /// characters in all (a small model's prompt is short).
-fn failure_text(failures: &[(String, String)]) -> String {
+pub(crate) fn failure_text(failures: &[(String, String)]) -> String {
     let mut text = String::new();
     for (nodeid, message) in failures {
         let entry = format!("{nodeid}\n{}\n\n", message.trim());
