@@ -28,6 +28,11 @@ pub struct StageConfig {
     pub base_model: PathBuf,
     pub output_dir: PathBuf,
     pub train_data: PathBuf,
+    /// Further training rows mixed into `train_data`'s (the repair's fix and diagnose rows,
+    /// reward-filtered rows), each source with its weight: it adds weight × the number of
+    /// `train_data` rows, drawn in a seeded order (repeating a source smaller than its share).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub train_mix: Vec<MixSource>,
     pub eval_data: PathBuf,
     pub max_steps: usize,
     pub batch_size: usize,
@@ -95,6 +100,14 @@ pub struct StageConfig {
     /// Where and how `train grpo` scores its completions.
     #[serde(default)]
     pub reward: RewardSettings,
+}
+
+/// One source of `train_mix`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MixSource {
+    pub data: PathBuf,
+    pub weight: f64,
 }
 
 fn one() -> usize {
