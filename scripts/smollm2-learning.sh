@@ -93,7 +93,7 @@ if wanted raft && [ ! -f "$RESULTS/raft/adapter_model.safetensors" ]; then
             --limit "$RAFT_ROWS" --max-new-tokens "$TOKENS" --seed 1 \
             --server http://127.0.0.1:$PORT --out "$RUNS/raft-samples.json" > "$RUNS/raft-samples.txt"
     fi
-    [ -f "$RUNS/raft.jsonl" ] || $UF data raft --report "$RUNS/raft-samples.json" \
+    [ -f "$RUNS/raft.jsonl" ] || $UF data raft --report "$RUNS/raft-samples.json" --candidates 4 \
         --server http://127.0.0.1:$PORT --out "$RUNS/raft.jsonl" | tee "$RUNS/raft-rows.txt"
     echo "== train raft ($RAFT_STEPS steps on $(wc -l < "$RUNS/raft.jsonl") rows)"
     [ -f "$RUNS/raft/adapter_model.safetensors" ] ||

@@ -7,14 +7,15 @@
 //! it has seen) to learn which tests were pruned; each becomes its **kept file** — the suite less
 //! those tests, byte for byte otherwise (`prune::kept_file`) — and the kept file is scored as
 //! written (`invalidate`): only a kept file that passes on its code as it stands, and kills,
-//! becomes a row. Each row's target is its best such file by that score. So a round trains on
+//! becomes a row. Each row's target is its best such file by that score, discounted as the
+//! pruned reward discounts a suite of fewer than `prune_min_tests` cases. So a round trains on
 //! suites the model can write and the sandbox has proven, never on a test that fails.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 use unitforge_sandbox::backend::{BlockingBackend, Scored};
-use unitforge_sandbox::prune::{kept_file, FailingTests};
+use unitforge_sandbox::prune::{kept_file, prune_discount, FailingTests};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::ScoreInput;
 use unitforge_sandbox::source::PythonSource;
@@ -54,6 +55,9 @@ pub struct FilteredRow {
     /// The kept file's scores as written.
     pub mutant_kill: f64,
     pub composite: f64,
+    /// What the row was chosen by: the composite × the pruned reward's discount for a file of
+    /// fewer than `prune_min_tests` cases.
+    pub rank: f64,
     /// Test functions removed from the suite the model wrote.
     pub removed_tests: usize,
 }
@@ -204,6 +208,10 @@ pub fn filtered_rows(
             summary.kept_files_rejected += 1;
             continue;
         }
+        // Ranked as the pruned reward ranks suites: a file of fewer than `prune_min_tests`
+        // cases earns that share, so a round does not teach one-test suites.
+        let cases = score.baseline.as_ref().map_or(0, |b| b.tests.len());
+        let rank = score.composite * prune_discount(cases, cases, config.prune_min_tests);
         let example = example_of(place)?;
         let candidate = FilteredRow {
             module: example.module.clone(),
@@ -212,13 +220,11 @@ pub fn filtered_rows(
             source_row: report_row.row,
             mutant_kill: score.mutant_kill,
             composite: score.composite,
+            rank,
             removed_tests: removed,
         };
         let slot = &mut best[place];
-        if slot
-            .as_ref()
-            .is_none_or(|b| candidate.composite > b.composite)
-        {
+        if slot.as_ref().is_none_or(|b| candidate.rank > b.rank) {
             *slot = Some(candidate);
         }
     }
