@@ -274,18 +274,7 @@ fn raft(args: &RaftArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let lines: Vec<String> = rows
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<_, _>>()?;
-    std::fs::write(
-        &args.out,
-        lines.join("\n") + if lines.is_empty() { "" } else { "\n" },
-    )
-    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    super::write_jsonl(&args.out, &rows)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -346,18 +335,7 @@ fn fix_rows(args: &FixRowsArgs) -> Result<()> {
         bar.set_position(done as u64)
     });
     bar.finish_and_clear();
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let lines: Vec<String> = rows
-        .iter()
-        .map(serde_json::to_string)
-        .collect::<Result<_, _>>()?;
-    std::fs::write(
-        &args.out,
-        lines.join("\n") + if lines.is_empty() { "" } else { "\n" },
-    )
-    .with_context(|| format!("cannot write {}", args.out.display()))?;
+    super::write_jsonl(&args.out, &rows)?;
     println!(
         "{} fix and {} diagnose rows from {} pairs ({} corruptions still passed, {} pairs had \
          nothing to break, {} excluded) → {}",

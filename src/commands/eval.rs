@@ -129,10 +129,7 @@ fn deliver(args: &GenerateArgs) -> Result<()> {
         &|step| notice(step),
     )?;
     if let Some(tests) = &delivery.tests {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(out, tests)?;
+        super::write_file(out, tests)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&delivery)?);
@@ -330,10 +327,7 @@ fn eval_run(args: &EvalRunArgs, focus: EvalFocus) -> Result<()> {
     )?;
     scoring.finish_and_clear();
     if let Some(out) = &args.out {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+        super::write_json(out, &report)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -460,10 +454,7 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     if let Some(out) = &args.out {
-        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+        super::write_json(out, &report)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -527,7 +518,7 @@ fn eval_fix(args: &EvalFixArgs) -> Result<()> {
     })?;
     bar.finish_and_clear();
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report)? + "\n")?;
+        super::write_json(out, &report)?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

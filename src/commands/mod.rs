@@ -81,3 +81,27 @@ pub async fn ensure_sandbox_image(image: Option<&str>) -> Result<()> {
     unitforge_sandbox::image::ensure_image(&docker, &tag, &notice).await?;
     Ok(())
 }
+
+/// Write `text` to `path`, creating its folder.
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Write `rows` as JSON lines to `path`.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut text = String::new();
+    for row in rows {
+        text += &serde_json::to_string(row)?;
+        text.push('\n');
+    }
+    write_file(path, &text)
+}
+
+/// Write `value` as pretty JSON to `path`.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    write_file(path, &(serde_json::to_string_pretty(value)? + "\n"))
+}
