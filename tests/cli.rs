@@ -1188,3 +1188,92 @@ fn eval_all_scores_k_suites_per_row_both_ways_and_repeats() {
     let text = stdout(&compared);
     assert!(text.contains("pruned mean composite"), "{text}");
 }
+
+#[test]
+fn deliver_writes_nothing_when_no_suite_passes_and_wants_one_module() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let out = dir.path().join("test_clamp.py");
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--deliver",
+            "--model",
+            model.to_str().unwrap(),
+            "--code",
+            "data/pairs/clamp/clamp.py",
+            "--out",
+            out.to_str().unwrap(),
+            "--executor",
+            "local",
+            "--max-new-tokens",
+            "24",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        unitforge(&refs)
+    };
+    let two = run(args(&["--code", "data/pairs/roman/roman.py"]));
+    assert!(!two.status.success());
+    assert!(String::from_utf8_lossy(&two.stderr).contains("exactly one --code"));
+    // A model of random weights writes no test that passes: a clear failure, no file.
+    let failed = run(args(&[
+        "--n",
+        "2",
+        "--oracle-repair",
+        "--fix-rounds",
+        "1",
+        "--json",
+    ]));
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("no suite kept a passing test"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&failed)).unwrap();
+    assert!(report["tests"].is_null());
+    assert!(report["candidates"].as_array().unwrap().len() >= 2);
+    assert!(!out.exists());
+}
+
+#[test]
+fn fix_rows_come_from_suites_that_really_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fix.jsonl");
+    let run = unitforge(&[
+        "data",
+        "fix-rows",
+        "--data",
+        "data/sft/eval.jsonl",
+        "--out",
+        out.to_str().unwrap(),
+        "--executor",
+        "local",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(rows.len() >= 6, "{} rows", rows.len());
+    for pair in rows.chunks(2) {
+        assert_eq!(
+            (pair[0]["task"].as_str(), pair[1]["task"].as_str()),
+            (Some("fix"), Some("diagnose"))
+        );
+        let prompt = pair[0]["prompt"].as_str().unwrap();
+        // The failure text is the sandbox's, without its frames.
+        assert!(prompt.contains("Failure:"), "{prompt}");
+        assert!(!prompt.contains("unitforge_runner"), "{prompt}");
+        assert_ne!(pair[0]["tests"], pair[0]["chosen"]);
+    }
+}
