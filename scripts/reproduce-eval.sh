@@ -13,7 +13,7 @@ LIMIT=${EVAL_LIMIT:-0}
 TOKENS=${EVAL_TOKENS:-320}
 base=models/smollm2-135m-instruct
 merged=models/smollm2-sft
-order="start sft grpo-mutant grpo-speed"
+order="start sft raft grpo-mutant grpo-speed"
 
 if [ "${TABLE_ONLY:-0}" = 1 ]; then
     reports=$RESULTS
