@@ -42,7 +42,7 @@ for name in $order; do [ -f "$reports/$name/eval_report.json" ] && dirs="$dirs $
 $UF eval pareto $dirs --out "$reports/report" > /dev/null
 cat "$reports/report/report.md"
 others=""
-for name in grpo-mutant grpo-speed; do [ -f "$reports/$name/eval_report.json" ] && others="$others $reports/$name"; done
+for name in raft grpo-mutant grpo-speed; do [ -f "$reports/$name/eval_report.json" ] && others="$others $reports/$name"; done
 if [ -f "$reports/sft/eval_report.json" ] && [ -n "$others" ]; then
     echo
     echo "Paired differences against SFT (95 % bootstrap intervals over rows):"
