@@ -438,10 +438,7 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
         args.limit.min(examples.len())
     };
     let bar = progress_bar(rows, "rows delivered");
-    let label = match &args.adapter {
-        Some(adapter) => format!("{} + {}", args.model.display(), adapter.display()),
-        None => args.model.display().to_string(),
-    };
+    let label = model_label(&args.model, args.adapter.as_deref());
     let report = evaluate_delivery(
         &mut writer,
         &examples,
@@ -509,10 +506,7 @@ fn eval_fix(args: &EvalFixArgs) -> Result<()> {
         },
     };
     let bar = progress_bar(rows.len(), "fixes written");
-    let label = match &args.adapter {
-        Some(adapter) => format!("{} + {}", args.model.display(), adapter.display()),
-        None => args.model.display().to_string(),
-    };
+    let label = model_label(&args.model, args.adapter.as_deref());
     let report = fix_success_rate(&mut writer, &rows, &backend, &config, &label, &|done, _| {
         bar.set_position(done as u64)
     })?;
@@ -533,4 +527,12 @@ fn eval_fix(args: &EvalFixArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A model named in a report: its directory, and the adapter on top of it.
+fn model_label(model: &std::path::Path, adapter: Option<&std::path::Path>) -> String {
+    match adapter {
+        Some(adapter) => format!("{} + {}", model.display(), adapter.display()),
+        None => model.display().to_string(),
+    }
 }

@@ -3,28 +3,15 @@
 //! pruning, oracle repair (only the expected value changes), fix rounds carrying the failing
 //! tests' own failure text, the disagreements, and that what is delivered passes as written.
 
+mod common;
+
 use std::cell::RefCell;
 
-use unitforge_sandbox::backend::{BackendOptions, BlockingBackend};
-use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::repair::RepairKind;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_trainer::data::prompts::PromptFormat;
-use unitforge_trainer::deliver::{deliver, DeliverOptions, Origin, Writer};
+use unitforge_trainer::deliver::{deliver, DeliverOptions, Delivery, Origin, Writer};
 use unitforge_trainer::TrainerError;
-
-fn backend() -> BlockingBackend {
-    let options = BackendOptions {
-        executor: ExecutorOptions {
-            kind: ExecutorKind::Local,
-            workers: 2,
-            ..ExecutorOptions::default()
-        },
-        servers: Vec::new(),
-        concurrency: 4,
-    };
-    BlockingBackend::start(&options, &|_| {}).expect("local sandbox (make venv)")
-}
 
 /// Answers generate prompts with `samples`, fix prompts with `fixes` in turn, and diagnose
 /// prompts with a fixed sentence; keeps every prompt it was given.
@@ -76,6 +63,20 @@ fn options(oracle_repair: bool, fix_rounds: usize) -> DeliverOptions {
     }
 }
 
+/// A delivery for `GRADE` (scripted writer, local sandbox, default rewards).
+fn deliver_grade(writer: &mut Scripted, oracle_repair: bool, fix_rounds: usize) -> Delivery {
+    deliver(
+        writer,
+        "grade",
+        GRADE,
+        &common::local_backend(),
+        &RewardConfig::default(),
+        &options(oracle_repair, fix_rounds),
+        &|_| {},
+    )
+    .unwrap()
+}
+
 fn fenced(tests: &str) -> String {
     format!("```python\n{tests}```\n")
 }
@@ -84,16 +85,7 @@ fn fenced(tests: &str) -> String {
 fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
     let suite = "import pytest\nfrom grade import grade, parse, ratio, letters, make\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n\n\ndef test_empty():\n    with pytest.raises(TypeError):\n        parse('')\n\n\ndef test_ratio():\n    assert ratio(1, 3) == pytest.approx(0.3)\n\n\ndef test_letters():\n    assert letters([95, 85, 10]) == ['A', 'A', 'C']\n\n\ndef test_object():\n    assert make() == 3\n";
     let mut writer = Scripted::new(&[&fenced(suite)], &[]);
-    let delivery = deliver(
-        &mut writer,
-        "grade",
-        GRADE,
-        &backend(),
-        &RewardConfig::default(),
-        &options(true, 0),
-        &|_| {},
-    )
-    .unwrap();
+    let delivery = deliver_grade(&mut writer, true, 0);
     let tests = delivery.tests.as_deref().expect("a delivered file");
     // Exactly the wrong expectations changed; the unprintable one pruned with its test.
     let expected = suite
@@ -146,16 +138,7 @@ fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
 fn without_repair_the_failing_tests_are_pruned_and_the_rest_delivered() {
     let suite = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n";
     let mut writer = Scripted::new(&[&fenced(suite)], &[]);
-    let delivery = deliver(
-        &mut writer,
-        "grade",
-        GRADE,
-        &backend(),
-        &RewardConfig::default(),
-        &options(false, 0),
-        &|_| {},
-    )
-    .unwrap();
+    let delivery = deliver_grade(&mut writer, false, 0);
     assert_eq!(
         delivery.tests.as_deref().unwrap(),
         "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n"
@@ -170,16 +153,7 @@ fn a_fix_round_gets_the_tests_own_failure_and_its_answer_is_delivered() {
     let broken = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'B'\n\n\ndef test_c():\n    assert grade(5) == 'B'\n";
     let fixed = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_c():\n    assert grade(5) == 'C'\n";
     let mut writer = Scripted::new(&[&fenced(broken)], &[&fenced(fixed)]);
-    let delivery = deliver(
-        &mut writer,
-        "grade",
-        GRADE,
-        &backend(),
-        &RewardConfig::default(),
-        &options(false, 1),
-        &|_| {},
-    )
-    .unwrap();
+    let delivery = deliver_grade(&mut writer, false, 1);
     assert_eq!(delivery.tests.as_deref(), Some(fixed));
     assert!(matches!(
         delivery.candidates[delivery.chosen.unwrap()].origin,
@@ -204,16 +178,7 @@ fn a_fix_round_gets_the_tests_own_failure_and_its_answer_is_delivered() {
 fn nothing_is_delivered_when_no_test_passes() {
     let broken = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'B'\n";
     let mut writer = Scripted::new(&[&fenced(broken)], &[&fenced(broken)]);
-    let delivery = deliver(
-        &mut writer,
-        "grade",
-        GRADE,
-        &backend(),
-        &RewardConfig::default(),
-        &options(false, 1),
-        &|_| {},
-    )
-    .unwrap();
+    let delivery = deliver_grade(&mut writer, false, 1);
     assert!(delivery.tests.is_none() && delivery.score.is_none());
     assert_eq!(delivery.candidates.len(), 2);
 }
@@ -240,7 +205,7 @@ fn delivered_figures_follow_each_step_of_the_delivery() {
         &mut writer,
         &[example],
         0,
-        &backend(),
+        &common::local_backend(),
         &RewardConfig::default(),
         &options(true, 0),
         "scripted",

@@ -2,27 +2,14 @@
 //! pass, the trivial suite earns nothing, the figures follow from the per-suite scores, and a
 //! repeated evaluation gives the same report (CPU times apart, which are measured).
 
+mod common;
+
 use std::path::PathBuf;
 
-use unitforge_sandbox::backend::{BackendOptions, BlockingBackend};
-use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_trainer::data::dataset::{load_jsonl, Targets};
 use unitforge_trainer::data::prompts::PromptFormat;
 use unitforge_trainer::eval::report::{score_suites, EvalOptions, EvalReport, TRIVIAL_SUITE};
-
-fn backend() -> BlockingBackend {
-    let options = BackendOptions {
-        executor: ExecutorOptions {
-            kind: ExecutorKind::Local,
-            workers: 2,
-            ..ExecutorOptions::default()
-        },
-        servers: Vec::new(),
-        concurrency: 4,
-    };
-    BlockingBackend::start(&options, &|_| {}).expect("local sandbox (make venv)")
-}
 
 /// The report without what the clock decides (CPU times, the speed reward, and the composite
 /// that includes it).
@@ -68,7 +55,7 @@ fn references_pass_the_trivial_suite_earns_nothing_and_reports_repeat() {
     };
     let mut config = RewardConfig::default();
     config.mutants.max_mutants = 8;
-    let backend = backend();
+    let backend = common::local_backend();
     let report = score_suites(
         examples,
         generated.clone(),

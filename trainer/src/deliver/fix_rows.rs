@@ -8,7 +8,6 @@
 
 use serde::Serialize;
 use unitforge_sandbox::backend::BlockingBackend;
-use unitforge_sandbox::protocol::TestOutcome;
 use unitforge_sandbox::prune::FailingTests;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::rng::SplitMix64;
@@ -17,7 +16,7 @@ use unitforge_sandbox::source::{visit, PythonSource};
 use unitforge_sandbox::tree_sitter::Node;
 
 use crate::data::prompts::Task;
-use crate::deliver::failure_text;
+use crate::deliver::{failing_tests, failure_text};
 
 /// How a suite was broken.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -281,13 +280,7 @@ pub fn fix_rows(
             summary.still_passing += 1;
             continue;
         }
-        let failures: Vec<(String, String)> = report
-            .baseline
-            .iter()
-            .flat_map(|b| &b.tests)
-            .filter(|t| t.outcome != TestOutcome::Passed)
-            .map(|t| (t.nodeid.clone(), t.message.clone()))
-            .collect();
+        let failures = failing_tests(&report);
         let failure = if failures.is_empty() {
             report.invalid_reason.clone().unwrap_or_default()
         } else {

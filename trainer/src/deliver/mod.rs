@@ -474,18 +474,7 @@ fn candidate(origin: Origin, tests: String, repairs: Vec<Repair>, scored: Scored
             if !report.valid {
                 candidate.invalid = report.invalid_reason.clone();
             }
-            candidate.failures = report
-                .baseline
-                .iter()
-                .flat_map(|b| &b.tests)
-                .filter(|t| {
-                    matches!(
-                        t.outcome,
-                        TestOutcome::Failed | TestOutcome::Error | TestOutcome::Timeout
-                    )
-                })
-                .map(|t| (t.nodeid.clone(), t.message.clone()))
-                .collect();
+            candidate.failures = failing_tests(&report);
             // A file the sandbox rejected as a whole (a syntax error, a collection error): its
             // reason is the failure a fix prompt carries.
             if !report.valid && candidate.failures.is_empty() {
@@ -499,6 +488,22 @@ fn candidate(origin: Origin, tests: String, repairs: Vec<Repair>, scored: Scored
         }
     }
     candidate
+}
+
+/// Each test that failed, errored or timed out in a score's baseline run, with its message.
+pub(crate) fn failing_tests(report: &ScoreReport) -> Vec<(String, String)> {
+    report
+        .baseline
+        .iter()
+        .flat_map(|b| &b.tests)
+        .filter(|t| {
+            matches!(
+                t.outcome,
+                TestOutcome::Failed | TestOutcome::Error | TestOutcome::Timeout
+            )
+        })
+        .map(|t| (t.nodeid.clone(), t.message.clone()))
+        .collect()
 }
 
 /// The failure text a fix prompt carries: each failing test's own message, at most ~1,500

@@ -166,3 +166,20 @@ pub fn small_student(
     init_model(&init, &student).unwrap();
     (student, train_path, eval_path, init)
 }
+
+/// The reward backend on the local executor (processes on this machine; `make venv` sets up
+/// the Python it runs).
+pub fn local_backend() -> unitforge_sandbox::backend::BlockingBackend {
+    use unitforge_sandbox::backend::{BackendOptions, BlockingBackend};
+    use unitforge_sandbox::executor::{ExecutorKind, ExecutorOptions};
+    let options = BackendOptions {
+        executor: ExecutorOptions {
+            kind: ExecutorKind::Local,
+            workers: 2,
+            ..ExecutorOptions::default()
+        },
+        servers: Vec::new(),
+        concurrency: 4,
+    };
+    BlockingBackend::start(&options, &|_| {}).expect("local sandbox (make venv)")
+}
