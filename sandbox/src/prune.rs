@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::{summary_line, JudgedRun, Verdict};
 use crate::protocol::{function_name, RunReply, TestOutcome, TestReport};
 use crate::source::PythonSource;
-use crate::suite::{test_function_texts, without_tests};
+use crate::suite::{test_function_texts, without_cases, without_tests, CaseRemovals};
 
 /// What a test that fails on the code under test does to its suite.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +63,37 @@ pub struct PrunedTest {
     pub reason: PruneReason,
     /// The failure's summary line, or the test it duplicates.
     pub detail: String,
+    /// For a case of a parametrized test: its place among the function's collected cases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub case: Option<CaseOf>,
+}
+
+/// Where a parametrized case stands among its function's cases, in pytest's collection order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CaseOf {
+    /// 0-based.
+    pub index: usize,
+    /// Cases the function collected.
+    pub of: usize,
+}
+
+impl CaseOf {
+    /// The place of `nodeid` (`test_m.py::test_x[2-3]`) among the cases in `order` that share
+    /// its function; `None` for a test that is not parametrized or not in `order`.
+    pub fn locate(order: &[String], nodeid: &str) -> Option<Self> {
+        let (function, _) = nodeid.split_once('[')?;
+        let mut index = None;
+        let mut of = 0;
+        for other in order {
+            if other.split_once('[').is_some_and(|(f, _)| f == function) {
+                if other == nodeid {
+                    index = Some(of);
+                }
+                of += 1;
+            }
+        }
+        Some(Self { index: index?, of })
+    }
 }
 
 /// The tests that failed in a run, when that is all that is wrong with it: the session finished,
@@ -108,6 +139,7 @@ pub fn failed_at_baseline(failing: &[&TestReport]) -> Vec<PrunedTest> {
             name: t.nodeid.clone(),
             reason: reason_of(t.outcome),
             detail: summary(&t.message),
+            case: None,
         })
         .collect()
 }
@@ -124,6 +156,7 @@ pub fn flaky_in(kept: &[String], run: &JudgedRun) -> Vec<PrunedTest> {
                     "passed on the first run, {} in a shuffled one",
                     outcome_word(*outcome)
                 ),
+                case: None,
             }),
             // Not reported in a sound run with a selection: the selection lost it; not the test.
             None => None,
@@ -170,6 +203,7 @@ pub fn duplicates_in(kept: &[String], duplicates: &BTreeMap<String, String>) -> 
                 name: nodeid.clone(),
                 reason: PruneReason::Duplicate,
                 detail: format!("the same test as {first}"),
+                case: None,
             })
         })
         .collect()
@@ -187,6 +221,8 @@ pub struct Pruning {
     pub collected: usize,
     pub kept: Vec<String>,
     pub pruned: Vec<PrunedTest>,
+    /// Every collected node id in the baseline's order (where each pruned case stands).
+    order: Vec<String>,
 }
 
 impl Pruning {
@@ -196,6 +232,7 @@ impl Pruning {
             collected: baseline_cases.len(),
             kept: baseline_cases.iter().map(|t| t.nodeid.clone()).collect(),
             pruned: Vec::new(),
+            order: baseline_cases.iter().map(|t| t.nodeid.clone()).collect(),
         }
     }
 
@@ -203,7 +240,11 @@ impl Pruning {
     pub fn remove(&mut self, cases: Vec<PrunedTest>) {
         let names: BTreeSet<&str> = cases.iter().map(|c| c.name.as_str()).collect();
         self.kept.retain(|nodeid| !names.contains(nodeid.as_str()));
-        self.pruned.extend(cases);
+        let order = &self.order;
+        self.pruned.extend(cases.into_iter().map(|mut case| {
+            case.case = CaseOf::locate(order, &case.name);
+            case
+        }));
     }
 
     /// Whether the baseline ran cases that are not kept (anything pruned but the flaky ones,
@@ -243,16 +284,30 @@ pub fn prune_discount(kept: usize, collected: usize, floor: usize) -> f64 {
     (kept as f64 / denominator as f64).min(1.0)
 }
 
-/// The test file a user keeps: `tests` less every test function one of whose cases `pruned`
-/// names (with its decorators; a parametrized function goes as a whole). `None` when nothing
-/// would be left of it, or the file does not parse.
+/// The test file a user keeps: `tests` less every pruned case — the entry of a parametrize list
+/// that produced it where that is certain (`suite::without_cases`), else its whole test function
+/// with its decorators. `None` when nothing would be left of it, or the file does not parse.
 pub fn kept_file(tests: &str, pruned: &[PrunedTest]) -> Option<String> {
     let source = PythonSource::parse("tests", tests).ok()?;
-    let functions: BTreeSet<String> = pruned
-        .iter()
-        .map(|p| function_name(&p.name).to_string())
-        .collect();
-    let kept = without_tests(&source, &functions);
+    let mut whole: BTreeSet<String> = BTreeSet::new();
+    let mut cases: CaseRemovals = BTreeMap::new();
+    for test in pruned {
+        let function = function_name(&test.name).to_string();
+        match test.case {
+            Some(CaseOf { index, of }) if !whole.contains(&function) => {
+                let entry = cases.entry(function).or_insert((BTreeSet::new(), of));
+                entry.0.insert(index);
+            }
+            _ => {
+                cases.remove(&function);
+                whole.insert(function);
+            }
+        }
+    }
+    let (text, not_edited) = without_cases(&source, &cases);
+    whole.extend(not_edited);
+    let source = PythonSource::parse("tests", &text).ok()?;
+    let kept = without_tests(&source, &whole);
     let left = PythonSource::parse("tests", &kept).ok()?;
     (!crate::suite::suite_facts(&left).tests.is_empty()).then_some(kept)
 }
@@ -271,7 +326,114 @@ mod tests {
             name: name.to_string(),
             reason: PruneReason::Failed,
             detail: String::new(),
+            case: None,
         }
+    }
+
+    /// A pruned case located in `order`, as `Pruning::remove` records it.
+    fn pruned_in(order: &[&str], name: &str) -> PrunedTest {
+        let order: Vec<String> = order.iter().map(|s| s.to_string()).collect();
+        PrunedTest {
+            case: CaseOf::locate(&order, name),
+            ..pruned(name)
+        }
+    }
+
+    #[test]
+    fn cases_are_located_among_their_own_functions_cases() {
+        let order = [
+            "t.py::test_a[1]",
+            "t.py::test_b",
+            "t.py::test_a[2]",
+            "t.py::TestK::test_a[3]",
+            "t.py::test_a[3]",
+        ]
+        .map(String::from);
+        assert_eq!(
+            CaseOf::locate(&order, "t.py::test_a[3]"),
+            Some(CaseOf { index: 2, of: 3 })
+        );
+        assert_eq!(
+            CaseOf::locate(&order, "t.py::TestK::test_a[3]"),
+            Some(CaseOf { index: 0, of: 1 })
+        );
+        assert_eq!(CaseOf::locate(&order, "t.py::test_b"), None);
+        assert_eq!(CaseOf::locate(&order, "t.py::test_a[9]"), None);
+    }
+
+    #[test]
+    fn the_kept_file_drops_single_cases_of_a_parametrize_list() {
+        let order = [
+            "test_m.py::test_grade[87-A]",
+            "test_m.py::test_grade[77-C]",
+            "test_m.py::test_grade[0-F]",
+            "test_m.py::test_inline[1-1]",
+            "test_m.py::test_inline[2-5]",
+            "test_m.py::test_inline[3-3]",
+            "test_m.py::test_two",
+        ];
+        let tests = "import pytest\nfrom m import grade, f\n\n\n@pytest.mark.parametrize(\n    \"score, expected\",\n    [\n        (87, \"A\"),\n        (77, \"C\"),  # wrong\n        (0, \"F\"),\n    ],\n)\ndef test_grade(score, expected):\n    assert grade(score) == expected\n\n\n@pytest.mark.parametrize('x, y', [(1, 1), (2, 5), (3, 3)])\ndef test_inline(x, y):\n    assert f(x) == y\n\n\ndef test_two():\n    assert f(2) == 3\n";
+        let kept = kept_file(
+            tests,
+            &[
+                pruned_in(&order, "test_m.py::test_grade[77-C]"),
+                pruned_in(&order, "test_m.py::test_inline[2-5]"),
+                pruned_in(&order, "test_m.py::test_two"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            kept,
+            "import pytest\nfrom m import grade, f\n\n\n@pytest.mark.parametrize(\n    \"score, expected\",\n    [\n        (87, \"A\"),\n        (0, \"F\"),\n    ],\n)\ndef test_grade(score, expected):\n    assert grade(score) == expected\n\n\n@pytest.mark.parametrize('x, y', [(1, 1), (3, 3)])\ndef test_inline(x, y):\n    assert f(x) == y\n"
+        );
+        // The last entries of an inline list, and every case but one.
+        let kept = kept_file(
+            tests,
+            &[
+                pruned_in(&order, "test_m.py::test_inline[2-5]"),
+                pruned_in(&order, "test_m.py::test_inline[3-3]"),
+                pruned_in(&order, "test_m.py::test_grade[87-A]"),
+                pruned_in(&order, "test_m.py::test_grade[77-C]"),
+            ],
+        )
+        .unwrap();
+        assert!(kept.contains("[(1, 1)])\ndef test_inline"), "{kept}");
+        assert!(
+            kept.contains("    [\n        (0, \"F\"),\n    ],\n"),
+            "{kept}"
+        );
+        // Every case pruned: the function goes as a whole.
+        let all: Vec<PrunedTest> = order[3..6]
+            .iter()
+            .map(|name| pruned_in(&order, name))
+            .collect();
+        let kept = kept_file(tests, &all).unwrap();
+        assert!(!kept.contains("test_inline"), "{kept}");
+        assert!(kept.contains("def test_grade"), "{kept}");
+    }
+
+    #[test]
+    fn cases_whose_entry_is_uncertain_take_their_function_with_them() {
+        // Stacked decorators (a product), a tuple of values, a count that disagrees with the
+        // list (a parametrized fixture doubles the cases): each function goes whole.
+        let tests = "import pytest\nfrom m import f\n\n\n@pytest.mark.parametrize('x', [1, 2])\n@pytest.mark.parametrize('y', [3, 4])\ndef test_product(x, y):\n    assert f(x) == y\n\n\n@pytest.mark.parametrize('x', ((1,), (2,)))\ndef test_tuple(x):\n    assert f(x)\n\n\n@pytest.mark.parametrize('x', [1, 2])\ndef test_fixture(x, doubled):\n    assert f(x)\n\n\ndef test_kept():\n    assert f(1) == 1\n";
+        let with_case = |name: &str, index: usize, of: usize| PrunedTest {
+            case: Some(CaseOf { index, of }),
+            ..pruned(name)
+        };
+        let kept = kept_file(
+            tests,
+            &[
+                with_case("test_m.py::test_product[3-1]", 0, 4),
+                with_case("test_m.py::test_tuple[x0]", 0, 2),
+                with_case("test_m.py::test_fixture[1-a]", 0, 4),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            kept,
+            "import pytest\nfrom m import f\n\n\ndef test_kept():\n    assert f(1) == 1\n"
+        );
     }
 
     #[test]
@@ -333,7 +495,10 @@ mod tests {
             name: "t.py::test_a[2]".into(),
             reason: PruneReason::Failed,
             detail: String::new(),
+            case: None,
         }]);
+        // The removed case's place is recorded, for the kept file.
+        assert_eq!(pruning.pruned[0].case, Some(CaseOf { index: 1, of: 2 }));
         assert_eq!(
             pruning.selection(),
             Some(vec![

@@ -5,7 +5,7 @@
 //! internals or the CUT's source instead of its behaviour. `Deny` reaches make a suite invalid
 //! under the default reward config; `Warn` reaches are only reported.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tree_sitter::Node;
@@ -277,8 +277,7 @@ pub fn test_function_texts(source: &PythonSource) -> Vec<(String, String)> {
 /// with its decorators and its lines; a `Test*` class left with no statement goes with them.
 /// Everything else — imports, helpers, fixtures, comments between tests — is kept byte for
 /// byte, so the file a user keeps is the one the model wrote, less the tests that were pruned.
-/// A parametrized test goes as a whole when any of its cases is named: pytest's case ids are
-/// not a safe handle on the list entry that produced them.
+/// A parametrized test goes as a whole here; [`without_cases`] removes single cases.
 pub fn without_tests(source: &PythonSource, functions: &BTreeSet<String>) -> String {
     let mut removed: Vec<Node<'_>> = Vec::new();
     collect_test_nodes(source, source.root(), None, &mut |test, outer, _| {
@@ -351,6 +350,142 @@ pub fn without_tests(source: &PythonSource, functions: &BTreeSet<String>) -> Str
         tidy.push('\n');
     }
     tidy
+}
+
+/// The cases of parametrized tests to remove: for a test function (`test_x`,
+/// `TestClass::test_x`), the positions of its removed cases in pytest's collection order and how
+/// many cases pytest collected for it.
+pub type CaseRemovals = BTreeMap<String, (BTreeSet<usize>, usize)>;
+
+/// The test file with single cases of parametrized tests removed: each case's entry of the
+/// literal list that produced it, with its line where it has one, everything else byte for byte.
+/// A function is edited only where the i-th case is surely the list's i-th entry: one
+/// `parametrize` decorator, a list literal as its values, as many entries as cases collected
+/// (a class parametrize, a parametrized fixture or a second decorator multiplies the cases) and
+/// at least one entry left. Returns the text and the functions it could not edit, for the
+/// caller to remove whole.
+pub fn without_cases(source: &PythonSource, removals: &CaseRemovals) -> (String, BTreeSet<String>) {
+    let text = source.text();
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut edited: BTreeSet<String> = BTreeSet::new();
+    collect_test_nodes(source, source.root(), None, &mut |test, outer, _| {
+        let Some((indices, collected)) = removals.get(&test.name) else {
+            return;
+        };
+        let Some(entries) = parametrize_entries(source, outer) else {
+            return;
+        };
+        let fits = entries.len() == *collected
+            && indices.len() < entries.len()
+            && indices.iter().all(|&i| i < entries.len());
+        if !fits {
+            return;
+        }
+        for &i in indices {
+            ranges.push(entry_range(text, &entries, i, indices));
+        }
+        edited.insert(test.name);
+    });
+    ranges.sort_unstable();
+    let mut kept = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in ranges {
+        if start > at {
+            kept.push_str(&text[at..start]);
+        }
+        at = at.max(end);
+    }
+    kept.push_str(&text[at..]);
+    let not_edited = removals
+        .keys()
+        .filter(|name| !edited.contains(*name))
+        .cloned()
+        .collect();
+    (kept, not_edited)
+}
+
+/// The entries of a test's one `parametrize` list literal; `None` for anything else.
+fn parametrize_entries<'t>(source: &'t PythonSource, outer: Node<'t>) -> Option<Vec<Node<'t>>> {
+    if outer.kind() != "decorated_definition" {
+        return None;
+    }
+    let mut cursor = outer.walk();
+    let parametrize: Vec<Node<'t>> = outer
+        .named_children(&mut cursor)
+        .filter(|d| d.kind() == "decorator")
+        .filter_map(|d| d.named_child(0))
+        .filter(|call| {
+            call.kind() == "call"
+                && call
+                    .child_by_field_name("function")
+                    .is_some_and(|f| source.node_text(f).ends_with("parametrize"))
+        })
+        .collect();
+    let [call] = parametrize[..] else {
+        return None;
+    };
+    let arguments = call.child_by_field_name("arguments")?;
+    let mut cursor = arguments.walk();
+    let mut positional = 0;
+    let mut values = None;
+    for argument in arguments.named_children(&mut cursor) {
+        match argument.kind() {
+            "comment" => {}
+            "keyword_argument" => {
+                let name = argument
+                    .child_by_field_name("name")
+                    .map(|n| source.node_text(n));
+                if name == Some("argvalues") {
+                    values = argument.child_by_field_name("value");
+                }
+            }
+            _ => {
+                positional += 1;
+                if positional == 2 {
+                    values = Some(argument);
+                }
+            }
+        }
+    }
+    let values = values.filter(|v| v.kind() == "list")?;
+    let mut cursor = values.walk();
+    let entries: Vec<Node<'t>> = values
+        .named_children(&mut cursor)
+        .filter(|n| n.kind() != "comment")
+        .collect();
+    Some(entries)
+}
+
+/// The bytes that remove entry `i` of a list (`removed` names every entry going): its whole
+/// lines when it stands on lines of its own (with its comma and a trailing comment); else up to
+/// the next entry that stays, or, with none after it, from the last one that stays before it.
+fn entry_range(
+    text: &str,
+    entries: &[Node<'_>],
+    i: usize,
+    removed: &BTreeSet<usize>,
+) -> (usize, usize) {
+    let entry = entries[i];
+    let line_start = text[..entry.start_byte()].rfind('\n').map_or(0, |n| n + 1);
+    let own_line_before = text[line_start..entry.start_byte()].trim().is_empty();
+    let rest = &text[entry.end_byte()..];
+    let line_end = rest
+        .find('\n')
+        .map_or(text.len(), |n| entry.end_byte() + n + 1);
+    let after = text[entry.end_byte()..line_end].trim();
+    let after = after.strip_prefix(',').unwrap_or(after).trim();
+    let own_line_after = after.is_empty() || after.starts_with('#');
+    if own_line_before && own_line_after {
+        return (line_start, line_end);
+    }
+    let stays = |j: &usize| !removed.contains(j);
+    if let Some(next) = (i + 1..entries.len()).find(stays) {
+        (entry.start_byte(), entries[next].start_byte())
+    } else if let Some(before) = (0..i).rev().find(stays) {
+        (entries[before].end_byte(), entry.end_byte())
+    } else {
+        (entry.start_byte(), entry.end_byte())
+    }
 }
 
 fn collect_tests(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use unitforge_sandbox::local::{discover_python, LocalLauncher};
 use unitforge_sandbox::outcome::{MutantStatus, Verdict};
-use unitforge_sandbox::prune::{FailingTests, PruneReason};
+use unitforge_sandbox::prune::{kept_file, CaseOf, FailingTests, PruneReason};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreError, ScoreInput, ScoreReport, Scorer};
 use unitforge_sandbox::worker::WorkerPool;
@@ -731,6 +731,16 @@ async fn each_parametrize_case_is_pruned_on_its_own() {
     assert!(pruned[0].name.ends_with("test_cases[11-11]"), "{pruned:?}");
     assert_eq!(report.kept_tests.as_ref().unwrap().len(), 3);
     assert!(report.mutant_kill > 0.3, "kill rate {}", report.mutant_kill);
+    // The file a user keeps drops that one entry, and passes as written with the other three.
+    assert_eq!(pruned[0].case, Some(CaseOf { index: 2, of: 4 }));
+    let kept = kept_file(tests, pruned).expect("a kept file");
+    assert!(
+        kept.contains("[(-1, 0), (5, 5), (11, 10)])"),
+        "the kept file: {kept}"
+    );
+    let strict = score_with(CLAMP, &kept, &RewardConfig::default()).await;
+    assert!(strict.valid, "{:?}", strict.invalid_reason);
+    assert_eq!(strict.baseline.as_ref().unwrap().tests.len(), 3);
 }
 
 #[tokio::test]

@@ -5,7 +5,8 @@
 //! suite it scored with its pruned score). For each row, the best few by pruned composite that
 //! kill at least one mutant are scored under `prune` again (the service's cache answers a suite
 //! it has seen) to learn which tests were pruned; each becomes its **kept file** — the suite less
-//! those tests, byte for byte otherwise (`prune::kept_file`) — and the kept file is scored as
+//! those tests (a parametrize list's single entries where certain, byte for byte otherwise:
+//! `prune::kept_file`) — and the kept file is scored as
 //! written (`invalidate`): only a kept file that passes on its code as it stands, and kills,
 //! becomes a row. Each row's target is its best such file by that score, discounted as the
 //! pruned reward discounts a suite of fewer than `prune_min_tests` cases. So a round trains on
@@ -18,8 +19,6 @@ use unitforge_sandbox::backend::{BlockingBackend, Scored};
 use unitforge_sandbox::prune::{kept_file, prune_discount, FailingTests};
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::ScoreInput;
-use unitforge_sandbox::source::PythonSource;
-use unitforge_sandbox::suite::suite_facts;
 
 use crate::data::dataset::Example;
 use crate::eval::report::EvalReport;
@@ -58,8 +57,8 @@ pub struct FilteredRow {
     /// What the row was chosen by: the composite × the pruned reward's discount for a file of
     /// fewer than `prune_min_tests` cases.
     pub rank: f64,
-    /// Test functions removed from the suite the model wrote.
-    pub removed_tests: usize,
+    /// Test cases pruned from the suite the model wrote.
+    pub pruned_cases: usize,
 }
 
 /// What the filter saw and kept.
@@ -177,8 +176,7 @@ pub fn filtered_rows(
         let pruned = report.pruned_tests.unwrap_or_default();
         match kept_file(tests, &pruned) {
             Some(file) if report.valid => {
-                let removed = test_count(tests).saturating_sub(test_count(&file));
-                kept.push((*place, file, removed));
+                kept.push((*place, file, pruned.len()));
             }
             _ => summary.kept_files_rejected += 1,
         }
@@ -221,7 +219,7 @@ pub fn filtered_rows(
             mutant_kill: score.mutant_kill,
             composite: score.composite,
             rank,
-            removed_tests: removed,
+            pruned_cases: removed,
         };
         let slot = &mut best[place];
         if slot.as_ref().is_none_or(|b| candidate.rank > b.rank) {
@@ -236,9 +234,4 @@ pub fn filtered_rows(
         summary.mean_composite = rows.iter().map(|r| r.composite).sum::<f64>() / n;
     }
     Ok((rows, summary))
-}
-
-/// Test functions a file defines (0 when it does not parse).
-fn test_count(tests: &str) -> usize {
-    PythonSource::parse("tests", tests).map_or(0, |s| suite_facts(&s).tests.len())
 }
