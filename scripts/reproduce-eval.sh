@@ -12,7 +12,8 @@ K=${EVAL_SAMPLES:-4}
 LIMIT=${EVAL_LIMIT:-0}
 TOKENS=${EVAL_TOKENS:-320}
 base=models/smollm2-135m-instruct
-merged=models/smollm2-sft
+# shellcheck source=scripts/smollm2-checkpoints.sh
+. scripts/smollm2-checkpoints.sh
 order="start sft raft grpo-mutant grpo-speed"
 
 if [ "${TABLE_ONLY:-0}" = 1 ]; then
@@ -23,14 +24,9 @@ else
     for name in $order; do
         dir=$RESULTS/$name
         [ -d "$dir" ] || continue
-        case $name in
-        start) model=$base adapter="" ;;
-        sft) model=$base adapter=$dir ;;
-        *)
-            [ -f $merged/model.safetensors ] ||
-                $UF adapter merge --model $base --adapter $RESULTS/sft --out $merged
-            model=$merged adapter=$dir ;;
-        esac
+        model=$(model_under "$name")
+        adapter=$dir
+        [ "$name" = start ] && adapter=""
         echo "== eval $name"
         $UF eval all --model $model ${adapter:+--adapter $adapter} --samples "$K" --limit "$LIMIT" \
             --max-new-tokens "$TOKENS" --workers 2 --out "$OUT/$name/eval_report.json" > /dev/null

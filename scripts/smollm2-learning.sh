@@ -13,8 +13,10 @@
 # `raft` is a reward-filtered SFT round (RAFT): the SFT model writes K suites for each of the
 # first RAFT_ROWS training rows, `data raft` keeps each row's best one less its pruned tests
 # (proven to pass and kill as written), and a new LoRA on the merged SFT model trains on them.
-# GRPO trains on top of the SFT adapter *as published* (merged from its bf16 copy into
-# models/smollm2-sft), so `make reproduce-eval` on a fresh clone evaluates exactly these weights.
+# Each round trains on top of the checkpoint before it *as published* (its bf16 adapters merged,
+# scripts/smollm2-checkpoints.sh), and names that checkpoint in its `trained_on` file, so `make
+# reproduce-eval` on a fresh clone evaluates exactly these weights. The GRPO branches start from
+# GRPO_FROM (default: raft, the RAFT round; sft for the SFT checkpoint).
 # Scoring goes through a local reward service with a cache (the reference and trivial suites,
 # identical for every checkpoint, are scored once).
 set -euo pipefail
@@ -29,9 +31,12 @@ TOKENS=${EVAL_TOKENS:-320}
 RAFT_ROWS=${RAFT_ROWS:-160}
 RAFT_STEPS=${RAFT_STEPS:-70}
 PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
+GRPO_FROM=${GRPO_FROM:-raft}
+GRPO_SET=${GRPO_SET:-}   # further --set overrides for both branches
 PORT=${PORT:-18191}
 base=models/smollm2-135m-instruct
-merged=models/smollm2-sft
+# shellcheck source=scripts/smollm2-checkpoints.sh
+. scripts/smollm2-checkpoints.sh
 wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$RUNS" "$RESULTS"
 [ -f $base/model.safetensors ] || make model
@@ -49,9 +54,11 @@ start_server() {
     exit 1
 }
 
-evaluate() {  # name model [adapter]
-    local name=$1 model=$2 adapter=${3:-}
+evaluate() {  # checkpoint
+    local name=$1 model adapter=""
     [ -f "$RESULTS/$name/eval_report.json" ] && return 0
+    model=$(model_under "$name")
+    [ "$name" = start ] || adapter=$RESULTS/$name
     start_server
     echo "== eval $name ($model${adapter:+ + $adapter}, $K suites per row)"
     $UF eval all --model "$model" ${adapter:+--adapter "$adapter"} --samples "$K" \
@@ -63,13 +70,15 @@ grpo() {  # branch config
     local branch=$1 config=$2
     # Published already (a later session on a fresh machine): nothing to train.
     [ -f "$RESULTS/$branch/adapter_model.safetensors" ] && return 0
-    [ -f "$merged/model.safetensors" ] || $UF adapter merge --model $base --adapter "$RESULTS/sft" --out $merged
-    echo "== train grpo $branch ($GRPO_STEPS steps from the published SFT adapter)"
+    local start
+    start=$(merged_model "$GRPO_FROM")
+    echo "== train grpo $branch ($GRPO_STEPS steps from the published $GRPO_FROM checkpoint)"
     [ -f "$RUNS/$branch/adapter_model.safetensors" ] ||
-    $UF train grpo --config "$config" --set base_model=$merged --set output_dir="$RUNS/$branch" \
+    $UF train grpo --config "$config" --set base_model="$start" --set output_dir="$RUNS/$branch" \
         --set max_steps="$GRPO_STEPS" --set save_every=5 --set eval_every=20 --set resume=true \
-        --set progress=false --json > "$RUNS/$branch.json"
+        --set progress=false $GRPO_SET --json > "$RUNS/$branch.json"
     $UF adapter export --from "$RUNS/$branch" --out "$RESULTS/$branch"
+    echo "$GRPO_FROM" > "$RESULTS/$branch/trained_on"
 }
 
 if wanted sft && [ ! -f "$RUNS/sft/adapter_model.safetensors" ] &&
@@ -82,10 +91,10 @@ fi
 if wanted export-sft && [ ! -f "$RESULTS/sft/adapter_model.safetensors" ]; then
     $UF adapter export --from "$RUNS/sft" --out "$RESULTS/sft"
 fi
-if wanted eval-start; then evaluate start $base; fi
-if wanted eval-sft; then evaluate sft $base "$RESULTS/sft"; fi
+if wanted eval-start; then evaluate start; fi
+if wanted eval-sft; then evaluate sft; fi
 if wanted raft && [ ! -f "$RESULTS/raft/adapter_model.safetensors" ]; then
-    [ -f "$merged/model.safetensors" ] || $UF adapter merge --model $base --adapter "$RESULTS/sft" --out $merged
+    merged=$(merged_model sft)
     start_server
     if [ ! -f "$RUNS/raft-samples.json" ]; then
         echo "== raft: $K suites for each of $RAFT_ROWS training rows (the SFT model)"
@@ -103,10 +112,11 @@ if wanted raft && [ ! -f "$RESULTS/raft/adapter_model.safetensors" ]; then
         --set eval_every=35 --set save_every=10 --set save_merged=false --set resume=true \
         --set progress=false --json > "$RUNS/raft.json"
     $UF adapter export --from "$RUNS/raft" --out "$RESULTS/raft"
+    echo sft > "$RESULTS/raft/trained_on"
 fi
-if wanted eval-raft; then evaluate raft $merged "$RESULTS/raft"; fi
+if wanted eval-raft; then evaluate raft; fi
 if wanted grpo-mutant; then grpo grpo-mutant configs/smollm2/grpo_mutant_max.yaml; fi
-if wanted eval-grpo-mutant; then evaluate grpo-mutant $merged "$RESULTS/grpo-mutant"; fi
+if wanted eval-grpo-mutant; then evaluate grpo-mutant; fi
 if wanted grpo-speed; then grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml; fi
-if wanted eval-grpo-speed; then evaluate grpo-speed $merged "$RESULTS/grpo-speed"; fi
+if wanted eval-grpo-speed; then evaluate grpo-speed; fi
 if wanted table; then TABLE_ONLY=1 RESULTS="$RESULTS" scripts/reproduce-eval.sh; fi

@@ -566,10 +566,47 @@ impl Model {
         temperature: f64,
         pass: Pass,
     ) -> Result<Tensor> {
+        self.target_logprobs_from(input_ids, targets, 0, temperature, pass)
+    }
+
+    /// [`Self::target_logprobs`] where only positions `from..` count: the output head (a product
+    /// over the whole vocabulary, a fifth of a small model's work per position) runs on those
+    /// alone, and the positions before `from` read 0. GRPO's rows count only their completion,
+    /// which starts after a prompt of hundreds of tokens.
+    pub fn target_logprobs_from(
+        &self,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        from: usize,
+        temperature: f64,
+        pass: Pass,
+    ) -> Result<Tensor> {
         let hidden = self.hidden_states(input_ids, 0, None, None, pass)?;
+        let time = hidden.dim(1)?;
+        let from = from.min(time.saturating_sub(1));
+        if from == 0 {
+            return self.head_target_logprobs(&hidden, targets, temperature, pass);
+        }
+        let logp = self.head_target_logprobs(
+            &hidden.narrow(1, from, time - from)?.contiguous()?,
+            &targets.narrow(1, from, time - from)?.contiguous()?,
+            temperature,
+            pass,
+        )?;
+        logp.pad_with_zeros(1, from, 0)
+    }
+
+    /// log p(targets) from the final hidden states [batch, time, hidden].
+    fn head_target_logprobs(
+        &self,
+        hidden: &Tensor,
+        targets: &Tensor,
+        temperature: f64,
+        pass: Pass,
+    ) -> Result<Tensor> {
         match self.lm_head.plain_frozen_weight() {
             Some(weight)
-                if crate::kernels::fused::applies(&hidden) && weight.dtype() == DType::F32 =>
+                if crate::kernels::fused::applies(hidden) && weight.dtype() == DType::F32 =>
             {
                 let (batch, time, width) = hidden.dims3()?;
                 crate::kernels::fused_head_logprobs::fused_head_logprobs(
@@ -581,7 +618,7 @@ impl Model {
                 .reshape((batch, time))
             }
             _ => crate::model::logprobs::chosen_logprobs(
-                &self.head_logits(&hidden, pass)?,
+                &self.head_logits(hidden, pass)?,
                 targets,
                 temperature,
             ),

@@ -195,6 +195,9 @@ impl Generator<'_> {
 pub(super) struct Bucket {
     input_ids: Tensor,
     targets: Tensor,
+    /// The first position any of its rows counts (its shortest prompt's length − 1): the
+    /// positions before it are prompt, whose log-probs no loss reads.
+    from: usize,
 }
 
 /// One micro-batch of sampled groups, ready to train on. Its rows are ordered longest first
@@ -301,7 +304,16 @@ impl TrainingBatch {
                 end_row += 1;
             }
             let (input_ids, targets) = padded(start..end_row, longest.max(1))?;
-            buckets.push(Bucket { input_ids, targets });
+            let from = rows[start..end_row]
+                .iter()
+                .map(|(_, prompt_len, ..)| prompt_len.saturating_sub(1))
+                .min()
+                .unwrap_or(0);
+            buckets.push(Bucket {
+                input_ids,
+                targets,
+                from,
+            });
             start = end_row;
         }
         let (input_ids, targets) = padded(0..rows.len(), time)?;
@@ -348,7 +360,8 @@ impl TrainingBatch {
     }
 
     /// log p(target) of every row under `model` [completions, time]: one forward per bucket,
-    /// each right-padded with zeros (masked out) to the batch's time.
+    /// each right-padded with zeros (masked out) to the batch's time; the prompt positions
+    /// before a bucket's first completion token read 0 (masked out too).
     pub fn logprobs(
         &self,
         model: &Model,
@@ -360,8 +373,13 @@ impl TrainingBatch {
             .buckets
             .iter()
             .map(|bucket| {
-                let logp =
-                    model.target_logprobs(&bucket.input_ids, &bucket.targets, temperature, pass)?;
+                let logp = model.target_logprobs_from(
+                    &bucket.input_ids,
+                    &bucket.targets,
+                    bucket.from,
+                    temperature,
+                    pass,
+                )?;
                 let width = logp.dim(1)?;
                 Ok(if width < time {
                     logp.pad_with_zeros(1, 0, time - width)?
@@ -577,13 +595,26 @@ mod tests {
             &bucketed.logprobs(&model, 1.0, Pass::Train).unwrap(),
         );
         close(&loss_padded, &loss_bucketed, "loss");
+        // The reference: every position's log-probs from the whole head, one forward, masked.
+        let whole = model
+            .target_logprobs(&padded.input_ids, &padded.targets, 1.0, Pass::Train)
+            .unwrap();
+        let loss_whole = surrogate(&padded, &whole);
+        close(&loss_whole, &loss_bucketed, "loss against the whole head");
+        assert!(
+            bucketed.buckets.iter().all(|b| b.from >= 4),
+            "the prompts' positions are left out"
+        );
+        let grads_whole = recompute::backward(&loss_whole).unwrap();
         let grads_padded = recompute::backward(&loss_padded).unwrap();
         let grads_bucketed = recompute::backward(&loss_bucketed).unwrap();
         let mut compared = 0;
         for (name, var) in model.trainable() {
             let a = grads_padded.get(var.as_tensor()).expect("a gradient");
             let b = grads_bucketed.get(var.as_tensor()).expect("a gradient");
+            let c = grads_whole.get(var.as_tensor()).expect("a gradient");
             close(a, b, name);
+            close(c, b, name);
             compared += 1;
         }
         assert!(compared > 10);
