@@ -6,9 +6,10 @@
 //! two sides as Python literals — `repr` of the real values, kept only when it reads back as an
 //! equal value of the same type — and the builtin exception that escaped a test. This module
 //! only edits text: in an `assert ACTUAL == EXPECTED` (either order) whose expected side is a
-//! literal, that literal becomes the actual side's literal; in `== pytest.approx(EXPECTED)` the
-//! approximated number does; in `with pytest.raises(EXPECTED):` the class becomes the builtin
-//! exception that was raised. Nothing the model wrote is evaluated on the host, and a repair is
+//! literal, that literal becomes the actual side's literal; in `assert ACTUAL == PARAM` of a
+//! parametrized test, PARAM's literal in the failing case's entry of the parametrize list does;
+//! in `== pytest.approx(EXPECTED)` the approximated number does; in `with
+//! pytest.raises(EXPECTED):` the class becomes the builtin exception that was raised. Nothing the model wrote is evaluated on the host, and a repair is
 //! a proposal: the repaired file counts only once it passes in the sandbox. A value that is not
 //! a literal (an object without a readable `repr`, a NaN) is left alone, and so is a line two
 //! failing cases of one parametrized test disagree about.
@@ -19,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use tree_sitter::Node;
 
 use crate::protocol::{TestOutcome, TestReport};
+use crate::prune::CaseOf;
 use crate::source::{visit, PythonSource};
+use crate::suite::parametrize_table;
 
 /// What a repair rewrote.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub enum RepairKind {
     ApproxValue,
     /// The exception class `pytest.raises` expects.
     ExceptionType,
+    /// The expected value in one case's entry of a `parametrize` list.
+    CaseValue,
 }
 
 /// One rewritten expectation: the model expected `old`, the code does `new`.
@@ -46,24 +51,30 @@ pub struct Repair {
 }
 
 /// The test file with every repairable failing test's expectation rewritten, and the repairs.
-/// `failing` are the baseline's test reports (passing ones are ignored).
+/// `failing` are the baseline's test reports in the run's order (passing ones are not repaired,
+/// but they place a parametrized case among its function's cases).
 pub fn oracle_repair(tests: &str, failing: &[TestReport]) -> (String, Vec<Repair>) {
     let Ok(source) = PythonSource::parse("tests", tests) else {
         return (tests.to_string(), Vec::new());
     };
+    // Where each parametrized case stands among its function's cases (in the run's order).
+    let order: Vec<String> = failing.iter().map(|r| r.nodeid.clone()).collect();
     // Proposed edits by byte range; a range two cases disagree about is dropped.
     let mut edits: BTreeMap<(usize, usize), Option<Repair>> = BTreeMap::new();
     for report in failing.iter().filter(|r| r.outcome != TestOutcome::Passed) {
         let Some(evidence) = &report.evidence else {
             continue;
         };
+        let case = CaseOf::locate(&order, &report.nodeid);
         let proposal = evidence
             .compared
             .as_ref()
             .filter(|c| c.op == "==")
             .and_then(|c| {
                 let line = c.line.or(evidence.line)?;
-                comparison_edit(&source, line, c.left.as_deref(), c.right.as_deref())
+                let (left, right) = (c.left.as_deref(), c.right.as_deref());
+                comparison_edit(&source, line, left, right)
+                    .or_else(|| case_edit(&source, line, case?, left, right))
             })
             .or_else(|| {
                 let raised = evidence.raised.as_deref()?;
@@ -115,21 +126,7 @@ fn comparison_edit(
     left: Option<&str>,
     right: Option<&str>,
 ) -> Option<Edit> {
-    let assertion = innermost(source, line, "assert_statement")?;
-    let comparison = assertion.named_child(0)?;
-    if comparison.kind() != "comparison_operator" || comparison.named_child_count() != 2 {
-        return None;
-    }
-    let mut cursor = comparison.walk();
-    let operators: Vec<&str> = comparison
-        .children(&mut cursor)
-        .filter(|c| !c.is_named())
-        .map(|c| source.node_text(c))
-        .collect();
-    if operators != ["=="] {
-        return None;
-    }
-    let (a, b) = (comparison.named_child(0)?, comparison.named_child(1)?);
+    let (a, b) = equality_on(source, line)?;
     let edit = |expected: Node<'_>, actual: Node<'_>, value: Option<&str>| -> Option<Edit> {
         let value = value.filter(|v| is_literal_text(v))?;
         if is_literal(source, expected) && !is_literal(source, actual) {
@@ -157,6 +154,95 @@ fn comparison_edit(
         })
     };
     edit(b, a, left).or_else(|| edit(a, b, right))
+}
+
+/// The two sides of the `assert a == b` on 1-based `line`.
+fn equality_on(source: &PythonSource, line: usize) -> Option<(Node<'_>, Node<'_>)> {
+    let assertion = innermost(source, line, "assert_statement")?;
+    let comparison = assertion.named_child(0)?;
+    if comparison.kind() != "comparison_operator" || comparison.named_child_count() != 2 {
+        return None;
+    }
+    let mut cursor = comparison.walk();
+    let operators: Vec<&str> = comparison
+        .children(&mut cursor)
+        .filter(|c| !c.is_named())
+        .map(|c| source.node_text(c))
+        .collect();
+    if operators != ["=="] {
+        return None;
+    }
+    Some((comparison.named_child(0)?, comparison.named_child(1)?))
+}
+
+/// The edit for a failing `assert ACTUAL == PARAM` (either order) in one case of a parametrized
+/// test: PARAM's literal in that case's entry of the parametrize list becomes the actual side's
+/// literal — when the entry is certain (`suite::parametrize_table`, as many entries as cases)
+/// and the actual side does not read PARAM (changing it would change what is computed).
+fn case_edit(
+    source: &PythonSource,
+    line: usize,
+    case: CaseOf,
+    left: Option<&str>,
+    right: Option<&str>,
+) -> Option<Edit> {
+    let (a, b) = equality_on(source, line)?;
+    let mut function = a.parent()?;
+    while function.kind() != "function_definition" {
+        function = function.parent()?;
+    }
+    let table = parametrize_table(source, function.parent()?)?;
+    if table.entries.len() != case.of {
+        return None;
+    }
+    let entry = *table.entries.get(case.index)?;
+    let edit = |expected: Node<'_>, actual: Node<'_>, value: Option<&str>| -> Option<Edit> {
+        let value = value.filter(|v| is_literal_text(v))?;
+        if expected.kind() != "identifier" {
+            return None;
+        }
+        let name = source.node_text(expected);
+        if reads(source, actual, name) {
+            return None;
+        }
+        let position = table.names.iter().position(|n| n == name)?;
+        let target = if table.names.len() == 1 {
+            entry
+        } else {
+            if !matches!(entry.kind(), "tuple" | "list") {
+                return None;
+            }
+            let mut cursor = entry.walk();
+            let elements: Vec<Node<'_>> = entry
+                .named_children(&mut cursor)
+                .filter(|n| n.kind() != "comment")
+                .collect();
+            if elements.len() != table.names.len() {
+                return None;
+            }
+            elements[position]
+        };
+        let old = source.node_text(target);
+        (is_literal(source, target) && old != value).then(|| {
+            (
+                (target.start_byte(), target.end_byte()),
+                RepairKind::CaseValue,
+                old.to_string(),
+                value.to_string(),
+            )
+        })
+    };
+    edit(b, a, left).or_else(|| edit(a, b, right))
+}
+
+/// Whether `node` reads the name `name` anywhere.
+fn reads(source: &PythonSource, node: Node<'_>, name: &str) -> bool {
+    let mut found = false;
+    visit(node, &mut |n| {
+        found |= n.kind() == "identifier" && source.node_text(n) == name;
+        !found
+    });
+    found
 }
 
 /// The edit for a builtin exception `raised` escaping `with pytest.raises(OTHER):` around
@@ -414,7 +500,8 @@ mod tests {
         let (repaired, repairs) = oracle_repair(
             tests,
             &[
-                // The expected side is a parameter, not a literal.
+                // The expected side is a parameter, and nothing places its case: the run
+                // reported one case of the two entries.
                 failing("t.py::test_p[1-2]", compared(6, Some("5"), Some("2"))),
                 // An unprintable value: no literal from the runner.
                 failing("t.py::test_obj", compared(9, None, Some("3"))),
@@ -440,6 +527,50 @@ mod tests {
         );
         assert_eq!(repaired, tests);
         assert!(repairs.is_empty(), "{repairs:?}");
+    }
+
+    fn passing(nodeid: &str) -> TestReport {
+        TestReport {
+            nodeid: nodeid.to_string(),
+            outcome: TestOutcome::Passed,
+            duration_s: 0.0,
+            message: String::new(),
+            evidence: None,
+        }
+    }
+
+    #[test]
+    fn a_wrong_case_of_a_parametrize_table_gets_the_value_the_code_returns() {
+        let tests = "import pytest\nfrom m import grade, f\n\n\n@pytest.mark.parametrize(\n    \"score, expected\",\n    [\n        (87, \"A\"),\n        (77, \"C\"),\n        (0, \"F\"),\n    ],\n)\ndef test_grade(score, expected):\n    assert grade(score) == expected\n\n\n@pytest.mark.parametrize('x', [1, 2])\ndef test_one_name(x):\n    assert x == f(x)\n\n\n@pytest.mark.parametrize('x', [3, 4])\ndef test_single(x):\n    assert f(2) == x\n";
+        let (repaired, repairs) = oracle_repair(
+            tests,
+            &[
+                passing("t.py::test_grade[87-A]"),
+                failing(
+                    "t.py::test_grade[77-C]",
+                    compared(14, Some("'B'"), Some("'C'")),
+                ),
+                passing("t.py::test_grade[0-F]"),
+                // The parameter is read by the computed side too: left alone.
+                failing("t.py::test_one_name[1]", compared(19, Some("1"), Some("5"))),
+                passing("t.py::test_one_name[2]"),
+                passing("t.py::test_single[3]"),
+                failing("t.py::test_single[4]", compared(24, Some("3"), Some("4"))),
+            ],
+        );
+        assert_eq!(
+            repaired,
+            tests
+                .replace("(77, \"C\")", "(77, 'B')")
+                .replace("[3, 4]", "[3, 3]")
+        );
+        assert_eq!(repairs.len(), 2, "{repairs:?}");
+        assert_eq!(repairs[0].kind, RepairKind::CaseValue);
+        assert_eq!(repairs[0].line, 9, "the entry's line");
+        assert_eq!(
+            (repairs[0].old.as_str(), repairs[0].new.as_str()),
+            ("\"C\"", "'B'")
+        );
     }
 
     #[test]

@@ -372,7 +372,7 @@ pub fn without_cases(source: &PythonSource, removals: &CaseRemovals) -> (String,
         let Some((indices, collected)) = removals.get(&test.name) else {
             return;
         };
-        let Some(entries) = parametrize_entries(source, outer) else {
+        let Some(ParametrizeTable { entries, .. }) = parametrize_table(source, outer) else {
             return;
         };
         let fits = entries.len() == *collected
@@ -404,8 +404,19 @@ pub fn without_cases(source: &PythonSource, removals: &CaseRemovals) -> (String,
     (kept, not_edited)
 }
 
-/// The entries of a test's one `parametrize` list literal; `None` for anything else.
-fn parametrize_entries<'t>(source: &'t PythonSource, outer: Node<'t>) -> Option<Vec<Node<'t>>> {
+/// A test's one `parametrize` table: its argument names and the entries of its list literal.
+pub(crate) struct ParametrizeTable<'t> {
+    /// `"x, expected"` or `["x", "expected"]` as names.
+    pub names: Vec<String>,
+    pub entries: Vec<Node<'t>>,
+}
+
+/// The `parametrize` table of a test function (`outer`: its decorated definition); `None`
+/// unless there is exactly one `parametrize` decorator and its values are a list literal.
+pub(crate) fn parametrize_table<'t>(
+    source: &'t PythonSource,
+    outer: Node<'t>,
+) -> Option<ParametrizeTable<'t>> {
     if outer.kind() != "decorated_definition" {
         return None;
     }
@@ -427,33 +438,69 @@ fn parametrize_entries<'t>(source: &'t PythonSource, outer: Node<'t>) -> Option<
     let arguments = call.child_by_field_name("arguments")?;
     let mut cursor = arguments.walk();
     let mut positional = 0;
-    let mut values = None;
+    let (mut names, mut values) = (None, None);
     for argument in arguments.named_children(&mut cursor) {
         match argument.kind() {
             "comment" => {}
             "keyword_argument" => {
-                let name = argument
+                let value = argument.child_by_field_name("value");
+                match argument
                     .child_by_field_name("name")
-                    .map(|n| source.node_text(n));
-                if name == Some("argvalues") {
-                    values = argument.child_by_field_name("value");
+                    .map(|n| source.node_text(n))
+                {
+                    Some("argnames") => names = value,
+                    Some("argvalues") => values = value,
+                    _ => {}
                 }
             }
             _ => {
                 positional += 1;
-                if positional == 2 {
-                    values = Some(argument);
+                match positional {
+                    1 => names = Some(argument),
+                    2 => values = Some(argument),
+                    _ => {}
                 }
             }
         }
     }
     let values = values.filter(|v| v.kind() == "list")?;
+    let names = argument_names(source, names?)?;
     let mut cursor = values.walk();
     let entries: Vec<Node<'t>> = values
         .named_children(&mut cursor)
         .filter(|n| n.kind() != "comment")
         .collect();
-    Some(entries)
+    Some(ParametrizeTable { names, entries })
+}
+
+/// `"a, b"` or `["a", "b"]` / `("a", "b")` as names; `None` for anything computed.
+fn argument_names(source: &PythonSource, node: Node<'_>) -> Option<Vec<String>> {
+    let plain = |n: Node<'_>| -> Option<String> {
+        let text = source.node_text(n);
+        let quote = text.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+        let inner = text.strip_prefix(quote)?.strip_suffix(quote)?;
+        let simple = n.kind() == "string" && !inner.contains(['"', '\'', '\\', '{']);
+        simple.then(|| inner.to_string())
+    };
+    match node.kind() {
+        "string" => Some(
+            plain(node)?
+                .split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        ),
+        "list" | "tuple" => {
+            let mut cursor = node.walk();
+            let names = node
+                .named_children(&mut cursor)
+                .filter(|n| n.kind() != "comment")
+                .map(plain)
+                .collect::<Option<Vec<String>>>();
+            names
+        }
+        _ => None,
+    }
 }
 
 /// The bytes that remove entry `i` of a list (`removed` names every entry going): its whole

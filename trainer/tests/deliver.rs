@@ -83,7 +83,7 @@ fn fenced(tests: &str) -> String {
 
 #[test]
 fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
-    let suite = "import pytest\nfrom grade import grade, parse, ratio, letters, make\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n\n\ndef test_empty():\n    with pytest.raises(TypeError):\n        parse('')\n\n\ndef test_ratio():\n    assert ratio(1, 3) == pytest.approx(0.3)\n\n\ndef test_letters():\n    assert letters([95, 85, 10]) == ['A', 'A', 'C']\n\n\ndef test_object():\n    assert make() == 3\n";
+    let suite = "import pytest\nfrom grade import grade, parse, ratio, letters, make\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n\n\ndef test_empty():\n    with pytest.raises(TypeError):\n        parse('')\n\n\ndef test_ratio():\n    assert ratio(1, 3) == pytest.approx(0.3)\n\n\ndef test_letters():\n    assert letters([95, 85, 10]) == ['A', 'A', 'C']\n\n\ndef test_object():\n    assert make() == 3\n\n\n@pytest.mark.parametrize('score, expected', [(95, 'A'), (85, 'C'), (10, 'C')])\ndef test_table(score, expected):\n    assert grade(score) == expected\n";
     let mut writer = Scripted::new(&[&fenced(suite)], &[]);
     let delivery = deliver_grade(&mut writer, true, 0);
     let tests = delivery.tests.as_deref().expect("a delivered file");
@@ -93,7 +93,8 @@ fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
         .replace("pytest.raises(TypeError)", "pytest.raises(ValueError)")
         .replace("pytest.approx(0.3)", "pytest.approx(0.3333333333333333)")
         .replace("== ['A', 'A', 'C']", "== ['A', 'B', 'C']")
-        .replace("\n\n\ndef test_object():\n    assert make() == 3\n", "\n");
+        .replace("(85, 'C')", "(85, 'B')")
+        .replace("def test_object():\n    assert make() == 3\n\n\n", "");
     assert_eq!(tests, expected);
     let score = delivery.score.as_ref().unwrap();
     assert!(score.valid && score.mutant_kill > 0.0, "{score:?}");
@@ -107,6 +108,7 @@ fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
         changes,
         vec![
             (RepairKind::ExpectedValue, "'B'", "'A'"),
+            (RepairKind::CaseValue, "'C'", "'B'"),
             (RepairKind::ApproxValue, "0.3", "0.3333333333333333"),
             (RepairKind::ExceptionType, "TypeError", "ValueError"),
             (
@@ -136,15 +138,16 @@ fn oracle_repair_changes_only_the_expected_values_and_reports_each() {
 
 #[test]
 fn without_repair_the_failing_tests_are_pruned_and_the_rest_delivered() {
-    let suite = "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n";
+    let suite = "import pytest\nfrom grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n\n\ndef test_top():\n    assert grade(100) == 'B'\n\n\n@pytest.mark.parametrize(\n    'score, expected',\n    [\n        (95, 'A'),\n        (85, 'C'),  # wrong\n        (10, 'C'),\n    ],\n)\ndef test_table(score, expected):\n    assert grade(score) == expected\n";
     let mut writer = Scripted::new(&[&fenced(suite)], &[]);
     let delivery = deliver_grade(&mut writer, false, 0);
+    // The wrong test goes, and so does the wrong case's entry of the table; its right cases stay.
     assert_eq!(
         delivery.tests.as_deref().unwrap(),
-        "from grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n"
+        "import pytest\nfrom grade import grade\n\n\ndef test_a():\n    assert grade(95) == 'A'\n\n\ndef test_b():\n    assert grade(85) == 'B'\n\n\n@pytest.mark.parametrize(\n    'score, expected',\n    [\n        (95, 'A'),\n        (10, 'C'),\n    ],\n)\ndef test_table(score, expected):\n    assert grade(score) == expected\n"
     );
     assert!(delivery.disagreements.is_empty());
-    assert_eq!(delivery.pruned.len(), 1);
+    assert_eq!(delivery.pruned.len(), 2);
 }
 
 #[test]
