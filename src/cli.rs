@@ -809,6 +809,11 @@ pub struct RaftArgs {
     /// A kept file must kill more than this share of the mutants.
     #[arg(long, default_value_t = 0.0)]
     pub min_kill: f64,
+    /// Also try each suite with its wrong expected values rewritten to what the code returns
+    /// (oracle repair, as `generate --deliver` does), so that a test whose only fault was its
+    /// expectation stays in the row instead of being pruned.
+    #[arg(long)]
+    pub oracle_repair: bool,
     /// Reward config (YAML); the report's own config keeps the service's cache warm.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

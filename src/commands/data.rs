@@ -266,6 +266,7 @@ fn raft(args: &RaftArgs) -> Result<()> {
         &FilterOptions {
             candidates: args.candidates,
             min_kill: args.min_kill,
+            oracle_repair: args.oracle_repair,
         },
         &|phase, done, total| {
             bar.set_message(phase.to_string());
@@ -280,8 +281,8 @@ fn raft(args: &RaftArgs) -> Result<()> {
     } else {
         println!(
             "{} of {} rows kept ({} suites, {} tried, {} rows with no suite that kills, \
-             {} kept files rejected, {} excluded); kept files: mean kill rate {:.3}, \
-             mean composite {:.3} → {}",
+             {} kept files rejected, {} excluded, {} repaired files tried, {} rows repaired); \
+             kept files: mean kill rate {:.3}, mean composite {:.3} → {}",
             summary.rows_kept,
             summary.rows,
             summary.suites,
@@ -289,6 +290,8 @@ fn raft(args: &RaftArgs) -> Result<()> {
             summary.rows_without_candidate,
             summary.kept_files_rejected,
             summary.excluded,
+            summary.repaired_files,
+            summary.rows_repaired,
             summary.mean_kill_rate,
             summary.mean_composite,
             args.out.display()

@@ -11,12 +11,19 @@
 //! becomes a row. Each row's target is its best such file by that score, discounted as the
 //! pruned reward discounts a suite of fewer than `prune_min_tests` cases. So a round trains on
 //! suites the model can write and the sandbox has proven, never on a test that fails.
+//!
+//! With oracle repair (`FilterOptions::oracle_repair`), each candidate is also offered with its
+//! wrong expectations rewritten to what the code returns (`repair::oracle_repair`, the regression
+//! oracle of delivery): the model's own inputs and structure, the code's own answers. A test
+//! whose only fault was its expected value then stays in the target instead of being pruned, so
+//! the round does not teach shorter suites; the repaired file is proven as written like any.
 
 use std::collections::BTreeSet;
 
 use serde::Serialize;
 use unitforge_sandbox::backend::{BlockingBackend, Scored};
-use unitforge_sandbox::prune::{kept_file, prune_discount, FailingTests};
+use unitforge_sandbox::prune::{kept_file, prune_discount, FailingTests, PrunedTest};
+use unitforge_sandbox::repair::oracle_repair;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::ScoreInput;
 
@@ -31,6 +38,10 @@ pub struct FilterOptions {
     pub candidates: usize,
     /// A kept file must kill more than this share of the mutants.
     pub min_kill: f64,
+    /// Also offer each candidate with its wrong expectations rewritten to what the code does
+    /// (`repair::oracle_repair`), less the tests still failing: a suite keeps the tests whose
+    /// only fault was the expected value. Suites with nothing kept become candidates too.
+    pub oracle_repair: bool,
 }
 
 impl Default for FilterOptions {
@@ -38,6 +49,7 @@ impl Default for FilterOptions {
         Self {
             candidates: 2,
             min_kill: 0.0,
+            oracle_repair: false,
         }
     }
 }
@@ -59,6 +71,8 @@ pub struct FilteredRow {
     pub rank: f64,
     /// Test cases pruned from the suite the model wrote.
     pub pruned_cases: usize,
+    /// Expectations oracle repair rewrote (0: the model's own file, less its pruned tests).
+    pub repairs: usize,
 }
 
 /// What the filter saw and kept.
@@ -75,6 +89,9 @@ pub struct FilterSummary {
     pub kept_files_rejected: usize,
     /// Scores the backend could not give (infrastructure): left out, never counted as a failure.
     pub excluded: usize,
+    /// Repaired kept files tried, and rows whose chosen file is one.
+    pub repaired_files: usize,
+    pub rows_repaired: usize,
     pub rows_kept: usize,
     pub mean_kill_rate: f64,
     pub mean_composite: f64,
@@ -103,8 +120,10 @@ pub fn filtered_rows(
             .zip(&row.tests)
             .filter_map(|(sample, tests)| {
                 let pruned = sample.pruned.as_ref()?;
-                (pruned.passed && pruned.mutant_kill > options.min_kill)
-                    .then_some((pruned.composite, tests.as_str()))
+                let kills = pruned.passed && pruned.mutant_kill > options.min_kill;
+                // Repair may mend a suite none of whose tests passed.
+                let mendable = options.oracle_repair && sample.valid_pytest;
+                (kills || mendable).then_some((pruned.composite, tests.as_str()))
             })
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -164,7 +183,8 @@ pub fn filtered_rows(
         &under(FailingTests::Prune),
         &count("pruned", inputs.len()),
     );
-    let mut kept: Vec<(usize, String, usize)> = Vec::new();
+    // (row's place, kept file, cases pruned, expectations repaired)
+    let mut kept: Vec<(usize, String, usize, usize)> = Vec::new();
     for ((place, tests), scored) in candidates.iter().zip(pruned_scores) {
         let report = match scored.result {
             Ok(report) => report,
@@ -173,19 +193,40 @@ pub fn filtered_rows(
                 continue;
             }
         };
-        let pruned = report.pruned_tests.unwrap_or_default();
+        let pruned = report.pruned_tests.clone().unwrap_or_default();
         match kept_file(tests, &pruned) {
             Some(file) if report.valid => {
-                kept.push((*place, file, pruned.len()));
+                kept.push((*place, file, pruned.len(), 0));
             }
             _ => summary.kept_files_rejected += 1,
+        }
+        if !options.oracle_repair {
+            continue;
+        }
+        let Some(baseline) = report.baseline.as_ref() else {
+            continue;
+        };
+        let (repaired, repairs) = oracle_repair(tests, &baseline.tests);
+        if repairs.is_empty() {
+            continue;
+        }
+        // The repaired tests stay; the rest of what was pruned goes. The file as written
+        // proves it below.
+        let mended: BTreeSet<&str> = repairs.iter().map(|r| r.test.as_str()).collect();
+        let still: Vec<PrunedTest> = pruned
+            .into_iter()
+            .filter(|p| !mended.contains(p.name.as_str()))
+            .collect();
+        if let Some(file) = kept_file(&repaired, &still) {
+            summary.repaired_files += 1;
+            kept.push((*place, file, still.len(), repairs.len()));
         }
     }
 
     // Each kept file as written: it must pass and kill on its own.
     let inputs = kept
         .iter()
-        .map(|(place, file, _)| input(*place, file))
+        .map(|(place, file, ..)| input(*place, file))
         .collect::<Result<Vec<_>, _>>()?;
     let strict_scores = backend.score_all(
         &inputs,
@@ -193,7 +234,7 @@ pub fn filtered_rows(
         &count("kept", inputs.len()),
     );
     let mut best: Vec<Option<FilteredRow>> = vec![None; report.per_row.len()];
-    for ((place, file, removed), scored) in kept.into_iter().zip(strict_scores) {
+    for ((place, file, removed, repairs), scored) in kept.into_iter().zip(strict_scores) {
         let report_row = &report.per_row[place];
         let score = match scored.result {
             Ok(score) => score,
@@ -220,6 +261,7 @@ pub fn filtered_rows(
             composite: score.composite,
             rank,
             pruned_cases: removed,
+            repairs,
         };
         let slot = &mut best[place];
         if slot.as_ref().is_none_or(|b| candidate.rank > b.rank) {
@@ -228,6 +270,7 @@ pub fn filtered_rows(
     }
     let rows: Vec<FilteredRow> = best.into_iter().flatten().collect();
     summary.rows_kept = rows.len();
+    summary.rows_repaired = rows.iter().filter(|r| r.repairs > 0).count();
     if !rows.is_empty() {
         let n = rows.len() as f64;
         summary.mean_kill_rate = rows.iter().map(|r| r.mutant_kill).sum::<f64>() / n;
