@@ -8,15 +8,17 @@
 # Hours on 2 cores, so every part is resumable: a finished part is skipped (its output exists),
 # and an interrupted training run continues from its last checkpoint (resume: true). Run it
 # again to go on; PARTS picks parts (default: all, in order):
-#   sft export-sft eval-start eval-sft raft eval-raft grpo-mutant eval-grpo-mutant grpo-speed
-#   eval-grpo-speed table
+#   sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant
+#   eval-grpo-mutant grpo-speed eval-grpo-speed table
 # `raft` is a reward-filtered SFT round (RAFT): the SFT model writes K suites for each of the
 # first RAFT_ROWS training rows, `data raft` keeps each row's best one less its pruned tests
-# (proven to pass and kill as written), and a new LoRA on the merged SFT model trains on them.
+# (proven to pass and kill as written), and a new LoRA on the merged SFT model trains on them;
+# `raft-repair` is the same round with oracle repair (`data raft --oracle-repair`): the targets
+# keep the tests whose only fault was the expected value, rewritten to what the code returns.
 # Each round trains on top of the checkpoint before it *as published* (its bf16 adapters merged,
 # scripts/smollm2-checkpoints.sh), and names that checkpoint in its `trained_on` file, so `make
 # reproduce-eval` on a fresh clone evaluates exactly these weights. The GRPO branches start from
-# GRPO_FROM (default: raft, the RAFT round; sft for the SFT checkpoint).
+# GRPO_FROM (default: sft, the SFT checkpoint; or raft, raft-repair: a RAFT round).
 # Scoring goes through a local reward service with a cache (the reference and trivial suites,
 # identical for every checkpoint, are scored once).
 set -euo pipefail
@@ -30,8 +32,8 @@ LIMIT=${EVAL_LIMIT:-0}
 TOKENS=${EVAL_TOKENS:-320}
 RAFT_ROWS=${RAFT_ROWS:-160}
 RAFT_STEPS=${RAFT_STEPS:-70}
-PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
-GRPO_FROM=${GRPO_FROM:-raft}
+PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
+GRPO_FROM=${GRPO_FROM:-sft}
 GRPO_SET=${GRPO_SET:-}   # further --set overrides for both branches
 PORT=${PORT:-18191}
 base=models/smollm2-135m-instruct
@@ -93,28 +95,35 @@ if wanted export-sft && [ ! -f "$RESULTS/sft/adapter_model.safetensors" ]; then
 fi
 if wanted eval-start; then evaluate start; fi
 if wanted eval-sft; then evaluate sft; fi
-if wanted raft && [ ! -f "$RESULTS/raft/adapter_model.safetensors" ]; then
+raft() {  # checkpoint [data raft flags]: a RAFT round on the SFT model's own suites
+    local name=$1 merged
+    shift
+    [ -f "$RESULTS/$name/adapter_model.safetensors" ] && return 0
     merged=$(merged_model sft)
     start_server
     if [ ! -f "$RUNS/raft-samples.json" ]; then
         echo "== raft: $K suites for each of $RAFT_ROWS training rows (the SFT model)"
-        $UF eval all --model $merged --data data/corpus/train.jsonl --samples "$K" \
+        $UF eval all --model "$merged" --data data/corpus/train.jsonl --samples "$K" \
             --limit "$RAFT_ROWS" --max-new-tokens "$TOKENS" --seed 1 \
             --server http://127.0.0.1:$PORT --out "$RUNS/raft-samples.json" > "$RUNS/raft-samples.txt"
     fi
-    [ -f "$RUNS/raft.jsonl" ] || $UF data raft --report "$RUNS/raft-samples.json" --candidates 4 \
-        --server http://127.0.0.1:$PORT --out "$RUNS/raft.jsonl" | tee "$RUNS/raft-rows.txt"
-    echo "== train raft ($RAFT_STEPS steps on $(wc -l < "$RUNS/raft.jsonl") rows)"
-    [ -f "$RUNS/raft/adapter_model.safetensors" ] ||
-    $UF train sft --config configs/smollm2/sft.yaml --set base_model=$merged \
-        --set train_data="$RUNS/raft.jsonl" --set output_dir="$RUNS/raft" \
+    [ -f "$RUNS/$name.jsonl" ] || $UF data raft --report "$RUNS/raft-samples.json" --candidates 4 \
+        "$@" --server http://127.0.0.1:$PORT --out "$RUNS/$name.jsonl" | tee "$RUNS/$name-rows.txt"
+    echo "== train $name ($RAFT_STEPS steps on $(wc -l < "$RUNS/$name.jsonl") rows)"
+    [ -f "$RUNS/$name/adapter_model.safetensors" ] ||
+    $UF train sft --config configs/smollm2/sft.yaml --set base_model="$merged" \
+        --set train_data="$RUNS/$name.jsonl" --set output_dir="$RUNS/$name" \
         --set max_steps="$RAFT_STEPS" --set learning_rate=0.0001 --set warmup_steps=5 \
         --set eval_every=35 --set save_every=10 --set save_merged=false --set resume=true \
-        --set progress=false --json > "$RUNS/raft.json"
-    $UF adapter export --from "$RUNS/raft" --out "$RESULTS/raft"
-    echo sft > "$RESULTS/raft/trained_on"
-fi
+        --set progress=false --json > "$RUNS/$name.json"
+    $UF adapter export --from "$RUNS/$name" --out "$RESULTS/$name"
+    echo sft > "$RESULTS/$name/trained_on"
+}
+
+if wanted raft; then raft raft; fi
 if wanted eval-raft; then evaluate raft; fi
+if wanted raft-repair; then raft raft-repair --oracle-repair; fi
+if wanted eval-raft-repair; then evaluate raft-repair; fi
 if wanted grpo-mutant; then grpo grpo-mutant configs/smollm2/grpo_mutant_max.yaml; fi
 if wanted eval-grpo-mutant; then evaluate grpo-mutant; fi
 if wanted grpo-speed; then grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml; fi
