@@ -9,10 +9,11 @@
 //! literal, that literal becomes the actual side's literal; in `assert ACTUAL == PARAM` of a
 //! parametrized test, PARAM's literal in the failing case's entry of the parametrize list does;
 //! in `== pytest.approx(EXPECTED)` the approximated number does; in `with
-//! pytest.raises(EXPECTED):` the class becomes the builtin exception that was raised. Nothing the model wrote is evaluated on the host, and a repair is
-//! a proposal: the repaired file counts only once it passes in the sandbox. A value that is not
-//! a literal (an object without a readable `repr`, a NaN) is left alone, and so is a line two
-//! failing cases of one parametrized test disagree about.
+//! pytest.raises(EXPECTED):` the class becomes the builtin exception that was raised. Nothing
+//! the model wrote is evaluated on the host, and a repair is a proposal: the repaired file counts
+//! only once it passes in the sandbox. A value that is not a literal (an object without a
+//! readable `repr`, a NaN) is left alone, and so is a line two failing cases of one parametrized
+//! test disagree about.
 
 use std::collections::BTreeMap;
 
@@ -407,14 +408,22 @@ mod tests {
     use super::*;
     use crate::protocol::{Comparison, FailureEvidence};
 
-    fn failing(nodeid: &str, evidence: FailureEvidence) -> TestReport {
+    fn report(nodeid: &str, outcome: TestOutcome, evidence: Option<FailureEvidence>) -> TestReport {
         TestReport {
             nodeid: nodeid.to_string(),
-            outcome: TestOutcome::Failed,
+            outcome,
             duration_s: 0.0,
             message: String::new(),
-            evidence: Some(evidence),
+            evidence,
         }
+    }
+
+    fn failing(nodeid: &str, evidence: FailureEvidence) -> TestReport {
+        report(nodeid, TestOutcome::Failed, Some(evidence))
+    }
+
+    fn passing(nodeid: &str) -> TestReport {
+        report(nodeid, TestOutcome::Passed, None)
     }
 
     fn compared(line: usize, left: Option<&str>, right: Option<&str>) -> FailureEvidence {
@@ -527,16 +536,6 @@ mod tests {
         );
         assert_eq!(repaired, tests);
         assert!(repairs.is_empty(), "{repairs:?}");
-    }
-
-    fn passing(nodeid: &str) -> TestReport {
-        TestReport {
-            nodeid: nodeid.to_string(),
-            outcome: TestOutcome::Passed,
-            duration_s: 0.0,
-            message: String::new(),
-            evidence: None,
-        }
     }
 
     #[test]

@@ -310,27 +310,11 @@ pub fn without_tests(source: &PythonSource, functions: &BTreeSet<String>) -> Str
         }
     }
     let text = source.text();
-    let mut ranges: Vec<(usize, usize)> = removed
+    let ranges: Vec<(usize, usize)> = removed
         .iter()
-        .map(|node| {
-            // Whole lines: from the line's start (its indentation) through the newline after it.
-            let start = text[..node.start_byte()].rfind('\n').map_or(0, |i| i + 1);
-            let end = text[node.end_byte()..]
-                .find('\n')
-                .map_or(text.len(), |i| node.end_byte() + i + 1);
-            (start, end)
-        })
+        .map(|node| whole_lines(text, node.start_byte(), node.end_byte()))
         .collect();
-    ranges.sort_unstable();
-    let mut kept = String::with_capacity(text.len());
-    let mut at = 0;
-    for (start, end) in ranges {
-        if start >= at {
-            kept.push_str(&text[at..start]);
-            at = end;
-        }
-    }
-    kept.push_str(&text[at..]);
+    let kept = cut(text, ranges);
     // The blank lines around a removed test would pile up: at most two in a row.
     let mut tidy = String::with_capacity(kept.len());
     let mut blank_run = 0;
@@ -386,16 +370,7 @@ pub fn without_cases(source: &PythonSource, removals: &CaseRemovals) -> (String,
         }
         edited.insert(test.name);
     });
-    ranges.sort_unstable();
-    let mut kept = String::with_capacity(text.len());
-    let mut at = 0;
-    for (start, end) in ranges {
-        if start > at {
-            kept.push_str(&text[at..start]);
-        }
-        at = at.max(end);
-    }
-    kept.push_str(&text[at..]);
+    let kept = cut(text, ranges);
     let not_edited = removals
         .keys()
         .filter(|name| !edited.contains(*name))
@@ -513,12 +488,8 @@ fn entry_range(
     removed: &BTreeSet<usize>,
 ) -> (usize, usize) {
     let entry = entries[i];
-    let line_start = text[..entry.start_byte()].rfind('\n').map_or(0, |n| n + 1);
+    let (line_start, line_end) = whole_lines(text, entry.start_byte(), entry.end_byte());
     let own_line_before = text[line_start..entry.start_byte()].trim().is_empty();
-    let rest = &text[entry.end_byte()..];
-    let line_end = rest
-        .find('\n')
-        .map_or(text.len(), |n| entry.end_byte() + n + 1);
     let after = text[entry.end_byte()..line_end].trim();
     let after = after.strip_prefix(',').unwrap_or(after).trim();
     let own_line_after = after.is_empty() || after.starts_with('#');
@@ -533,6 +504,29 @@ fn entry_range(
     } else {
         (entry.start_byte(), entry.end_byte())
     }
+}
+
+/// The lines bytes `start..end` stand on: from the first line's start (its indentation)
+/// through the newline after the last.
+fn whole_lines(text: &str, start: usize, end: usize) -> (usize, usize) {
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[end..].find('\n').map_or(text.len(), |i| end + i + 1);
+    (line_start, line_end)
+}
+
+/// `text` less the byte `ranges` (in any order; overlapping ones count once).
+fn cut(text: &str, mut ranges: Vec<(usize, usize)>) -> String {
+    ranges.sort_unstable();
+    let mut kept = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end) in ranges {
+        if start > at {
+            kept.push_str(&text[at..start]);
+        }
+        at = at.max(end);
+    }
+    kept.push_str(&text[at..]);
+    kept
 }
 
 fn collect_tests(
