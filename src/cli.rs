@@ -30,6 +30,10 @@ pub enum Command {
     Score(ScoreArgs),
     /// Run the reward service: JSON over HTTP in front of a warm sandbox pool, with a cache.
     Serve(ServeArgs),
+    /// Serve the pytest runner to one reward service at a time over TCP, as a container's own
+    /// process (a Kubernetes pod; `serve --executor remote --runner HOST:PORT` leases it). Exits
+    /// with status 3 after a lease that something outlived (the orchestrator restarts it).
+    Runner(RunnerArgs),
     /// Ask a running reward service whether it is healthy (exit 0) or not (exit 2): for
     /// health checks, as in compose.yaml.
     Health(HealthArgs),
@@ -85,10 +89,19 @@ pub enum Command {
 /// Options that choose and size the executor.
 #[derive(Args, Clone)]
 pub struct ExecutorArgs {
-    /// Where tests run: `docker` (hardened containers, the default) or `local` (processes on
-    /// this machine, for development only: untrusted code then runs on the host).
+    /// Where tests run: `docker` (hardened containers, the default), `remote` (`unitforge
+    /// runner` hosts at --runner, e.g. pods on a cluster: no Docker socket needed) or `local`
+    /// (processes on this machine, for development only: untrusted code then runs on the host).
     #[arg(long, value_enum, default_value = "docker")]
     pub executor: ExecutorChoice,
+    /// Remote executor: a runner host, HOST:PORT (repeat for several; a name that resolves to
+    /// many addresses, such as a headless Service, stands for all of them).
+    #[arg(long = "runner", value_name = "HOST:PORT")]
+    pub runners: Vec<String>,
+    /// Remote executor: seconds a run may wait for a free runner before it fails as
+    /// infrastructure.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0)]
+    pub lease_timeout: f64,
     /// Docker executor: the sandbox image (default: the tag derived from this build's runner,
     /// built offline if missing).
     #[arg(long, value_name = "TAG")]
@@ -109,6 +122,7 @@ pub struct ExecutorArgs {
 pub enum ExecutorChoice {
     Docker,
     Local,
+    Remote,
 }
 
 impl ExecutorArgs {
@@ -118,12 +132,15 @@ impl ExecutorArgs {
             kind: match self.executor {
                 ExecutorChoice::Docker => ExecutorKind::Docker,
                 ExecutorChoice::Local => ExecutorKind::Local,
+                ExecutorChoice::Remote => ExecutorKind::Remote,
             },
             workers: self.workers.unwrap_or(defaults.workers),
             recycle_after: self.recycle_after,
             python: self.python.clone(),
             image: self.image.clone(),
             container: defaults.container,
+            runners: self.runners.clone(),
+            lease_timeout: std::time::Duration::from_secs_f64(self.lease_timeout.max(0.0)),
         }
     }
 
@@ -147,6 +164,15 @@ impl ExecutorArgs {
             if let Some(value) = value {
                 flags.extend([flag.to_string(), value]);
             }
+        }
+        for runner in &self.runners {
+            flags.extend(["--runner".to_string(), runner.clone()]);
+        }
+        if !self.runners.is_empty() {
+            flags.extend([
+                "--lease-timeout".to_string(),
+                self.lease_timeout.to_string(),
+            ]);
         }
         flags
     }
@@ -261,8 +287,29 @@ pub struct ServeArgs {
     /// service ends with the pipeline).
     #[arg(long, value_name = "PATH")]
     pub stop_file: Option<PathBuf>,
+    /// On SIGTERM, answer 503 to new requests and fail /healthz for this many seconds before
+    /// closing (requests in flight always finish), so that load balancers stop sending first.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub drain: f64,
     #[command(flatten)]
     pub executor: ExecutorArgs,
+}
+
+#[derive(Args)]
+pub struct RunnerArgs {
+    /// Address to listen on for leases.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    pub listen: String,
+    /// The Python with pytest that runs the tests (default: $UNITFORGE_PYTHON, else the nearest
+    /// .venv/bin/python, else python3; the runner image sets /usr/bin/python3).
+    #[arg(long, value_name = "PATH")]
+    pub python: Option<PathBuf>,
+    /// The work directory, wiped between leases (in a pod: an in-memory emptyDir).
+    #[arg(long, value_name = "DIR", default_value = "/work")]
+    pub work_dir: PathBuf,
+    /// Exit after this many leases (the orchestrator starts a fresh runner).
+    #[arg(long, value_name = "N")]
+    pub max_leases: Option<u64>,
 }
 
 #[derive(Args)]
@@ -433,6 +480,7 @@ impl TrainCommand {
                     let name = match executor {
                         ExecutorChoice::Docker => "docker",
                         ExecutorChoice::Local => "local",
+                        ExecutorChoice::Remote => "remote",
                     };
                     overrides.push(format!("reward.executor={name}"));
                 }

@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(sandbox::score(args))),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(sandbox::serve(args))),
+        Command::Runner(args) => runtime().and_then(|rt| rt.block_on(sandbox::runner(args))),
         Command::Health(args) => runtime().and_then(|rt| rt.block_on(sandbox::health(args))),
         Command::Mutants(args) => sandbox::mutants(args),
         Command::Variants(args) => sandbox::variants(args),

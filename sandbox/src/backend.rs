@@ -275,6 +275,9 @@ pub async fn start_scorer(
                 ExecutorKind::Docker => {
                     "cannot start a sandbox container (`unitforge doctor` checks the engine and image)"
                 }
+                ExecutorKind::Remote => {
+                    "cannot lease a runner (are `unitforge runner` hosts listening at --runner?)"
+                }
             };
             Err(BackendError::Infrastructure(format!("{hint}: {err}")))
         }

@@ -146,6 +146,7 @@ pub fn socket_path(options: &ExecutorOptions) -> Result<PathBuf, DaemonError> {
         "recycle_after": options.recycle_after,
         "python": python,
         "container": format!("{:?}", options.container),
+        "runners": options.runners,
     });
     hasher.update(identity.to_string().as_bytes());
     let digest = hex::encode(hasher.finalize());

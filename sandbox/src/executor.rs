@@ -1,16 +1,20 @@
-//! Choosing and starting an executor: Docker (the default) or local processes (development).
+//! Choosing and starting an executor: Docker (the default), remote runner hosts (a cluster with
+//! no Docker socket: `unitforge runner` pods) or local processes (development).
 //!
 //! Everything that starts a worker pool goes through [`start_pool`], so the CLI, the service,
 //! the benchmarks and the tests all get the same hardening and the same image checks.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::docker::{remove_stale_containers, ContainerLimits, DockerLauncher};
 use crate::image::{ensure_image, sandbox_image_tag, ImageError};
 use crate::local::{discover_python, LocalLauncher};
+use crate::protocol::Hello;
+use crate::remote::RemoteLauncher;
 use crate::worker::{InfraError, Launcher, WorkerPool};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -21,14 +25,18 @@ pub enum ExecutorKind {
     Docker,
     /// Runner processes on the host: for development and benchmarks only.
     Local,
+    /// Runners leased from `unitforge runner` hosts over TCP (remote.rs): each host is its own
+    /// sandbox (a hardened pod), so nothing here needs a Docker socket.
+    Remote,
 }
 
 impl ExecutorKind {
-    /// `docker` or `local`, as flags, reports and JSON spell it.
+    /// `docker`, `local` or `remote`, as flags, reports and JSON spell it.
     pub fn name(self) -> &'static str {
         match self {
             ExecutorKind::Docker => "docker",
             ExecutorKind::Local => "local",
+            ExecutorKind::Remote => "remote",
         }
     }
 }
@@ -45,7 +53,15 @@ pub struct ExecutorOptions {
     /// Docker executor: the image (default: the tag derived from this build's runner).
     pub image: Option<String>,
     pub container: ContainerLimits,
+    /// Remote executor: the runner hosts, `host:port` each (a name may resolve to many).
+    pub runners: Vec<String>,
+    /// Remote executor: how long a lease waits for a free runner.
+    pub lease_timeout: Duration,
 }
+
+/// A remote worker idle this long gives its runner back, so that an idle replica of the service
+/// does not hold runners that another one needs.
+pub const REMOTE_IDLE_RELEASE: Duration = Duration::from_secs(2);
 
 impl Default for ExecutorOptions {
     fn default() -> Self {
@@ -56,6 +72,8 @@ impl Default for ExecutorOptions {
             python: None,
             image: None,
             container: ContainerLimits::default(),
+            runners: Vec::new(),
+            lease_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -74,7 +92,7 @@ pub enum ExecutorError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExecutorIdentity {
     pub kind: ExecutorKind,
-    /// Docker: the image id; local: the Python path.
+    /// Docker: the image id; local: the Python path; remote: the runners' Python and pytest.
     pub runtime: String,
 }
 
@@ -115,11 +133,36 @@ pub async fn start_pool(
                 identity,
             )
         }
+        ExecutorKind::Remote => {
+            let launcher = RemoteLauncher::new(options.runners.clone(), options.lease_timeout)?;
+            let hello = greeting(&launcher).await?;
+            let identity = ExecutorIdentity {
+                kind: ExecutorKind::Remote,
+                runtime: format!(
+                    "remote: python {} pytest {} protocol v{}",
+                    hello.python, hello.pytest, hello.v
+                ),
+            };
+            (Arc::new(launcher), identity)
+        }
     };
-    let pool = Arc::new(WorkerPool::new(
-        launcher,
-        options.workers,
-        options.recycle_after,
-    ));
-    Ok((pool, identity))
+    let mut pool = WorkerPool::new(launcher, options.workers, options.recycle_after);
+    if options.kind == ExecutorKind::Remote {
+        pool = pool.with_idle_release(REMOTE_IDLE_RELEASE);
+    }
+    Ok((Arc::new(pool), identity))
+}
+
+/// The greeting of one leased runner (its Python and pytest name the runtime in cache keys).
+async fn greeting(launcher: &RemoteLauncher) -> Result<Hello, InfraError> {
+    use tokio::io::AsyncBufReadExt;
+    let io = launcher.launch(0).await?;
+    let mut output = tokio::io::BufReader::new(io.output);
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(60), output.read_line(&mut line))
+        .await
+        .map_err(|_| InfraError::Launch("a leased runner did not greet within 60 s".into()))?
+        .map_err(|e| InfraError::Launch(format!("a leased runner closed: {e}")))?;
+    serde_json::from_str(&line)
+        .map_err(|e| InfraError::Launch(format!("a leased runner's greeting: {e}: {line:.200}")))
 }

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod balance;
 pub mod cache;
 pub mod client;
 pub mod completion;
@@ -26,10 +27,12 @@ pub mod operator;
 pub mod outcome;
 pub mod protocol;
 pub mod prune;
+pub mod remote;
 pub mod repair;
 pub mod report;
 pub mod rewards;
 pub mod rng;
+pub mod runner_host;
 pub mod score;
 pub mod service;
 pub mod source;

@@ -192,11 +192,13 @@ pub struct PoolStats {
 /// Up to `size` workers serving requests concurrently.
 pub struct WorkerPool {
     launcher: Arc<dyn Launcher>,
-    idle: Mutex<Vec<Worker>>,
+    idle: Arc<Mutex<Vec<Worker>>>,
     permits: Semaphore,
     size: usize,
     recycle_after: u64,
     health_check_after: Duration,
+    /// Drop a worker idle this long (a remote lease given back); `None`: keep it.
+    idle_release: Option<Duration>,
     next_slot: AtomicUsize,
     started: AtomicU64,
     replaced: AtomicU64,
@@ -220,11 +222,12 @@ impl WorkerPool {
         let size = size.max(1);
         Self {
             launcher,
-            idle: Mutex::new(Vec::new()),
+            idle: Arc::new(Mutex::new(Vec::new())),
             permits: Semaphore::new(size),
             size,
             recycle_after: recycle_after.max(1),
             health_check_after: IDLE_BEFORE_HEALTH_CHECK,
+            idle_release: None,
             next_slot: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
@@ -237,6 +240,13 @@ impl WorkerPool {
     /// Health-check an idle worker before reuse once it has been idle this long (default 10 s).
     pub fn with_health_check_after(mut self, idle: Duration) -> Self {
         self.health_check_after = idle;
+        self
+    }
+
+    /// Stop a worker once it has been idle this long, rather than keep it for the next run: a
+    /// remote worker holds a runner that other services may need.
+    pub fn with_idle_release(mut self, idle: Duration) -> Self {
+        self.idle_release = Some(idle);
         self
     }
 
@@ -301,6 +311,24 @@ impl WorkerPool {
             return; // dropped: the next checkout starts a fresh one
         }
         self.idle.lock().expect("idle lock").push(worker);
+        if let Some(linger) = self.idle_release {
+            let idle = Arc::downgrade(&self.idle);
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                if let Some(idle) = idle.upgrade() {
+                    // Dropped outside the lock: dropping a worker closes its connection.
+                    let expired: Vec<Worker> = {
+                        let mut workers = idle.lock().expect("idle lock");
+                        let (expired, kept) = std::mem::take(&mut *workers)
+                            .into_iter()
+                            .partition(|w| w.last_answer.elapsed() >= linger);
+                        *workers = kept;
+                        expired
+                    };
+                    drop(expired);
+                }
+            });
+        }
     }
 
     /// Send one request to an idle worker; on an infrastructure failure replace the worker and

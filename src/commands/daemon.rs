@@ -113,7 +113,7 @@ async fn be_the_daemon(args: DaemonRunArgs) -> Result<()> {
             .image
             .clone()
             .unwrap_or_else(unitforge_sandbox::image::sandbox_image_tag),
-        ExecutorKind::Local => identity.runtime.clone(),
+        ExecutorKind::Local | ExecutorKind::Remote => identity.runtime.clone(),
     };
     eprintln!(
         "unitforge daemon {}: {} workers ({:?}), socket {}, idle timeout {} s",

@@ -13,6 +13,7 @@ use unitforge_sandbox::client::{Client, ClientOptions};
 use unitforge_sandbox::mutant::{generate_mutants, MutantConfig};
 use unitforge_sandbox::prune::FailingTests;
 use unitforge_sandbox::rewards::RewardConfig;
+use unitforge_sandbox::runner_host::{self, RunnerExit, RunnerHostOptions};
 use unitforge_sandbox::score::{ScoreInput, ScoreReport, DEFAULT_MODULE};
 use unitforge_sandbox::service::{Service, ServiceLimits};
 use unitforge_sandbox::source::PythonSource;
@@ -23,7 +24,8 @@ use super::{
     start_backend,
 };
 use crate::cli::{
-    DoctorArgs, HealthArgs, ImageCommand, MutantsArgs, ScoreArgs, ServeArgs, VariantsArgs,
+    DoctorArgs, HealthArgs, ImageCommand, MutantsArgs, RunnerArgs, ScoreArgs, ServeArgs,
+    VariantsArgs,
 };
 use crate::render;
 
@@ -174,7 +176,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             "off".into()
         }
     );
-    let service = Service::new(scorer, identity, cache, config, limits);
+    let service = Service::new(scorer, identity, cache, config, limits)
+        .with_drain(std::time::Duration::from_secs_f64(args.drain.max(0.0)));
     let stop_file = args.stop_file.clone();
     service
         .run(listener, async move {
@@ -185,6 +188,34 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         })
         .await?;
     eprintln!("unitforge serve: stopped");
+    Ok(())
+}
+
+/// `unitforge runner`: serve leases until SIGTERM/Ctrl-C; exit 3 after a tainted lease.
+pub async fn runner(args: RunnerArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let options = RunnerHostOptions {
+        python: unitforge_sandbox::local::discover_python(args.python.as_deref()),
+        work_dir: args.work_dir.clone(),
+        max_leases: args.max_leases,
+    };
+    eprintln!(
+        "unitforge runner: listening on {} (python {}, work dir {})",
+        listener.local_addr()?,
+        options.python.display(),
+        options.work_dir.display()
+    );
+    let exit = runner_host::serve(listener, options, shutdown_signal()).await?;
+    match &exit {
+        RunnerExit::Tainted(reason) => {
+            eprintln!("unitforge runner: tainted, exiting for a fresh start: {reason}");
+            std::process::exit(exit.status());
+        }
+        RunnerExit::Shutdown => eprintln!("unitforge runner: stopped"),
+        RunnerExit::LeasesServed(n) => eprintln!("unitforge runner: {n} leases served"),
+    }
     Ok(())
 }
 

@@ -39,6 +39,7 @@ pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 #[derive(Clone)]
 pub struct Service {
     state: Arc<AppState>,
+    drain: Duration,
 }
 
 impl Service {
@@ -64,7 +65,16 @@ impl Service {
         };
         Self {
             state: Arc::new(state),
+            drain: Duration::ZERO,
         }
+    }
+
+    /// After the shutdown signal, keep answering for `drain` — 503 to new scores, 503 from
+    /// `/healthz` (readiness fails) — before the listener closes, so that a load balancer or a
+    /// Kubernetes Service stops routing here first; requests in flight finish either way.
+    pub fn with_drain(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
     }
 
     pub fn router(&self) -> Router {
@@ -89,9 +99,14 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
+        let drain = self.drain;
         let signal = async move {
             shutdown.await;
             state.shutting_down.store(true, Ordering::SeqCst);
+            if !drain.is_zero() {
+                tracing::info!(?drain, "draining: new requests get 503, /healthz fails");
+                tokio::time::sleep(drain).await;
+            }
             tracing::info!("shutting down: finishing requests in flight");
         };
         let result = axum::serve(listener, self.router())

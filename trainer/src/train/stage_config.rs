@@ -382,8 +382,11 @@ impl GrpoSettings {
 /// (`configs/rewards.yaml`: `weights`, `mutants`, `timeouts`, …).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RewardSettings {
-    /// `docker` (the default) or `local` (host processes, development only).
+    /// `docker` (the default), `remote` (`unitforge runner` hosts at `runners`) or `local`
+    /// (host processes, development only).
     pub executor: ExecutorKind,
+    /// Remote executor: the runner hosts, `host:port` each.
+    pub runners: Vec<String>,
     /// A running reward service (`http://host:port`) instead of an in-process pool.
     pub server: Option<String>,
     /// Sandbox workers of the in-process pool (default: number of CPUs).
@@ -398,6 +401,7 @@ impl Default for RewardSettings {
     fn default() -> Self {
         Self {
             executor: ExecutorKind::Docker,
+            runners: Vec::new(),
             server: None,
             workers: None,
             concurrency: 4,
@@ -411,6 +415,8 @@ impl Default for RewardSettings {
 struct RewardPlace {
     #[serde(default)]
     executor: ExecutorKind,
+    #[serde(default)]
+    runners: Vec<String>,
     #[serde(default)]
     server: Option<String>,
     #[serde(default)]
@@ -429,6 +435,7 @@ impl<'de> Deserialize<'de> for RewardSettings {
             .map_err(|e| serde::de::Error::custom(format!("reward: {e}")))?;
         Ok(Self {
             executor: place.executor,
+            runners: place.runners,
             server: place.server,
             workers: place.workers,
             concurrency: place
@@ -452,6 +459,12 @@ impl Serialize for RewardSettings {
             "executor",
             serde_yaml_ng::to_value(self.executor).map_err(serde::ser::Error::custom)?,
         );
+        if !self.runners.is_empty() {
+            put(
+                "runners",
+                Value::Sequence(self.runners.iter().cloned().map(Value::String).collect()),
+            );
+        }
         if let Some(server) = &self.server {
             put("server", Value::String(server.clone()));
         }

@@ -124,6 +124,7 @@ impl RewardSource {
             executor: ExecutorOptions {
                 kind: settings.executor,
                 workers: settings.workers.unwrap_or(defaults.workers),
+                runners: settings.runners.clone(),
                 ..defaults
             },
             servers: settings.server.iter().cloned().collect(),
