@@ -548,7 +548,7 @@ async fn limits_backpressure_and_the_batch_stream() {
     let limits = ServiceLimits {
         queue_limit: 2,
         active_scores: 1,
-        max_code_bytes: 4096,
+        max_code_chars: 4096,
         max_body_bytes: 64 << 10,
         max_batch: 3,
         ..ServiceLimits::default()
@@ -566,9 +566,11 @@ async fn limits_backpressure_and_the_batch_stream() {
     let big =
         serde_json::json!({"code": "x = 1\n".repeat(1000), "tests": "def test_x():\n    pass\n"});
     let response = post("/v1/score", big).await.unwrap();
-    assert_eq!(response.status(), 413);
+    // Longer than the schema's maxLength (this service's is 4096): 422, as any schema violation.
+    assert_eq!(response.status(), 422);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["kind"], "limit");
+    // A body over the transport limit: 413.
     let huge = serde_json::json!({"code": "x".repeat(100 << 10), "tests": ""});
     assert_eq!(post("/v1/score", huge).await.unwrap().status(), 413);
     let mut too_many_runs = request("clamp");
@@ -632,7 +634,7 @@ async fn limits_backpressure_and_the_batch_stream() {
     let oversized = serde_json::json!({"items": [request("vowels"), request("vowels"), request("vowels"), request("vowels")]});
     assert_eq!(
         post("/v1/score/batch", oversized).await.unwrap().status(),
-        413
+        422
     );
 
     let openapi: serde_json::Value = reqwest::get(format!("{}/openapi.json", service.url))

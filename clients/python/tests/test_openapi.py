@@ -29,7 +29,7 @@ def test_schemathesis_finds_nothing(service_url: str) -> None:
             "--checks",
             "all",
             "--max-examples",
-            "40",
+            "100",
             "--seed",
             "1",
         ],

@@ -24,8 +24,9 @@ use crate::score::{check_module_name, ScoreError, Scorer};
 #[serde(deny_unknown_fields, default)]
 pub struct ServiceLimits {
     pub max_body_bytes: usize,
-    pub max_code_bytes: usize,
-    pub max_tests_bytes: usize,
+    /// Characters (not bytes: the schema's `maxLength` counts characters, so the two agree).
+    pub max_code_chars: usize,
+    pub max_tests_chars: usize,
     pub max_mutants: usize,
     pub max_variants: usize,
     pub max_runs: usize,
@@ -41,8 +42,8 @@ impl Default for ServiceLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: 8 << 20,
-            max_code_bytes: 256 << 10,
-            max_tests_bytes: 256 << 10,
+            max_code_chars: 256 << 10,
+            max_tests_chars: 256 << 10,
             max_mutants: 200,
             max_variants: 8,
             max_runs: 10,
@@ -148,23 +149,22 @@ pub(crate) fn check_limits(
     }
     let too = |what: String| {
         Err(failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Limit,
             what,
         ))
     };
-    if request.code.len() > limits.max_code_bytes {
+    let (code_chars, tests_chars) = (request.code.chars().count(), request.tests.chars().count());
+    if code_chars > limits.max_code_chars {
         return too(format!(
-            "code is {} bytes; the limit is {}",
-            request.code.len(),
-            limits.max_code_bytes
+            "code is {code_chars} characters; the limit is {}",
+            limits.max_code_chars
         ));
     }
-    if request.tests.len() > limits.max_tests_bytes {
+    if tests_chars > limits.max_tests_chars {
         return too(format!(
-            "tests are {} bytes; the limit is {}",
-            request.tests.len(),
-            limits.max_tests_bytes
+            "tests are {tests_chars} characters; the limit is {}",
+            limits.max_tests_chars
         ));
     }
     let over = |what: &str, asked: String, limit: String| {

@@ -158,9 +158,9 @@ async fn batch_handler(
     if batch.items.len() > state.limits.max_batch {
         state
             .metrics
-            .request("batch", StatusCode::PAYLOAD_TOO_LARGE);
+            .request("batch", StatusCode::UNPROCESSABLE_ENTITY);
         return error_response(failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Limit,
             format!(
                 "{} items; the limit is {}",

@@ -97,7 +97,7 @@ async fn rewards(state: &AppState, request: RemoteRewardRequest) -> Response {
     }
     if n > state.limits.max_batch {
         return error_response(failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Limit,
             format!("{n} samples; the limit is {}", state.limits.max_batch),
         ));
