@@ -1,9 +1,14 @@
 """Clients of the unitforge reward service: ``Client`` (blocking) and ``AsyncClient``.
 
-Both retry what is worth retrying — connection errors, timeouts, 429 (after its
-``Retry-After``), 503 — with exponential backoff and jitter, and never retry input errors
-(400, 413, 422). ``score_batch`` uses the streamed ``/v1/score/batch`` endpoint and returns one
-result per pair, in order: a ``Score``, or the ``UnitforgeError`` that pair got.
+Both take one URL or several, and spread requests over the service's replicas (``_balance``:
+each host name resolved to every replica, the two rendezvous choices for the pair's content, the
+less loaded of them, a cap per replica, failing replicas ejected until ``/healthz`` answers).
+Both retry what is worth retrying — connection errors, timeouts, 429 (after its ``Retry-After``),
+502/503/504 — on a *different* replica, with exponential backoff and jitter, within an overall
+``deadline``; they never retry input errors (400, 413, 422). An infrastructure failure is raised
+as ``InfrastructureError``, never turned into a score. ``score_batch`` uses the streamed
+``/v1/score/batch`` endpoint and returns one result per pair, in order: a ``Score``, or the
+``UnitforgeError`` that pair got.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from ._balance import Replica, Replicas, content_key
 from .types import InfrastructureError, InputError, Score, UnitforgeError
 
 Pair = Mapping[str, Any] | Sequence[str]
@@ -61,19 +67,34 @@ def _retry_after(response: httpx.Response, backoff: float) -> float:
 
 
 class _Retry:
-    """A retryable answer: wait this long, and why."""
+    """A retryable answer: wait this long, and why; ``unhealthy``: counts towards ejecting the
+    replica (a 429 is load, not ill health)."""
 
-    def __init__(self, wait: float, why: str) -> None:
+    def __init__(self, wait: float, why: str, unhealthy: bool = True) -> None:
         self.wait = wait
         self.why = why
+        self.unhealthy = unhealthy
+
+
+URLs = str | Sequence[str]
 
 
 class _Settings:
-    def __init__(self, url: str, timeout: float, retries: int, backoff: float) -> None:
-        self.url = url.rstrip("/")
+    def __init__(
+        self,
+        urls: URLs,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        deadline: float,
+        per_replica: int,
+    ) -> None:
+        self.replicas = Replicas([urls] if isinstance(urls, str) else list(urls), per_replica)
+        self.url = self.replicas.first_url
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
+        self.deadline = deadline
 
     def wait(self, attempt: int, at_least: float = 0.0) -> float:
         base = max(self.backoff * (2**attempt), at_least)
@@ -86,16 +107,30 @@ class _Settings:
         if response.status_code not in _RETRYABLE_STATUS:
             raise _error(response.status_code, _json(response))
         wait = self.wait(attempt, _retry_after(response, self.backoff))
-        return _Retry(wait, f"HTTP {response.status_code}")
+        return _Retry(wait, f"HTTP {response.status_code}", response.status_code != 429)
+
+    def attempt_failed(self, replica: Replica, answer: _Retry) -> None:
+        if answer.unhealthy:
+            self.replicas.failed(replica)
+
+
+_JSON = {"content-type": "application/json"}
 
 
 class Client:
-    """A blocking client. ``url``: the service's base URL, e.g. ``http://127.0.0.1:8080``."""
+    """A blocking client. ``url``: the service's base URL, e.g. ``http://127.0.0.1:8080``, or
+    several (a host name stands for every address it resolves to)."""
 
     def __init__(
-        self, url: str, timeout: float = 600.0, retries: int = 5, backoff: float = 0.2
+        self,
+        url: URLs,
+        timeout: float = 600.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        deadline: float = 900.0,
+        per_replica: int = 32,
     ) -> None:
-        self._settings = _Settings(url, timeout, retries, backoff)
+        self._settings = _Settings(url, timeout, retries, backoff, deadline, per_replica)
         self._http = httpx.Client(timeout=timeout)
 
     def __enter__(self) -> Client:
@@ -109,22 +144,45 @@ class Client:
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         settings = self._settings
+        data = json.dumps(body).encode()
+        key = content_key(data)
+        deadline = time.monotonic() + settings.deadline
+        tried: list[str] = []
         last = ""
         for attempt in range(settings.retries + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                last = f"the deadline of {settings.deadline} s passed; {last}"
+                break
+            settings.replicas.refresh_if_due()
+            replica = settings.replicas.choose(key, tried)
+            tried.append(replica.url)
             wait = settings.wait(attempt)
             try:
-                answer = settings.judge(self._http.post(settings.url + path, json=body), attempt)
+                response = self._http.post(
+                    replica.url + path,
+                    content=data,
+                    headers=_JSON,
+                    timeout=min(settings.timeout, left),
+                )
+                answer = settings.judge(response, attempt)
             except httpx.HTTPError as err:
-                last = f"{type(err).__name__}: {err}"
+                settings.replicas.failed(replica)
+                last = f"{replica.url}: {type(err).__name__}: {err}"
+            except UnitforgeError:
+                settings.replicas.succeeded(replica)
+                raise
             else:
                 if not isinstance(answer, _Retry):
+                    settings.replicas.succeeded(replica)
                     return answer
-                wait, last = answer.wait, answer.why
+                settings.attempt_failed(replica, answer)
+                wait, last = answer.wait, f"{replica.url}: {answer.why}"
+            finally:
+                settings.replicas.release(replica)
             if attempt < settings.retries:
-                time.sleep(wait)
-        raise InfrastructureError(
-            f"{path}: no answer after {settings.retries + 1} attempts ({last})"
-        )
+                time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+        raise InfrastructureError(f"{path}: no answer after {len(tried)} attempts ({last})")
 
     def score(
         self,
@@ -145,18 +203,31 @@ class Client:
         one streamed request; results in input order."""
         items = [_pair_body(pair, config) for pair in pairs]
         settings = self._settings
+        data = json.dumps({"items": items}).encode()
+        key = content_key(data)
+        tried: list[str] = []
         for attempt in range(settings.retries + 1):
+            settings.replicas.refresh_if_due()
+            replica = settings.replicas.choose(key, tried)
+            tried.append(replica.url)
             try:
                 with self._http.stream(
-                    "POST", settings.url + "/v1/score/batch", json={"items": items}
+                    "POST", replica.url + "/v1/score/batch", content=data, headers=_JSON
                 ) as response:
                     if response.status_code == 200:
-                        return _batch_results(len(items), response.iter_lines())
+                        results = _batch_results(len(items), response.iter_lines())
+                        settings.replicas.succeeded(replica)
+                        return results
                     response.read()
                     if response.status_code not in _RETRYABLE_STATUS:
+                        settings.replicas.succeeded(replica)
                         raise _error(response.status_code, _json(response))
+                    if response.status_code != 429:
+                        settings.replicas.failed(replica)
             except httpx.HTTPError:
-                pass
+                settings.replicas.failed(replica)
+            finally:
+                settings.replicas.release(replica)
             if attempt < settings.retries:
                 time.sleep(settings.wait(attempt))
         raise InfrastructureError("/v1/score/batch: no answer after every attempt")
@@ -166,19 +237,29 @@ class Client:
         result: dict[str, Any] = response.json()
         return result
 
+    def replicas(self) -> list[dict[str, Any]]:
+        """The replicas as this client sees them: URL, requests outstanding, ejected."""
+        return [
+            {"url": r.url, "outstanding": r.outstanding, "ejected": r.ejected}
+            for r in self._settings.replicas.snapshot()
+        ]
+
 
 class AsyncClient:
-    """An asyncio client; ``max_in_flight`` caps the requests in flight at once."""
+    """An asyncio client; ``max_in_flight`` caps the requests in flight at once, ``per_replica``
+    those to one replica."""
 
     def __init__(
         self,
-        url: str,
+        url: URLs,
         timeout: float = 600.0,
         retries: int = 5,
         backoff: float = 0.2,
         max_in_flight: int = 64,
+        deadline: float = 900.0,
+        per_replica: int = 32,
     ) -> None:
-        self._settings = _Settings(url, timeout, retries, backoff)
+        self._settings = _Settings(url, timeout, retries, backoff, deadline, per_replica)
         self._http = httpx.AsyncClient(
             timeout=timeout, limits=httpx.Limits(max_connections=max_in_flight)
         )
@@ -193,26 +274,55 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    async def _choose(self, key: bytes, tried: list[str]) -> Replica:
+        while True:
+            chosen = self._settings.replicas.try_choose(key, tried)
+            if chosen is not None:
+                return chosen
+            await asyncio.sleep(0.05)
+
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         settings = self._settings
+        data = json.dumps(body).encode()
+        key = content_key(data)
+        deadline = time.monotonic() + settings.deadline
+        tried: list[str] = []
         last = ""
         async with self._permits:
             for attempt in range(settings.retries + 1):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    last = f"the deadline of {settings.deadline} s passed; {last}"
+                    break
+                await asyncio.to_thread(settings.replicas.refresh_if_due)
+                replica = await self._choose(key, tried)
+                tried.append(replica.url)
                 wait = settings.wait(attempt)
                 try:
-                    response = await self._http.post(settings.url + path, json=body)
+                    response = await self._http.post(
+                        replica.url + path,
+                        content=data,
+                        headers=_JSON,
+                        timeout=min(settings.timeout, left),
+                    )
                     answer = settings.judge(response, attempt)
                 except httpx.HTTPError as err:
-                    last = f"{type(err).__name__}: {err}"
+                    settings.replicas.failed(replica)
+                    last = f"{replica.url}: {type(err).__name__}: {err}"
+                except UnitforgeError:
+                    settings.replicas.succeeded(replica)
+                    raise
                 else:
                     if not isinstance(answer, _Retry):
+                        settings.replicas.succeeded(replica)
                         return answer
-                    wait, last = answer.wait, answer.why
+                    settings.attempt_failed(replica, answer)
+                    wait, last = answer.wait, f"{replica.url}: {answer.why}"
+                finally:
+                    settings.replicas.release(replica)
                 if attempt < settings.retries:
-                    await asyncio.sleep(wait)
-        raise InfrastructureError(
-            f"{path}: no answer after {settings.retries + 1} attempts ({last})"
-        )
+                    await asyncio.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+        raise InfrastructureError(f"{path}: no answer after {len(tried)} attempts ({last})")
 
     async def score(
         self,
@@ -238,6 +348,13 @@ class AsyncClient:
                 return err
 
         return list(await asyncio.gather(*(one(pair) for pair in pairs)))
+
+    def replicas(self) -> list[dict[str, Any]]:
+        """The replicas as this client sees them: URL, requests outstanding, ejected."""
+        return [
+            {"url": r.url, "outstanding": r.outstanding, "ejected": r.ejected}
+            for r in self._settings.replicas.snapshot()
+        ]
 
 
 def _json(response: httpx.Response) -> Any:
