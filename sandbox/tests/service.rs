@@ -646,3 +646,72 @@ async fn limits_backpressure_and_the_batch_stream() {
     assert!(openapi["paths"]["/v1/score"]["post"].is_object());
     service.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_fails_readiness_and_sends_new_requests_elsewhere() {
+    let _one = DOCKER.lock().await;
+    let (scorer, identity) = docker_scorer(1).await;
+    let service = Service::new(
+        scorer,
+        identity,
+        None,
+        RewardConfig::default(),
+        ServiceLimits::default(),
+    )
+    .with_drain(Duration::from_secs(3));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(service.run(listener, async {
+        let _ = stopped.await;
+    }));
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: still answering, but not ready, and new scores go elsewhere (503, retryable).
+    let health = http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let refused = http
+        .post(format!("{url}/v1/score"))
+        .json(&light(pair("clamp")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["kind"], "shutting_down");
+    // After the drain the listener closes.
+    task.await.unwrap().unwrap();
+    assert!(http.get(format!("{url}/healthz")).send().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_routes_around_a_dead_replica_and_ejects_it() {
+    let _one = DOCKER.lock().await;
+    let service = start_service(None, 2).await;
+    let dead = "http://127.0.0.1:9".to_string();
+    let client = Client::new(
+        vec![dead.clone(), service.url.clone()],
+        ClientOptions {
+            initial_backoff: Duration::from_millis(10),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    // Twenty distinct requests: about half rank the dead replica first (rendezvous), so it
+    // fails far more than the three times in a row that eject it.
+    for seed in 0..20 {
+        let mut request = light(pair("clamp"));
+        if let Some(config) = request.config.as_mut() {
+            config.mutants.seed = seed;
+        }
+        let response = client.score(&request).await.unwrap();
+        assert_eq!(response.report.validity, 1.0, "seed {seed}");
+    }
+    let replicas = client.replicas();
+    let (_, _, ejected) = replicas.iter().find(|(url, _, _)| *url == dead).unwrap();
+    assert!(*ejected, "{replicas:?}");
+    service.stop().await;
+}
