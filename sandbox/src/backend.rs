@@ -90,7 +90,7 @@ impl Default for BackendOptions {
 
 enum Engine {
     Pool(Scorer),
-    Service(Client),
+    Service(Box<Client>),
 }
 
 /// A started backend. Dropping an in-process one stops its workers (containers included).
@@ -126,7 +126,7 @@ impl RewardBackend {
             };
             let client = Client::new(options.servers.clone(), client_options)?;
             return Ok(Self {
-                engine: Engine::Service(client),
+                engine: Engine::Service(Box::new(client)),
                 concurrency,
                 stopped: AtomicBool::new(false),
             });

@@ -216,7 +216,7 @@ impl Replicas {
         let all = self.snapshot();
         let mut ranked: Vec<(u64, Arc<Replica>)> =
             all.into_iter().map(|r| (weight(key, &r.url), r)).collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|(w, _)| std::cmp::Reverse(*w));
         let usable = |r: &Replica, avoid_tried: bool, avoid_ejected: bool| {
             (!avoid_tried || !tried.contains(&r.url))
                 && (!avoid_ejected || !r.is_ejected())
@@ -379,7 +379,12 @@ mod tests {
         let set = replicas(&THREE, 8);
         let key = content_key(b"retry me");
         let first = set.choose(&key, &[]).await.replica.url.clone();
-        let second = set.choose(&key, &[first.clone()]).await.replica.url.clone();
+        let second = set
+            .choose(&key, std::slice::from_ref(&first))
+            .await
+            .replica
+            .url
+            .clone();
         let third = set
             .choose(&key, &[first.clone(), second.clone()])
             .await

@@ -74,7 +74,7 @@ pub struct Client {
 
 /// What one attempt came to.
 enum Attempt {
-    Scored(ScoreResponse),
+    Scored(Box<ScoreResponse>),
     /// Worth another try elsewhere, after at least this long; `unhealthy`: counts towards
     /// ejecting the replica (a 429 is load, not ill health).
     Retry {
@@ -157,7 +157,7 @@ impl Client {
             let wait = match self.attempt(&endpoint, &body, left).await {
                 Attempt::Scored(scored) => {
                     self.replicas.succeeded(&held.replica);
-                    return Ok(scored);
+                    return Ok(*scored);
                 }
                 Attempt::Refused(err) => {
                     self.replicas.succeeded(&held.replica);
@@ -209,7 +209,7 @@ impl Client {
         let status = response.status();
         if status.is_success() {
             return match response.json().await {
-                Ok(scored) => Attempt::Scored(scored),
+                Ok(scored) => Attempt::Scored(Box::new(scored)),
                 // A body cut off mid-way: the replica went away while answering.
                 Err(err) => Attempt::Retry {
                     why: format!("incomplete answer: {err}"),
