@@ -50,7 +50,18 @@ async fn start_service_with(
     let (scorer, identity) = docker_scorer(workers).await;
     let cache = cache
         .map(|dir| ResultCache::open(Some(&dir.join("scores.redb")), 1000).expect("cache opens"));
-    let service = Service::new(scorer, identity, cache, RewardConfig::default(), limits);
+    run_service(Service::new(
+        scorer,
+        identity,
+        cache,
+        RewardConfig::default(),
+        limits,
+    ))
+    .await
+}
+
+/// Serve `service` on a loopback port until `Running::stop`.
+async fn run_service(service: Service) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -651,20 +662,10 @@ async fn limits_backpressure_and_the_batch_stream() {
 async fn draining_fails_readiness_and_sends_new_requests_elsewhere() {
     let _one = DOCKER.lock().await;
     let (scorer, identity) = docker_scorer(1).await;
-    let service = Service::new(
-        scorer,
-        identity,
-        None,
-        RewardConfig::default(),
-        ServiceLimits::default(),
-    )
-    .with_drain(Duration::from_secs(3));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(service.run(listener, async {
-        let _ = stopped.await;
-    }));
+    let limits = ServiceLimits::default();
+    let service = Service::new(scorer, identity, None, RewardConfig::default(), limits)
+        .with_drain(Duration::from_secs(3));
+    let Running { url, stop, task } = run_service(service).await;
     let http = reqwest::Client::new();
     let health = http.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
