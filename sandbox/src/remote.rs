@@ -30,13 +30,23 @@ pub struct RemoteLauncher {
 }
 
 impl RemoteLauncher {
-    /// `addresses`: `host:port` of each runner, or a name that resolves to many.
+    /// `addresses`: `host:port` (or `tcp://host:port`) of each runner; a name may resolve to many.
     pub fn new(addresses: Vec<String>, lease_timeout: Duration) -> Result<Self, InfraError> {
         if addresses.is_empty() {
             return Err(InfraError::Launch(
                 "the remote executor needs runner addresses (--runner HOST:PORT)".into(),
             ));
         }
+        // `tcp://host:port` and `host:port` name the same runner.
+        let addresses = addresses
+            .into_iter()
+            .map(|a| {
+                a.strip_prefix("tcp://")
+                    .unwrap_or(&a)
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .collect();
         Ok(Self {
             addresses,
             lease_timeout,

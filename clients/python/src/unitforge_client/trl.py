@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ._samples import pairs
-from .client import AsyncClient
+from .client import AsyncClient, URLs
 from .types import COMPONENTS, Score, UnitforgeError
 
 # What TRL passes beside the dataset's columns.
@@ -40,7 +40,7 @@ RewardFunc = Callable[..., RewardList | Awaitable[RewardList]]
 class _Scorer:
     """Scores a batch through an ``AsyncClient`` per event loop (a client is bound to its loop)."""
 
-    def __init__(self, url: str, config: Mapping[str, Any] | None, **client: Any) -> None:
+    def __init__(self, url: URLs, config: Mapping[str, Any] | None, **client: Any) -> None:
         self.url = url
         self.config = config
         self.client = client
@@ -61,7 +61,7 @@ class _Scorer:
 def _make(
     name: str,
     component: str,
-    url: str,
+    url: URLs,
     code_column: str,
     module_column: str,
     config: Mapping[str, Any] | None,
@@ -114,7 +114,7 @@ def _make(
 
 
 def composite_reward(
-    url: str,
+    url: URLs,
     *,
     code_column: str = "code",
     module_column: str = "module",
@@ -140,7 +140,7 @@ def composite_reward(
 
 def component_reward(
     component: str,
-    url: str,
+    url: URLs,
     *,
     code_column: str = "code",
     module_column: str = "module",
@@ -164,7 +164,7 @@ def component_reward(
     )
 
 
-def component_rewards(url: str, **options: Any) -> list[RewardFunc]:
+def component_rewards(url: URLs, **options: Any) -> list[RewardFunc]:
     """One function per component, to weight with ``GRPOConfig(reward_weights=[...])``. The
     service's cache scores each completion once, whatever the number of functions."""
     return [component_reward(component, url, **options) for component in COMPONENTS]

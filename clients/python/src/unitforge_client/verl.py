@@ -6,7 +6,7 @@ sample; here ``ground_truth`` is the code under test (its text, or a mapping / J
 ``code`` and ``module``), ``solution_str`` the model's completion. The answer is a dict with
 ``score`` (the composite) and the same extra keys for every sample: the five components and
 ``valid``. The service's URL comes from the environment variable ``UNITFORGE_URL`` (default
-``http://127.0.0.1:8080``). A sample the service cannot score raises ``UnitforgeError`` after
+``http://127.0.0.1:8080``; several, separated by commas, are balanced over). A sample the service cannot score raises ``UnitforgeError`` after
 the client's retries: verl has no way to leave a sample out, and a failure is never a 0.
 """
 
@@ -31,8 +31,9 @@ def _client() -> AsyncClient:
     loop = id(asyncio.get_running_loop())
     with _lock:
         if loop not in _clients:
-            url = os.environ.get("UNITFORGE_URL", "http://127.0.0.1:8080")
-            _clients[loop] = AsyncClient(url)
+            # One URL, or several separated by commas (the client spreads over them).
+            urls = os.environ.get("UNITFORGE_URL", "http://127.0.0.1:8080").split(",")
+            _clients[loop] = AsyncClient([u.strip() for u in urls if u.strip()])
         return _clients[loop]
 
 
