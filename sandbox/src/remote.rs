@@ -154,3 +154,34 @@ impl Launcher for RemoteLauncher {
         "remote"
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_addresses_may_be_tcp_urls_and_none_is_an_error() {
+        let launcher = RemoteLauncher::new(
+            vec!["tcp://runner:7070/".into(), "10.0.0.2:7070".into()],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(launcher.addresses(), ["runner:7070", "10.0.0.2:7070"]);
+        assert!(RemoteLauncher::new(Vec::new(), Duration::from_secs(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_launch_error_after_the_lease_timeout() {
+        let launcher =
+            RemoteLauncher::new(vec!["127.0.0.1:9".into()], Duration::from_millis(200)).unwrap();
+        let err = launcher
+            .launch(0)
+            .await
+            .err()
+            .expect("no runner listens on port 9");
+        assert!(
+            matches!(&err, InfraError::Launch(m) if m.contains("no runner free")),
+            "{err}"
+        );
+    }
+}
