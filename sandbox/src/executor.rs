@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 use crate::docker::{remove_stale_containers, ContainerLimits, DockerLauncher};
 use crate::image::{ensure_image, sandbox_image_tag, ImageError};
 use crate::local::{discover_python, LocalLauncher};
-use crate::protocol::Hello;
 use crate::remote::RemoteLauncher;
 use crate::worker::{InfraError, Launcher, WorkerPool};
 
@@ -135,7 +134,11 @@ pub async fn start_pool(
         }
         ExecutorKind::Remote => {
             let launcher = RemoteLauncher::new(options.runners.clone(), options.lease_timeout)?;
-            let hello = greeting(&launcher).await?;
+            let pool = WorkerPool::new(Arc::new(launcher), options.workers, options.recycle_after)
+                .with_idle_release(REMOTE_IDLE_RELEASE);
+            // The runners' greeting names the runtime in cache keys. Warming up is what the
+            // scorer does first anyway; here it also checks the runners' protocol version.
+            let hello = pool.warm_up().await?;
             let identity = ExecutorIdentity {
                 kind: ExecutorKind::Remote,
                 runtime: format!(
@@ -143,26 +146,13 @@ pub async fn start_pool(
                     hello.python, hello.pytest, hello.v
                 ),
             };
-            (Arc::new(launcher), identity)
+            return Ok((Arc::new(pool), identity));
         }
     };
-    let mut pool = WorkerPool::new(launcher, options.workers, options.recycle_after);
-    if options.kind == ExecutorKind::Remote {
-        pool = pool.with_idle_release(REMOTE_IDLE_RELEASE);
-    }
-    Ok((Arc::new(pool), identity))
-}
-
-/// The greeting of one leased runner (its Python and pytest name the runtime in cache keys).
-async fn greeting(launcher: &RemoteLauncher) -> Result<Hello, InfraError> {
-    use tokio::io::AsyncBufReadExt;
-    let io = launcher.launch(0).await?;
-    let mut output = tokio::io::BufReader::new(io.output);
-    let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(60), output.read_line(&mut line))
-        .await
-        .map_err(|_| InfraError::Launch("a leased runner did not greet within 60 s".into()))?
-        .map_err(|e| InfraError::Launch(format!("a leased runner closed: {e}")))?;
-    serde_json::from_str(&line)
-        .map_err(|e| InfraError::Launch(format!("a leased runner's greeting: {e}: {line:.200}")))
+    let pool = Arc::new(WorkerPool::new(
+        launcher,
+        options.workers,
+        options.recycle_after,
+    ));
+    Ok((pool, identity))
 }
