@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,7 +140,7 @@ pub async fn serve(
             // Dropping `leases` wakes a host waiting for its next lease.
         })
     };
-    let served = AtomicU64::new(0);
+    let mut served = 0u64;
     let exit = loop {
         let mut runner = Runner::start(&options, in_container).await?;
         ready.store(!stopping.load(Ordering::SeqCst), Ordering::SeqCst);
@@ -149,7 +149,8 @@ pub async fn serve(
             runner.stop().await;
             break RunnerExit::Shutdown;
         };
-        let lease = served.fetch_add(1, Ordering::Relaxed) + 1;
+        served += 1;
+        let lease = served;
         tracing::info!(lease, "lease started");
         runner.serve(stream, lease).await;
         match runner.stop().await {
