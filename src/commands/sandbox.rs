@@ -193,6 +193,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// `unitforge runner`: serve leases until SIGTERM/Ctrl-C; exit 3 after a tainted lease.
 pub async fn runner(args: RunnerArgs) -> Result<()> {
+    // Registered before the address is announced: an orchestrator may send SIGTERM at once, and
+    // a signal with no handler yet would kill the runner without its cleanup.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -207,7 +218,7 @@ pub async fn runner(args: RunnerArgs) -> Result<()> {
         options.python.display(),
         options.work_dir.display()
     );
-    let exit = runner_host::serve(listener, options, shutdown_signal()).await?;
+    let exit = runner_host::serve(listener, options, stop).await?;
     match &exit {
         RunnerExit::Tainted(reason) => {
             eprintln!("unitforge runner: tainted, exiting for a fresh start: {reason}");
