@@ -295,6 +295,48 @@ fn gcd_lcm_score_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// An orchestrator may stop a service the moment it starts: SIGTERM while the workers are still
+/// starting (before "listening") must stop it through its shutdown path, exit status 0, not kill
+/// it as an unhandled signal would.
+#[test]
+fn sigterm_while_the_service_starts_stops_it_cleanly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-cache",
+            "--executor",
+            "local",
+            "--workers",
+            "2",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the unitforge binary runs");
+    // Long enough for the process to reach `serve`, well before its Python workers are up.
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = server.wait().unwrap();
+    let mut stderr = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.signal(), None, "killed by a signal: {stderr}");
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(stderr.contains("unitforge serve: stopped"), "{stderr}");
+}
+
 #[test]
 fn score_through_a_server_prints_what_an_in_process_score_prints() {
     use std::io::BufRead;

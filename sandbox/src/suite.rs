@@ -273,6 +273,17 @@ pub fn test_function_texts(source: &PythonSource) -> Vec<(String, String)> {
     found
 }
 
+/// Each test function (`test_x`, `TestClass::test_x`) with the byte range of its whole
+/// definition, decorators included, in the order of the file: where in the text a test's
+/// verdict belongs (GRPO's per-test credit).
+pub fn test_function_spans(source: &PythonSource) -> Vec<(String, std::ops::Range<usize>)> {
+    let mut spans = Vec::new();
+    collect_test_nodes(source, source.root(), None, &mut |test, outer, _| {
+        spans.push((test.name, outer.start_byte()..outer.end_byte()));
+    });
+    spans
+}
+
 /// The test file with the named test functions (`test_x`, `TestClass::test_x`) removed, each
 /// with its decorators and its lines; a `Test*` class left with no statement goes with them.
 /// Everything else — imports, helpers, fixtures, comments between tests — is kept byte for
@@ -582,6 +593,28 @@ fn collect_test_nodes<'t>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_function_spans_cover_decorators_and_class_methods() {
+        let text = "import pytest\n\n@pytest.mark.parametrize('x', [1, 2])\ndef test_a(x):\n    assert x\n\n\
+                    def helper():\n    pass\n\nclass TestB:\n    def test_c(self):\n        assert 1\n";
+        let source = PythonSource::parse("tests", text).unwrap();
+        let spans = test_function_spans(&source);
+        let named: Vec<(&str, &str)> = spans
+            .iter()
+            .map(|(name, range)| (name.as_str(), &text[range.clone()]))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (
+                    "test_a",
+                    "@pytest.mark.parametrize('x', [1, 2])\ndef test_a(x):\n    assert x"
+                ),
+                ("TestB::test_c", "def test_c(self):\n        assert 1"),
+            ]
+        );
+    }
 
     fn facts(code: &str) -> SuiteFacts {
         suite_facts(&PythonSource::parse("tests", code).unwrap())

@@ -146,6 +146,7 @@ async fn score_batch(args: &ScoreArgs, batch: &Path, config: &RewardConfig) -> R
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
+    let stop = stop_signals()?;
     let config = load_reward_config(args.config.as_deref())?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -182,7 +183,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     service
         .run(listener, async move {
             tokio::select! {
-                _ = shutdown_signal() => {},
+                _ = stop => {},
                 _ = file_appears(stop_file) => eprintln!("unitforge serve: the stop file appeared"),
             }
         })
@@ -193,17 +194,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
 /// `unitforge runner`: serve leases until SIGTERM/Ctrl-C; exit 3 after a tainted lease.
 pub async fn runner(args: RunnerArgs) -> Result<()> {
-    // Registered before the address is announced: an orchestrator may send SIGTERM at once, and
-    // a signal with no handler yet would kill the runner without its cleanup.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let stop = async move {
-        tokio::select! {
-            _ = terminate.recv() => {},
-            _ = interrupt.recv() => {},
-        }
-    };
+    let stop = stop_signals()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -266,20 +257,19 @@ pub async fn health(args: HealthArgs) -> Result<()> {
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM or Ctrl-C (SIGINT), their handlers registered now, not when the future is first
+/// polled: an orchestrator may send SIGTERM the moment the process starts, and a signal with no
+/// handler yet would kill it without its cleanup (a runner's lease, a service's drain).
+fn stop_signals() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
-    }
+    })
 }
 
 pub fn mutants(args: MutantsArgs) -> Result<()> {

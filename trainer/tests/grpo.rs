@@ -227,8 +227,9 @@ fn completions_that_cannot_be_scored_are_excluded_not_zeroed() {
     assert!(line["rewards"].is_null());
 }
 
-/// A few steps against a real sandbox: the outputs, and scoring overlapped with generation.
-fn against_the_sandbox(executor: &str) {
+/// A few steps against a real sandbox: the outputs, and scoring overlapped with generation;
+/// with `credit`, pruned scores and per-test credit.
+fn against_the_sandbox(executor: &str, credit: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (model, train, eval) = setup(dir.path());
     let out = dir.path().join("sandbox");
@@ -237,8 +238,14 @@ fn against_the_sandbox(executor: &str) {
         &train,
         &eval,
         &out,
-        &format!("reward: {{executor: {executor}, workers: 2, concurrency: 4, mutants: {{max_mutants: 6}}}}\n"),
+        &format!(
+            "reward: {{executor: {executor}, workers: 2, concurrency: 4, mutants: {{max_mutants: 6}}{}}}\n",
+            if credit { ", failing_tests: prune" } else { "" }
+        ),
     );
+    if credit {
+        cfg.grpo.test_credit = 0.2;
+    }
     cfg.max_steps = 2;
     cfg.eval_every = 2;
     cfg.full_finetune = false; // LoRA: the reference is the model with its adapters off
@@ -266,6 +273,7 @@ fn against_the_sandbox(executor: &str) {
         assert!(m.parts["overlap_groups"] <= 3.0, "step {}", m.step);
         assert!(m.parts["reward_s"] > 0.0);
         assert!(m.parts["kl"].is_finite() && m.parts["kl"] >= 0.0);
+        assert_eq!(m.parts.contains_key("credited_tokens"), credit);
     }
     let eval: Vec<serde_json::Value> = std::fs::read_to_string(out.join("eval.jsonl"))
         .unwrap()
@@ -280,12 +288,31 @@ fn against_the_sandbox(executor: &str) {
 
 #[test]
 fn a_few_steps_against_the_local_sandbox_write_every_output() {
-    against_the_sandbox("local");
+    against_the_sandbox("local", true);
+}
+
+#[test]
+fn test_credit_without_pruned_scores_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, train, eval) = setup(dir.path());
+    let mut cfg = config(&model, &train, &eval, &dir.path().join("refused"), "");
+    cfg.grpo.test_credit = 0.2;
+    let err = train_with(&cfg, &Device::Cpu, &share_of_e())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("failing_tests: prune"), "{err}");
+    cfg.grpo.test_credit = -1.0;
+    let err = train_with(&cfg, &Device::Cpu, &share_of_e())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("test_credit"), "{err}");
 }
 
 #[test]
 fn a_few_steps_against_docker_sandbox_containers() {
-    against_the_sandbox("docker");
+    against_the_sandbox("docker", false);
 }
 
 #[test]

@@ -120,6 +120,7 @@ fn each_loss_type_reduces_the_token_losses_as_defined() {
                 old_logp: &old,
                 ref_logp: Some(&ref_t),
                 advantages: &adv,
+                token_credit: None,
                 mask: &mask,
             },
             &settings(loss_type, 0.1),
@@ -136,6 +137,7 @@ fn each_loss_type_reduces_the_token_losses_as_defined() {
             old_logp: &old,
             ref_logp: Some(&ref_t),
             advantages: &adv,
+            token_credit: None,
             mask: &mask,
         },
         &settings(LossType::Bnpo, 0.1),
@@ -147,6 +149,56 @@ fn each_loss_type_reduces_the_token_losses_as_defined() {
     };
     let kl = (k3(0, 0) + k3(0, 1) + k3(0, 2) + k3(1, 0) + k3(1, 1)) / 5.0;
     assert!(close(out.kl, kl, 1e-12), "{} vs {kl}", out.kl);
+}
+
+#[test]
+fn token_credit_adds_to_each_tokens_advantage_before_the_clip() {
+    let (logp, old, mask, adv) = case();
+    // Each token's advantage is its row's plus its credit, and the clip's minimum is taken with
+    // that sum: the second row's first token turns from −0.4 to +0.5, the first row's second
+    // token from 0.7 to −0.3; the padding slot's credit (5.0) is masked out.
+    let credit_rows = [[0.0, -1.0, 0.25], [0.9, 0.0, 5.0]];
+    let credit = t2(&[&credit_rows[0], &credit_rows[1]]);
+    let logp_v: [[f64; 3]; 2] = [[-1.0, -2.0, -0.5], [-0.3, -1.2, -9.0]];
+    let old_v: [[f64; 3]; 2] = [[-1.1, -1.9, -0.5], [-0.1, -1.4, -9.0]];
+    let m = [[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]];
+    let mut total = 0.0;
+    for i in 0..2 {
+        for j in 0..3 {
+            let a = [0.7, -0.4][i] + credit_rows[i][j];
+            let r: f64 = (logp_v[i][j] - old_v[i][j]).exp();
+            let surrogate = (r * a).min(r.clamp(0.8, 1.28) * a);
+            total += -surrogate * m[i][j];
+        }
+    }
+    let out = policy_loss(
+        &PolicyInputs {
+            logp: &logp,
+            old_logp: &old,
+            ref_logp: None,
+            advantages: &adv,
+            token_credit: Some(&credit),
+            mask: &mask,
+        },
+        &settings(LossType::Bnpo, 0.0),
+    )
+    .unwrap();
+    let got = scalar(&out.loss);
+    assert!(close(got, total / 5.0, 1e-12), "{got} vs {}", total / 5.0);
+    // Without the credit the loss is the plain one, which differs.
+    let plain = policy_loss(
+        &PolicyInputs {
+            logp: &logp,
+            old_logp: &old,
+            ref_logp: None,
+            advantages: &adv,
+            token_credit: None,
+            mask: &mask,
+        },
+        &settings(LossType::Bnpo, 0.0),
+    )
+    .unwrap();
+    assert!((scalar(&plain.loss) - got).abs() > 1e-3);
 }
 
 #[test]
@@ -168,6 +220,7 @@ fn clipping_zeroes_exactly_the_gradients_that_left_the_trust_region_the_way_thei
                 old_logp: &old_t,
                 ref_logp: None,
                 advantages: &adv,
+                token_credit: None,
                 mask: &mask,
             },
             &settings(LossType::Bnpo, 0.0),
@@ -217,6 +270,7 @@ fn the_k3_kl_is_zero_at_the_start_and_its_gradient_matches_finite_differences() 
             old_logp: &logp,
             ref_logp: Some(&logp),
             advantages: &adv,
+            token_credit: None,
             mask: &mask,
         },
         &settings(LossType::Bnpo, 0.5),
@@ -235,6 +289,7 @@ fn the_k3_kl_is_zero_at_the_start_and_its_gradient_matches_finite_differences() 
                     old_logp: &old,
                     ref_logp: Some(&reference),
                     advantages: &adv,
+                    token_credit: None,
                     mask: &mask,
                 },
                 &settings(LossType::Grpo, 0.3),
@@ -250,6 +305,7 @@ fn the_k3_kl_is_zero_at_the_start_and_its_gradient_matches_finite_differences() 
             old_logp: &old,
             ref_logp: Some(&reference),
             advantages: &adv,
+            token_credit: None,
             mask: &mask,
         },
         &settings(LossType::Grpo, 0.3),
@@ -293,6 +349,7 @@ fn sequence_level_importance_uses_one_length_normalised_ratio_per_completion() {
             old_logp: &old,
             ref_logp: None,
             advantages: &adv,
+            token_credit: None,
             mask: &mask,
         },
         &s,
@@ -311,6 +368,7 @@ fn sequence_level_importance_uses_one_length_normalised_ratio_per_completion() {
             old_logp: &shifted,
             ref_logp: None,
             advantages: &adv,
+            token_credit: None,
             mask: &mask,
         },
         &s,

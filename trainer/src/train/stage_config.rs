@@ -295,6 +295,10 @@ pub struct GrpoSettings {
     /// Draw each step's prompts by each training row's running success (rows the policy
     /// always fails or always passes drawn less) instead of the loop's shuffled order.
     pub curriculum: bool,
+    /// λ of per-test credit (`failing_tests: prune` only): each token of a test function gets
+    /// λ · (its share of kept cases − the group's mean share) on top of its completion's
+    /// advantage. 0 turns it off (`stages/grpo/test_credit.rs`, docs/grpo.md).
+    pub test_credit: f64,
     /// Steps in a row whose every completion the infrastructure failed to score before the
     /// stage waits for the reward backend.
     pub max_blind_steps: usize,
@@ -327,6 +331,7 @@ impl Default for GrpoSettings {
             dynamic_sampling: false,
             max_resample_rounds: 2,
             curriculum: false,
+            test_credit: 0.0,
             max_blind_steps: 3,
             backend_wait_s: 300.0,
         }
@@ -348,6 +353,12 @@ impl GrpoSettings {
         }
         if self.prompts_per_step == 0 || self.max_completion_length == 0 {
             return bad("prompts_per_step and max_completion_length must be positive".into());
+        }
+        if !(self.test_credit >= 0.0 && self.test_credit.is_finite()) {
+            return bad(format!(
+                "test_credit = {}: must be a finite weight ≥ 0 (0 turns it off)",
+                self.test_credit
+            ));
         }
         if self.num_iterations == 0 {
             return bad("num_iterations must be at least 1".into());

@@ -22,6 +22,7 @@ mod log;
 pub mod policy_loss;
 pub mod reward_source;
 mod round;
+pub mod test_credit;
 
 use std::time::Instant;
 
@@ -178,6 +179,12 @@ fn train_checked(
 fn checked_loop_config(config: &StageConfig) -> Result<StageConfig, TrainerError> {
     let settings = &config.grpo;
     settings.validate()?;
+    if settings.test_credit > 0.0 && config.reward.scoring.failing_tests.is_invalidate() {
+        return Err(TrainerError::Config(format!(
+            "grpo.test_credit = {} needs per-test verdicts: set reward.failing_tests: prune",
+            settings.test_credit
+        )));
+    }
     let per_micro = config.batch_size.max(1);
     if settings.prompts_per_step % per_micro != 0 {
         return Err(TrainerError::Config(format!(
@@ -402,9 +409,23 @@ impl Grpo<'_> {
                 }
             }
         }
+        // Per-test credit: each test function's tokens told how its cases fared.
+        let mut credited_tokens = 0;
+        if settings.test_credit > 0.0 {
+            for group in groups.iter_mut() {
+                credited_tokens += group.assign_test_credit(
+                    &self.student.text.tokenizer,
+                    self.student.text.end_id,
+                    settings.test_credit,
+                );
+            }
+        }
         self.logs.completions(step, &groups)?;
 
         let mut figures = round_figures(&groups);
+        if settings.test_credit > 0.0 {
+            figures.push(("credited_tokens", credited_tokens as f64));
+        }
         figures.extend([
             ("frac_reward_zero_std", zero_std_before),
             ("frac_reward_zero_std_filtered", zero_std_after),
@@ -585,6 +606,7 @@ impl StageLogic for Grpo<'_> {
                 old_logp: &old_logp,
                 ref_logp: batch.ref_logp.as_ref(),
                 advantages: &batch.advantages,
+                token_credit: batch.token_credit.as_ref(),
                 mask: &batch.mask,
             },
             &settings,

@@ -79,6 +79,8 @@ pub struct PolicyInputs<'a> {
     pub ref_logp: Option<&'a Tensor>,
     /// One advantage per completion: [completions].
     pub advantages: &'a Tensor,
+    /// Per-token credit added to the completion's advantage (`test_credit.rs`): [completions, time].
+    pub token_credit: Option<&'a Tensor>,
     /// 1 on the completion tokens that count, 0 elsewhere.
     pub mask: &'a Tensor,
 }
@@ -117,6 +119,7 @@ pub fn policy_loss(inputs: &PolicyInputs, settings: &PolicySettings) -> Result<P
         old_logp,
         ref_logp,
         advantages,
+        token_credit,
         mask,
     } = *inputs;
     let dtype = logp.dtype();
@@ -135,11 +138,14 @@ pub fn policy_loss(inputs: &PolicyInputs, settings: &PolicySettings) -> Result<P
         }
     };
     let ratio = log_weight.exp()?;
-    let advantage = advantages
+    let mut advantage = advantages
         .to_dtype(dtype)?
         .unsqueeze(1)?
         .broadcast_as((rows, time))?
         .contiguous()?;
+    if let Some(credit) = token_credit {
+        advantage = (advantage + credit.to_dtype(dtype)?)?;
+    }
     let unclipped = (&ratio * &advantage)?;
     let bounded = ratio
         .detach()

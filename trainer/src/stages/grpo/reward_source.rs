@@ -14,6 +14,7 @@ use unitforge_sandbox::executor::ExecutorOptions;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_sandbox::score::{ScoreInput, ScoreReport};
 
+use super::test_credit::TestVerdicts;
 use crate::data::dataset::Example;
 use crate::train::stage_config::RewardSettings;
 use crate::TrainerError;
@@ -92,6 +93,8 @@ impl Outcome {
 /// One outcome per submitted completion, and the scoring time they took together.
 pub struct Collected {
     pub outcomes: Vec<Outcome>,
+    /// Each completion's per-test verdicts, where its score was pruned (`test_credit.rs`).
+    pub verdicts: Vec<Option<TestVerdicts>>,
     /// Sum over the completions of the time each one's score took.
     pub scoring_s: f64,
 }
@@ -191,6 +194,7 @@ impl Pending {
     pub fn collect(self) -> Collected {
         match self {
             Pending::Ready(outcomes) => Collected {
+                verdicts: vec![None; outcomes.len()],
                 outcomes,
                 scoring_s: 0.0,
             },
@@ -198,6 +202,10 @@ impl Pending {
                 let scored = pending.wait();
                 Collected {
                     scoring_s: scored.iter().map(|s| s.seconds).sum(),
+                    verdicts: scored
+                        .iter()
+                        .map(|s| s.result.as_ref().ok().and_then(TestVerdicts::from_report))
+                        .collect(),
                     outcomes: scored
                         .into_iter()
                         .map(|s| match s.result {

@@ -22,7 +22,11 @@ use crate::train::train_loop::StepFigures;
 use crate::TrainerError;
 
 use super::policy_loss::{advantages, zero_spread};
+use super::test_credit::{
+    function_ranges, group_baseline, token_credit, token_ranges, TestVerdicts,
+};
 use crate::train::stage_config::RewardScaling;
+use tokenizers::Tokenizer;
 
 /// One completion of a group and everything learned about it.
 pub(super) struct Sample {
@@ -33,6 +37,10 @@ pub(super) struct Sample {
     /// Reward less the group's mean (scaled), when the sample counts; `None` when it was
     /// excluded or its group has fewer than two scored samples.
     pub advantage: Option<f64>,
+    /// The sandbox's per-test verdicts on the suite, when it was scored pruned.
+    pub verdicts: Option<TestVerdicts>,
+    /// Per completion token, the credit added to the advantage (`test_credit.rs`).
+    pub credit: Option<Vec<f32>>,
 }
 
 /// One prompt's group of samples.
@@ -55,6 +63,40 @@ impl Group {
             .iter()
             .map(|s| s.outcome.reward().map(|r| r.reward))
             .collect()
+    }
+
+    /// Give each counted sample's tokens their test function's credit: λ · (p_f − p̄), p̄ over
+    /// every test function the group wrote (`test_credit.rs`). Returns the tokens credited.
+    pub fn assign_test_credit(&mut self, tokenizer: &Tokenizer, end_id: u32, weight: f64) -> usize {
+        let Some(baseline) =
+            group_baseline(self.samples.iter().filter_map(|s| s.verdicts.as_ref()))
+        else {
+            return 0;
+        };
+        let mut credited = 0;
+        for sample in &mut self.samples {
+            sample.credit = None;
+            let (Some(verdicts), Some(_)) = (&sample.verdicts, sample.advantage) else {
+                continue;
+            };
+            let body: Vec<u32> = sample
+                .completion
+                .ids
+                .iter()
+                .copied()
+                .take_while(|&t| t != end_id)
+                .collect();
+            let functions = function_ranges(&sample.completion.text, &sample.tests);
+            let Some(tokens) = token_ranges(tokenizer, &body, &sample.completion.text) else {
+                continue;
+            };
+            sample.credit = token_credit(&tokens, &functions, verdicts, baseline, weight);
+            credited += sample
+                .credit
+                .as_ref()
+                .map_or(0, |c| c.iter().filter(|v| **v != 0.0).count());
+        }
+        credited
     }
 
     /// Set each sample's advantage from the rewards of every group of the step.
@@ -84,11 +126,14 @@ impl Submitted {
             .drafts
             .into_iter()
             .zip(collected.outcomes)
-            .map(|((completion, tests), outcome)| Sample {
+            .zip(collected.verdicts)
+            .map(|(((completion, tests), outcome), verdicts)| Sample {
                 completion,
                 tests,
                 outcome,
                 advantage: None,
+                verdicts,
+                credit: None,
             })
             .collect();
         let group = Group {
@@ -214,6 +259,8 @@ pub(super) struct TrainingBatch {
     pub mask: Tensor,
     /// [completions].
     pub advantages: Tensor,
+    /// [completions, time]: per-token credit added to the advantages, when any sample has some.
+    pub token_credit: Option<Tensor>,
     /// The sampling policy's log-probs, kept when the samples serve several steps.
     pub old_logp: Option<Tensor>,
     /// The reference policy's log-probs, when the loss has a KL term: computed once for the
@@ -256,7 +303,8 @@ impl TrainingBatch {
         layout: &BatchLayout,
     ) -> Result<Self, TrainerError> {
         let end = layout.end_id;
-        let mut rows: Vec<(Vec<u32>, usize, bool, f32)> = Vec::new();
+        // (prompt + completion, prompt length, counts, advantage, per-token credit)
+        let mut rows: Vec<(Vec<u32>, usize, bool, f32, Option<&[f32]>)> = Vec::new();
         for group in groups {
             for sample in &group.samples {
                 let counts = sample.advantage.is_some()
@@ -268,7 +316,13 @@ impl TrainingBatch {
                     .copied()
                     .collect();
                 let advantage = sample.advantage.unwrap_or(0.0) as f32;
-                rows.push((sequence, group.prompt.len(), counts, advantage));
+                rows.push((
+                    sequence,
+                    group.prompt.len(),
+                    counts,
+                    advantage,
+                    sample.credit.as_deref(),
+                ));
             }
         }
         // Longest first (stable, so equal lengths keep their order).
@@ -318,7 +372,7 @@ impl TrainingBatch {
         }
         let (input_ids, targets) = padded(0..rows.len(), time)?;
         let mut mask = Vec::with_capacity(rows.len() * time);
-        for (sequence, prompt_len, counts, _) in &rows {
+        for (sequence, prompt_len, counts, ..) in &rows {
             let len = sequence.len() - 1;
             // Position t predicts token t + 1: it counts when that token is the completion's.
             mask.extend((0..time).map(|t| {
@@ -331,13 +385,29 @@ impl TrainingBatch {
         }
         let shape = (rows.len(), time);
         let tokens = mask.iter().map(|m| *m as f64).sum();
-        let advantages: Vec<f32> = rows.iter().map(|(.., a)| *a).collect();
+        let advantages: Vec<f32> = rows.iter().map(|(_, _, _, a, _)| *a).collect();
+        // Completion token j of a row is predicted at position prompt_len − 1 + j.
+        let token_credit = if rows.iter().any(|row| row.4.is_some()) {
+            let mut credit = vec![0f32; rows.len() * time];
+            for (row, (_, prompt_len, _, _, values)) in rows.iter().enumerate() {
+                for (j, value) in values.unwrap_or_default().iter().enumerate() {
+                    let t = prompt_len - 1 + j;
+                    if t < time {
+                        credit[row * time + t] = *value;
+                    }
+                }
+            }
+            Some(Tensor::from_vec(credit, shape, device)?)
+        } else {
+            None
+        };
         let mut batch = TrainingBatch {
             input_ids,
             targets,
             buckets,
             mask: Tensor::from_vec(mask, shape, device)?,
             advantages: Tensor::from_vec(advantages, rows.len(), device)?,
+            token_credit,
             old_logp: None,
             ref_logp: None,
             tokens,
@@ -475,6 +545,8 @@ mod tests {
             tests: String::new(),
             outcome: Outcome::Scored(Reward::plain(advantage)),
             advantage: Some(advantage),
+            verdicts: None,
+            credit: None,
         }
     }
 
@@ -503,6 +575,98 @@ mod tests {
             .unwrap()
             .sum_all()
             .unwrap()
+    }
+
+    #[test]
+    fn test_credit_reaches_the_positions_that_predict_each_functions_tokens() {
+        use crate::data::tokenizer::train_bpe;
+        let suite = |expected: u32| {
+            format!(
+                "from m import f\n\ndef test_one():\n    assert f(1) == 2\n\n\
+                 def test_two():\n    assert f(2) == {expected}\n"
+            )
+        };
+        let texts: Vec<String> = (0..30).map(|i| suite(i)).collect();
+        let tokenizer = train_bpe(&texts, 300).unwrap();
+        let end_id = tokenizer.token_to_id("<|endoftext|>").unwrap();
+        let encode = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        let scored = |expected: u32, kept: &[(&str, usize, usize)], advantage: f64| {
+            let text = suite(expected);
+            let mut ids = encode(&text);
+            ids.push(end_id);
+            Sample {
+                completion: Completion {
+                    ids,
+                    text: text.clone(),
+                    truncated: false,
+                },
+                tests: text,
+                outcome: Outcome::Scored(Reward::plain(advantage)),
+                advantage: Some(advantage),
+                verdicts: Some(TestVerdicts::from_counts(kept.iter().copied())),
+                credit: None,
+            }
+        };
+        // Suite A: both tests kept; suite B: its second test pruned. p̄ = (1 + 1 + 1 + 0) / 4.
+        let mut one = group(
+            encode("def f(x):\n    return x + 1\n"),
+            vec![
+                scored(3, &[("test_one", 1, 1), ("test_two", 1, 1)], 0.1),
+                scored(4, &[("test_one", 1, 1), ("test_two", 0, 1)], -0.1),
+            ],
+        );
+        let credited = one.assign_test_credit(&tokenizer, end_id, 0.4);
+        assert!(credited > 0);
+        let b = &one.samples[1];
+        let credit = b.credit.as_ref().unwrap();
+        let text = &b.completion.text;
+        let ranges = token_ranges(&tokenizer, &b.completion.ids[..credit.len()], text).unwrap();
+        let four = text.rfind('4').unwrap();
+        let at_four = ranges.iter().position(|r| r.contains(&four)).unwrap();
+        assert!((credit[at_four] - 0.4 * (0.0 - 0.75)).abs() < 1e-6);
+        let one_at = text.find("f(1)").unwrap();
+        let at_one = ranges.iter().position(|r| r.contains(&one_at)).unwrap();
+        assert!((credit[at_one] - 0.4 * 0.25).abs() < 1e-6);
+        assert_eq!(credit[0], 0.0, "the import has no credit");
+
+        // In the batch: completion token j of a row sits at position prompt_len − 1 + j.
+        let device = Device::Cpu;
+        let weights = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
+        let model = Model::from_weights(
+            shape("tiny").unwrap(),
+            &weights,
+            &device,
+            &LoadOptions::default(),
+            &VarMap::new(),
+        )
+        .unwrap();
+        let layout = BatchLayout {
+            end_id,
+            mask_truncated: false,
+            temperature: 1.0,
+            keep_old_logp: false,
+            reference: None,
+            bucketed: true,
+        };
+        let batch = TrainingBatch::new(&model, std::slice::from_ref(&one), &layout).unwrap();
+        let grid: Vec<Vec<f32>> = batch.token_credit.as_ref().unwrap().to_vec2().unwrap();
+        let prompt_len = one.prompt.len();
+        // The batch's rows are longest first (a stable sort).
+        let mut order: Vec<usize> = (0..one.samples.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(one.samples[i].completion.ids.len()));
+        for (row, sample) in order.iter().map(|&i| &one.samples[i]).enumerate() {
+            let values = sample.credit.as_ref().unwrap();
+            for (j, value) in values.iter().enumerate() {
+                assert_eq!(grid[row][prompt_len - 1 + j], *value, "row {row} token {j}");
+            }
+            assert!(grid[row][..prompt_len - 1].iter().all(|v| *v == 0.0));
+        }
+        // Without credit the batch carries none.
+        for sample in &mut one.samples {
+            sample.credit = None;
+        }
+        let plain = TrainingBatch::new(&model, std::slice::from_ref(&one), &layout).unwrap();
+        assert!(plain.token_credit.is_none());
     }
 
     #[test]
