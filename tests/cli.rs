@@ -295,14 +295,9 @@ fn gcd_lcm_score_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-/// An orchestrator may stop a service the moment it starts: SIGTERM while the workers are still
-/// starting (before "listening") must stop it through its shutdown path, exit status 0, not kill
-/// it as an unhandled signal would.
-#[test]
-fn sigterm_while_the_service_starts_stops_it_cleanly() {
-    use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+/// `unitforge serve` on a free port with the local executor, its stderr piped.
+fn local_service() -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_unitforge"))
         .args([
             "serve",
             "--listen",
@@ -316,7 +311,17 @@ fn sigterm_while_the_service_starts_stops_it_cleanly() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("the unitforge binary runs");
+        .expect("the unitforge binary runs")
+}
+
+/// An orchestrator may stop a service the moment it starts: SIGTERM while the workers are still
+/// starting (before "listening") must stop it through its shutdown path, exit status 0, not kill
+/// it as an unhandled signal would.
+#[test]
+fn sigterm_while_the_service_starts_stops_it_cleanly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut server = local_service();
     // Long enough for the process to reach `serve`, well before its Python workers are up.
     std::thread::sleep(std::time::Duration::from_millis(150));
     let sent = Command::new("kill")
@@ -340,21 +345,7 @@ fn sigterm_while_the_service_starts_stops_it_cleanly() {
 #[test]
 fn score_through_a_server_prints_what_an_in_process_score_prints() {
     use std::io::BufRead;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_unitforge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-cache",
-            "--executor",
-            "local",
-            "--workers",
-            "2",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the unitforge binary runs");
+    let mut server = local_service();
     let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
     let url = lines
         .by_ref()

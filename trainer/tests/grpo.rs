@@ -291,22 +291,24 @@ fn a_few_steps_against_the_local_sandbox_write_every_output() {
     against_the_sandbox("local", true);
 }
 
+/// The error a config that must be refused gets.
+fn refusal(cfg: &StageConfig) -> String {
+    match train_with(cfg, &Device::Cpu, &share_of_e()) {
+        Ok(_) => panic!("the config was accepted"),
+        Err(err) => err.to_string(),
+    }
+}
+
 #[test]
 fn test_credit_without_pruned_scores_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (model, train, eval) = setup(dir.path());
     let mut cfg = config(&model, &train, &eval, &dir.path().join("refused"), "");
     cfg.grpo.test_credit = 0.2;
-    let err = train_with(&cfg, &Device::Cpu, &share_of_e())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = refusal(&cfg);
     assert!(err.contains("failing_tests: prune"), "{err}");
     cfg.grpo.test_credit = -1.0;
-    let err = train_with(&cfg, &Device::Cpu, &share_of_e())
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = refusal(&cfg);
     assert!(err.contains("test_credit"), "{err}");
 }
 

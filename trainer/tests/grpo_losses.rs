@@ -171,34 +171,25 @@ fn token_credit_adds_to_each_tokens_advantage_before_the_clip() {
             total += -surrogate * m[i][j];
         }
     }
-    let out = policy_loss(
-        &PolicyInputs {
-            logp: &logp,
-            old_logp: &old,
-            ref_logp: None,
-            advantages: &adv,
-            token_credit: Some(&credit),
-            mask: &mask,
-        },
-        &settings(LossType::Bnpo, 0.0),
-    )
-    .unwrap();
-    let got = scalar(&out.loss);
+    let loss = |token_credit: Option<&Tensor>| {
+        let out = policy_loss(
+            &PolicyInputs {
+                logp: &logp,
+                old_logp: &old,
+                ref_logp: None,
+                advantages: &adv,
+                token_credit,
+                mask: &mask,
+            },
+            &settings(LossType::Bnpo, 0.0),
+        )
+        .unwrap();
+        scalar(&out.loss)
+    };
+    let got = loss(Some(&credit));
     assert!(close(got, total / 5.0, 1e-12), "{got} vs {}", total / 5.0);
     // Without the credit the loss is the plain one, which differs.
-    let plain = policy_loss(
-        &PolicyInputs {
-            logp: &logp,
-            old_logp: &old,
-            ref_logp: None,
-            advantages: &adv,
-            token_credit: None,
-            mask: &mask,
-        },
-        &settings(LossType::Bnpo, 0.0),
-    )
-    .unwrap();
-    assert!((scalar(&plain.loss) - got).abs() > 1e-3);
+    assert!((loss(None) - got).abs() > 1e-3);
 }
 
 #[test]

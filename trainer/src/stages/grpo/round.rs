@@ -292,6 +292,17 @@ pub(super) struct BatchLayout<'a> {
     pub bucketed: bool,
 }
 
+/// One row of a micro-batch: a sample's prompt + completion and how its tokens count.
+struct Row<'a> {
+    sequence: Vec<u32>,
+    prompt_len: usize,
+    /// Whether its completion tokens count in the loss.
+    counts: bool,
+    advantage: f32,
+    /// Per completion token, added to the advantage.
+    credit: Option<&'a [f32]>,
+}
+
 /// A new bucket starts when a row is shorter than this share of the bucket's longest row.
 const BUCKET_SHARE: f64 = 0.75;
 
@@ -303,8 +314,7 @@ impl TrainingBatch {
         layout: &BatchLayout,
     ) -> Result<Self, TrainerError> {
         let end = layout.end_id;
-        // (prompt + completion, prompt length, counts, advantage, per-token credit)
-        let mut rows: Vec<(Vec<u32>, usize, bool, f32, Option<&[f32]>)> = Vec::new();
+        let mut rows: Vec<Row> = Vec::new();
         for group in groups {
             for sample in &group.samples {
                 let counts = sample.advantage.is_some()
@@ -316,25 +326,25 @@ impl TrainingBatch {
                     .copied()
                     .collect();
                 let advantage = sample.advantage.unwrap_or(0.0) as f32;
-                rows.push((
+                rows.push(Row {
                     sequence,
-                    group.prompt.len(),
+                    prompt_len: group.prompt.len(),
                     counts,
                     advantage,
-                    sample.credit.as_deref(),
-                ));
+                    credit: sample.credit.as_deref(),
+                });
             }
         }
         // Longest first (stable, so equal lengths keep their order).
-        rows.sort_by_key(|(sequence, ..)| std::cmp::Reverse(sequence.len()));
+        rows.sort_by_key(|row| std::cmp::Reverse(row.sequence.len()));
         let device = model.device();
-        let lengths: Vec<usize> = rows.iter().map(|(s, ..)| s.len() - 1).collect();
+        let lengths: Vec<usize> = rows.iter().map(|row| row.sequence.len() - 1).collect();
         let time = lengths.first().copied().unwrap_or(1).max(1);
         let padded = |range: std::ops::Range<usize>,
                       width: usize|
          -> Result<(Tensor, Tensor), TrainerError> {
             let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-            for (sequence, ..) in &rows[range.clone()] {
+            for Row { sequence, .. } in &rows[range.clone()] {
                 let len = sequence.len() - 1;
                 inputs.extend(sequence[..len].iter().copied());
                 inputs.extend(std::iter::repeat_n(end, width - len));
@@ -360,7 +370,7 @@ impl TrainingBatch {
             let (input_ids, targets) = padded(start..end_row, longest.max(1))?;
             let from = rows[start..end_row]
                 .iter()
-                .map(|(_, prompt_len, ..)| prompt_len.saturating_sub(1))
+                .map(|row| row.prompt_len.saturating_sub(1))
                 .min()
                 .unwrap_or(0);
             buckets.push(Bucket {
@@ -372,7 +382,13 @@ impl TrainingBatch {
         }
         let (input_ids, targets) = padded(0..rows.len(), time)?;
         let mut mask = Vec::with_capacity(rows.len() * time);
-        for (sequence, prompt_len, counts, ..) in &rows {
+        for Row {
+            sequence,
+            prompt_len,
+            counts,
+            ..
+        } in &rows
+        {
             let len = sequence.len() - 1;
             // Position t predicts token t + 1: it counts when that token is the completion's.
             mask.extend((0..time).map(|t| {
@@ -385,15 +401,15 @@ impl TrainingBatch {
         }
         let shape = (rows.len(), time);
         let tokens = mask.iter().map(|m| *m as f64).sum();
-        let advantages: Vec<f32> = rows.iter().map(|(_, _, _, a, _)| *a).collect();
+        let advantages: Vec<f32> = rows.iter().map(|row| row.advantage).collect();
         // Completion token j of a row is predicted at position prompt_len − 1 + j.
-        let token_credit = if rows.iter().any(|row| row.4.is_some()) {
+        let token_credit = if rows.iter().any(|row| row.credit.is_some()) {
             let mut credit = vec![0f32; rows.len() * time];
-            for (row, (_, prompt_len, _, _, values)) in rows.iter().enumerate() {
-                for (j, value) in values.unwrap_or_default().iter().enumerate() {
-                    let t = prompt_len - 1 + j;
+            for (index, row) in rows.iter().enumerate() {
+                for (j, value) in row.credit.unwrap_or_default().iter().enumerate() {
+                    let t = row.prompt_len - 1 + j;
                     if t < time {
-                        credit[row * time + t] = *value;
+                        credit[index * time + t] = *value;
                     }
                 }
             }
@@ -586,7 +602,7 @@ mod tests {
                  def test_two():\n    assert f(2) == {expected}\n"
             )
         };
-        let texts: Vec<String> = (0..30).map(|i| suite(i)).collect();
+        let texts: Vec<String> = (0..30).map(&suite).collect();
         let tokenizer = train_bpe(&texts, 300).unwrap();
         let end_id = tokenizer.token_to_id("<|endoftext|>").unwrap();
         let encode = |text: &str| tokenizer.encode(text, false).unwrap().get_ids().to_vec();
