@@ -9,7 +9,7 @@
 # and an interrupted training run continues from its last checkpoint (resume: true). Run it
 # again to go on; PARTS picks parts (default: all, in order):
 #   sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant
-#   eval-grpo-mutant grpo-speed eval-grpo-speed table
+#   eval-grpo-mutant grpo-speed eval-grpo-speed grpo-mutant-credit eval-grpo-mutant-credit table
 # `raft` is a reward-filtered SFT round (RAFT): the SFT model writes K suites for each of the
 # first RAFT_ROWS training rows, `data raft` keeps each row's best one less its pruned tests
 # (proven to pass and kill as written), and a new LoRA on the merged SFT model trains on them;
@@ -32,7 +32,7 @@ LIMIT=${EVAL_LIMIT:-0}
 TOKENS=${EVAL_TOKENS:-320}
 RAFT_ROWS=${RAFT_ROWS:-160}
 RAFT_STEPS=${RAFT_STEPS:-70}
-PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed table}
+PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed grpo-mutant-credit eval-grpo-mutant-credit table}
 GRPO_FROM=${GRPO_FROM:-sft}
 GRPO_SET=${GRPO_SET:-}   # further --set overrides for both branches
 PORT=${PORT:-18191}
@@ -68,8 +68,9 @@ evaluate() {  # checkpoint
         --out "$RESULTS/$name/eval_report.json" | tee "$RUNS/eval-$name.txt"
 }
 
-grpo() {  # branch config
+grpo() {  # branch config [--set overrides of this branch]
     local branch=$1 config=$2
+    shift 2
     # Published already (a later session on a fresh machine): nothing to train.
     [ -f "$RESULTS/$branch/adapter_model.safetensors" ] && return 0
     local start
@@ -78,7 +79,7 @@ grpo() {  # branch config
     [ -f "$RUNS/$branch/adapter_model.safetensors" ] ||
     $UF train grpo --config "$config" --set base_model="$start" --set output_dir="$RUNS/$branch" \
         --set max_steps="$GRPO_STEPS" --set save_every=5 --set eval_every=20 --set resume=true \
-        --set progress=false $GRPO_SET --json > "$RUNS/$branch.json"
+        --set progress=false $GRPO_SET "$@" --json > "$RUNS/$branch.json"
     $UF adapter export --from "$RUNS/$branch" --out "$RESULTS/$branch"
     echo "$GRPO_FROM" > "$RESULTS/$branch/trained_on"
 }
@@ -128,4 +129,11 @@ if wanted grpo-mutant; then grpo grpo-mutant configs/smollm2/grpo_mutant_max.yam
 if wanted eval-grpo-mutant; then evaluate grpo-mutant; fi
 if wanted grpo-speed; then grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml; fi
 if wanted eval-grpo-speed; then evaluate grpo-speed; fi
+# The mutant-max branch with per-test credit (docs/grpo.md), sampled at the evaluation's
+# temperature; GRPO_CREDIT_STEPS steps (the published run was stopped by SIGTERM after 75).
+if wanted grpo-mutant-credit; then
+    GRPO_STEPS=${GRPO_CREDIT_STEPS:-100} grpo grpo-mutant-credit configs/smollm2/grpo_mutant_max.yaml \
+        --set grpo.test_credit=0.2 --set grpo.temperature=0.8 --set learning_rate=0.0002
+fi
+if wanted eval-grpo-mutant-credit; then evaluate grpo-mutant-credit; fi
 if wanted table; then TABLE_ONLY=1 RESULTS="$RESULTS" scripts/reproduce-eval.sh; fi
