@@ -381,12 +381,18 @@ pub struct Completion {
     pub truncated: bool,
 }
 
+/// The sampled ids that make a completion's text: those before its first end token.
+pub fn body_of(ids: &[u32], end_id: u32) -> &[u32] {
+    let end = ids.iter().position(|&t| t == end_id).unwrap_or(ids.len());
+    &ids[..end]
+}
+
 impl Completion {
     /// The completion of sampled `ids` (the end token included when it was sampled).
     pub fn decode(ids: Vec<u32>, tokenizer: &Tokenizer, end_id: u32) -> Result<Self, TrainerError> {
-        let body: Vec<u32> = ids.iter().copied().take_while(|&t| t != end_id).collect();
+        let body = body_of(&ids, end_id);
         let text = tokenizer
-            .decode(&body, false)
+            .decode(body, false)
             .map_err(|e| TrainerError::Data(e.to_string()))?;
         let truncated = body.len() == ids.len();
         Ok(Completion {

@@ -16,7 +16,7 @@ use super::reward_source::{Outcome, Pending, Reward, RewardSource};
 use crate::data::dataset::{Collator, Example};
 use crate::data::prompts::extract_tests;
 use crate::model::decoder::Model;
-use crate::model::generate::{generate_groups, Completion, GroupRequest, SamplingConfig};
+use crate::model::generate::{body_of, generate_groups, Completion, GroupRequest, SamplingConfig};
 use crate::model::lora::Pass;
 use crate::train::train_loop::StepFigures;
 use crate::TrainerError;
@@ -79,15 +79,9 @@ impl Group {
             let (Some(verdicts), Some(_)) = (&sample.verdicts, sample.advantage) else {
                 continue;
             };
-            let body: Vec<u32> = sample
-                .completion
-                .ids
-                .iter()
-                .copied()
-                .take_while(|&t| t != end_id)
-                .collect();
+            let body = body_of(&sample.completion.ids, end_id);
             let functions = function_ranges(&sample.completion.text, &sample.tests);
-            let Some(tokens) = token_ranges(tokenizer, &body, &sample.completion.text) else {
+            let Some(tokens) = token_ranges(tokenizer, body, &sample.completion.text) else {
                 continue;
             };
             sample.credit = token_credit(&tokens, &functions, verdicts, baseline, weight);
