@@ -1,8 +1,9 @@
-//! The whole pipeline as a user runs it: `docker-compose up` on compose.yaml with the default
-//! (tiny) profile — shortened through its documented overrides, to keep CI short — runs every
-//! stage to the end by itself, exit status 0, the report on the `runs`
-//! volume with every stage's metrics; `down -v` leaves no container or volume. A stage with a bad
-//! config stops the chain with a non-zero exit.
+//! The whole pipeline as a user runs it: `docker-compose up` on compose.yaml — shortened through
+//! its documented overrides, to keep CI short — runs every stage to the end by itself, exit
+//! status 0, the report on the `runs` volume with every stage's metrics; `down -v` leaves no
+//! container or volume. The default profile (SmolLM2 from the published SFT adapter) shows a
+//! trained checkpoint above the start held out; the tiny profile trains every stage from scratch;
+//! a stage with a bad config stops the chain with a non-zero exit.
 //!
 //! Needs the images `make images` builds (`make test` does). Each run uses its own compose
 //! project name, so nothing of it meets anything else on the engine.
@@ -108,8 +109,9 @@ impl Drop for Project {
 /// Held-out rows the shortened eval stage scores.
 const EVAL_ROWS: &str = "12";
 
-/// The default profile, shortened for CI (a third of its steps and rows): every stage still runs.
-const SHORTER: [(&str, &str); 5] = [
+/// The tiny profile, shortened for CI (a third of its steps and rows): every stage still runs.
+const TINY_SHORTER: [(&str, &str); 6] = [
+    ("PIPELINE", "tiny"),
     ("SET_SFT", "max_steps=60 eval_every=30 save_every=60"),
     ("SET_DISTILL", "max_steps=10 eval_every=10 save_every=10"),
     ("SET_GRPO_MUTANT", "max_steps=4 eval_every=4 save_every=4"),
@@ -117,44 +119,34 @@ const SHORTER: [(&str, &str); 5] = [
     ("EVAL_LIMIT", EVAL_ROWS),
 ];
 
-#[test]
-fn the_default_profile_runs_every_stage_and_down_leaves_nothing() {
-    let project = Project::new("ok");
-    let up = compose(&project.0, &["up", "--no-build"], &SHORTER);
-    let log = text(&up);
-    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+/// The report's points and its baselines, checked the same way for every profile: figures are
+/// shares, every held-out row is scored or excluded, the human suites pass and the trivial one
+/// earns nothing (as written and pruned).
+fn checked_report(project: &str, profile: &str, rows: u64) -> serde_json::Value {
     let report: serde_json::Value = serde_json::from_str(
-        &read_from_volume(&project.0, "tiny/report/report.json").expect("the report is written"),
+        &read_from_volume(project, &format!("{profile}/report/report.json"))
+            .expect("the report is written"),
     )
     .unwrap();
-    let points = report["points"].as_array().unwrap();
-    let labels: Vec<&str> = points
-        .iter()
-        .map(|p| p["label"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        labels,
-        ["start", "sft", "distill", "grpo-mutant", "grpo-speed"]
-    );
-    for point in points {
-        let f = &point["figures"];
-        for key in [
-            "valid_pytest_rate",
-            "pass_rate",
-            "mean_kill_rate",
-            "mean_composite",
-        ] {
-            let v = f[key].as_f64().unwrap();
-            assert!((0.0..=1.0).contains(&v), "{key} = {v} in {point}");
+    for point in report["points"].as_array().unwrap() {
+        for scoring in ["figures", "pruned"] {
+            let f = &point[scoring];
+            for key in [
+                "valid_pytest_rate",
+                "pass_rate",
+                "mean_kill_rate",
+                "mean_composite",
+            ] {
+                let v = f[key].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&v), "{scoring}.{key} = {v} in {point}");
+            }
+            assert_eq!(
+                f["suites"].as_u64().unwrap() + f["excluded"].as_u64().unwrap(),
+                rows,
+                "every held-out row is scored or excluded"
+            );
         }
-        assert_eq!(
-            f["suites"].as_u64().unwrap() + f["excluded"].as_u64().unwrap(),
-            EVAL_ROWS.parse::<u64>().unwrap(),
-            "every held-out row is scored or excluded"
-        );
     }
-    // The baselines are fixed points of the picture: the human suites pass, the trivial one
-    // earns nothing, as written and pruned.
     for scoring in ["figures", "pruned"] {
         assert_eq!(report["reference"][scoring]["pass_rate"], 1.0, "{scoring}");
         assert_eq!(
@@ -162,6 +154,92 @@ fn the_default_profile_runs_every_stage_and_down_leaves_nothing() {
             "{scoring}"
         );
     }
+    assert!(read_from_volume(project, &format!("{profile}/report/report.md")).is_some());
+    report
+}
+
+fn labels(report: &serde_json::Value) -> Vec<&str> {
+    report["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["label"].as_str().unwrap())
+        .collect()
+}
+
+/// Held-out rows the shortened default profile scores.
+const QUICK_EVAL_ROWS: &str = "8";
+
+/// The default profile shortened for CI: one GRPO step of one group per branch, 8 held-out rows.
+const QUICK_SHORTER: [(&str, &str); 3] = [
+    (
+        "SET_GRPO_MUTANT",
+        "max_steps=1 save_every=1 eval_every=1 grpo.prompts_per_step=1 grpo.num_generations=2 grpo.eval_prompts=1",
+    ),
+    (
+        "SET_GRPO_SPEED",
+        "max_steps=1 save_every=1 eval_every=1 grpo.prompts_per_step=1 grpo.num_generations=2 grpo.eval_prompts=1",
+    ),
+    ("EVAL_LIMIT", QUICK_EVAL_ROWS),
+];
+
+#[test]
+fn the_default_profile_starts_from_the_published_sft_and_shows_it_above_the_start() {
+    let project = Project::new("quick");
+    let up = compose(&project.0, &["up", "--no-build"], &QUICK_SHORTER);
+    let log = text(&up);
+    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+    let report = checked_report(
+        &project.0,
+        "smollm2-quick",
+        QUICK_EVAL_ROWS.parse().unwrap(),
+    );
+    assert_eq!(
+        labels(&report),
+        ["start", "sft", "grpo-mutant", "grpo-speed"]
+    );
+    // What a first-time user must see: training shows held out. The published SFT adapter's
+    // suites, pruned, kill mutants; the untrained model's hardly ever do.
+    let pruned_kill = |label: &str| {
+        report["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["label"] == label)
+            .unwrap()["pruned"]["mean_kill_rate"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(
+        pruned_kill("sft") > pruned_kill("start"),
+        "sft {} against start {}",
+        pruned_kill("sft"),
+        pruned_kill("start")
+    );
+    let choice =
+        read_from_volume(&project.0, "smollm2-quick/grpo-start.txt").expect("the start is named");
+    assert!(choice.starts_with("sft "), "{choice}");
+    for stage in ["grpo-mutant", "grpo-speed"] {
+        let metrics = read_from_volume(&project.0, &format!("smollm2-quick/{stage}/metrics.jsonl"))
+            .unwrap_or_else(|| panic!("{stage} wrote no metrics"));
+        assert!(metrics.lines().count() >= 1, "{stage}");
+    }
+    let down = compose(&project.0, &["down", "-v", "--remove-orphans"], &[]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(leftovers(&project.0), Vec::<String>::new());
+}
+
+#[test]
+fn the_tiny_profile_runs_every_stage_and_down_leaves_nothing() {
+    let project = Project::new("ok");
+    let up = compose(&project.0, &["up", "--no-build"], &TINY_SHORTER);
+    let log = text(&up);
+    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+    let report = checked_report(&project.0, "tiny", EVAL_ROWS.parse().unwrap());
+    assert_eq!(
+        labels(&report),
+        ["start", "sft", "distill", "grpo-mutant", "grpo-speed"]
+    );
     // GRPO's start is the better of SFT and GKD, by held-out pruned composite, and says so.
     let choice = read_from_volume(&project.0, "tiny/grpo-start.txt").expect("the start is chosen");
     assert!(
@@ -169,13 +247,16 @@ fn the_default_profile_runs_every_stage_and_down_leaves_nothing() {
         "{choice}"
     );
     assert!(log.contains("GRPO starts from"), "{log}");
-    assert!(points.iter().any(|p| p["on_front"] == true));
+    assert!(report["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["on_front"] == true));
     for stage in ["sft", "sft-teacher", "distill", "grpo-mutant", "grpo-speed"] {
         let metrics = read_from_volume(&project.0, &format!("tiny/{stage}/metrics.jsonl"))
             .unwrap_or_else(|| panic!("{stage} wrote no metrics"));
         assert!(metrics.lines().count() >= 4, "{stage}");
     }
-    assert!(read_from_volume(&project.0, "tiny/report/report.md").is_some());
     let down = compose(&project.0, &["down", "-v", "--remove-orphans"], &[]);
     assert!(down.status.success(), "{}", text(&down));
     assert_eq!(leftovers(&project.0), Vec::<String>::new());
@@ -187,7 +268,7 @@ fn a_stage_with_a_bad_config_stops_the_chain_with_a_non_zero_exit() {
     let up = compose(
         &project.0,
         &["up", "--no-build"],
-        &[("SET_SFT", "lora.rnak=4")],
+        &[("PIPELINE", "tiny"), ("SET_SFT", "lora.rnak=4")],
     );
     let log = text(&up);
     assert!(

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Build the unitforge runtime image (what compose.yaml runs) without a container registry:
 #   1. mmdebstrap a minimal Debian bookworm root filesystem (glibc, libgcc, a font for plots),
-#   2. add the release binary, the configs, the corpus, the pipeline script, and the SmolLM2
-#      GGUF when models/ has it (`make model`),
+#   2. add the release binary, the configs, the corpus, the pipeline script, the published SmolLM2
+#      SFT adapter (the default profile starts from it), and the SmolLM2 GGUF when models/ has
+#      it (`make model`),
 #   3. `docker import` it with the binary as entrypoint.
 # Usage: images/unitforge/build-offline.sh TAG BINARY   (needs root, mmdebstrap and docker)
 set -euo pipefail
@@ -16,11 +17,14 @@ trap 'rm -rf "$work"' EXIT
 
 echo "[1/3] staging the binary, configs, corpus and pipeline script"
 stage="$work/opt/unitforge"
-mkdir -p "$stage/data" "$stage/scripts" "$stage/gguf" "$stage/runs" "$stage/models"
+mkdir -p "$stage/data" "$stage/scripts" "$stage/gguf" "$stage/runs" "$stage/models" \
+    "$stage/results/smollm2/sft"
 install -m 0755 "$binary" "$work/unitforge"
 cp -r "$repo/configs" "$stage/"
 cp -r "$repo/data/corpus" "$repo/data/pairs" "$stage/data/"
 install -m 0755 "$repo/scripts/pipeline.sh" "$stage/scripts/"
+cp "$repo/results/smollm2/sft/adapter_config.json" "$repo/results/smollm2/sft/adapter_model.safetensors" \
+    "$stage/results/smollm2/sft/"
 if [ -f "$repo/models/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
     cp "$repo/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$stage/gguf/"
 fi

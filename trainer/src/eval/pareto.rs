@@ -78,6 +78,45 @@ fn plot_error(e: impl std::fmt::Display) -> TrainerError {
     TrainerError::Data(format!("cannot draw the Pareto picture: {e}"))
 }
 
+/// Label text size and where a label sits from its marker (pixels: right, up), and the height
+/// of one line of labels.
+const LABEL_FONT: u32 = 16;
+const LABEL_DX: i32 = 9;
+const LABEL_DY: i32 = -20;
+const LABEL_LINE: i32 = 18;
+
+/// A label's width in pixels, estimated: DejaVu Sans at 16 px averages under 9 px a character.
+fn label_width(text: &str) -> i32 {
+    9 * text.chars().count() as i32
+}
+
+/// For each label at `anchors` (its marker's pixel position), the line above its usual place it
+/// goes on: the lowest line on which its box meets no box of a label placed before it.
+fn label_lines(anchors: &[(i32, i32)], widths: &[i32]) -> Vec<i32> {
+    let place = |(x, y): (i32, i32), width: i32, line: i32| {
+        let top = y + LABEL_DY - LABEL_LINE * line;
+        (x + LABEL_DX, top, x + LABEL_DX + width, top + LABEL_LINE)
+    };
+    let meets = |a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)| {
+        a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+    };
+    let mut placed: Vec<(i32, i32, i32, i32)> = Vec::with_capacity(anchors.len());
+    let mut lines = Vec::with_capacity(anchors.len());
+    for (&anchor, &width) in anchors.iter().zip(widths) {
+        let line = (0..)
+            .find(|&line| {
+                let candidate = place(anchor, width, line);
+                width == 0 || !placed.iter().any(|&other| meets(candidate, other))
+            })
+            .expect("some line above is free");
+        if width > 0 {
+            placed.push(place(anchor, width, line));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(), TrainerError> {
     let everything = || points.iter().chain(fixed.iter().copied());
     let x_max = everything()
@@ -129,56 +168,55 @@ fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(
             .label("non-dominated front")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
     }
-    for (index, point) in points.iter().enumerate() {
-        // Points at the same place (several checkpoints without a passing suite, all at the
-        // origin) stack their labels instead of printing them over each other.
-        let same_place = points[..index]
-            .iter()
-            .filter(|other| at(other) == at(point))
-            .count() as i32;
-        let color = if point.on_front { RED } else { BLUE };
-        let shape = if point.mean_suite_cpu_ms.is_some() {
-            color.filled()
-        } else {
-            color.stroke_width(2)
-        };
-        let label = match (labelled, point.mean_suite_cpu_ms) {
+    // Every label (checkpoints first, then the baselines) gets a line of its own where it
+    // would overlap one already placed: near points stack their labels instead of printing
+    // them over each other.
+    let texts: Vec<String> = points
+        .iter()
+        .map(|point| match (labelled, point.mean_suite_cpu_ms) {
             (false, _) => String::new(),
             (true, Some(_)) => point.label.clone(),
             (true, None) => format!("{} (no passing suite)", point.label),
-        };
-        // The marker, and its label a little above and to the right of it.
-        chart
-            .draw_series(std::iter::once(
-                EmptyElement::at(at(point))
-                    + Circle::new((0, 0), 6, shape)
-                    + Text::new(
-                        label,
-                        (9, -20 - 18 * same_place),
-                        ("sans-serif", 16).into_font(),
-                    ),
-            ))
-            .map_err(plot_error)?;
-    }
-    // The baselines: black squares, labelled above (the trivial suite sits on the x axis),
-    // never on the front.
-    for (index, point) in fixed.iter().enumerate() {
-        let label = if labelled {
-            point.label.clone()
+        })
+        .chain(fixed.iter().map(|point| {
+            if labelled {
+                point.label.clone()
+            } else {
+                String::new()
+            }
+        }))
+        .collect();
+    let anchors: Vec<(i32, i32)> = everything().map(|p| chart.backend_coord(&at(p))).collect();
+    let widths: Vec<i32> = texts.iter().map(|t| label_width(t)).collect();
+    let lines = label_lines(&anchors, &widths);
+    for (index, point) in everything().enumerate() {
+        let text = Text::new(
+            texts[index].clone(),
+            (LABEL_DX, LABEL_DY - LABEL_LINE * lines[index]),
+            ("sans-serif", LABEL_FONT).into_font(),
+        );
+        let marker = EmptyElement::at(at(point));
+        if index < points.len() {
+            // A checkpoint: a circle (hollow when no suite passes), red on the front.
+            let color = if point.on_front { RED } else { BLUE };
+            let shape = if point.mean_suite_cpu_ms.is_some() {
+                color.filled()
+            } else {
+                color.stroke_width(2)
+            };
+            chart
+                .draw_series(std::iter::once(
+                    marker + Circle::new((0, 0), 6, shape) + text,
+                ))
+                .map_err(plot_error)?;
         } else {
-            String::new()
-        };
-        chart
-            .draw_series(std::iter::once(
-                EmptyElement::at(at(point))
-                    + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled())
-                    + Text::new(
-                        label,
-                        (9, -20 - 18 * index as i32),
-                        ("sans-serif", 16).into_font(),
-                    ),
-            ))
-            .map_err(plot_error)?;
+            // A baseline: a black square, never on the front.
+            chart
+                .draw_series(std::iter::once(
+                    marker + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled()) + text,
+                ))
+                .map_err(plot_error)?;
+        }
     }
     if labelled {
         chart
@@ -317,5 +355,35 @@ mod tests {
             .collect();
         // sft is dominated by speed (same kill, faster); start by speed too; worse by both.
         assert_eq!(front, ["mutant", "speed"]);
+    }
+
+    #[test]
+    fn labels_of_near_points_go_on_lines_of_their_own_and_far_ones_stay_put() {
+        // Three checkpoints a few pixels apart (a picture's "sft", "grpo-speed", "grpo-mutant"
+        // at nearly the same kill rate), one far away, one at the same place as the first.
+        let anchors = [(400, 300), (392, 300), (420, 300), (800, 100), (400, 300)];
+        let widths = [30, 90, 100, 120, 30];
+        let lines = label_lines(&anchors, &widths);
+        assert_eq!(lines, [0, 1, 2, 0, 3]);
+        // No two label boxes overlap.
+        let boxes: Vec<(i32, i32, i32, i32)> = anchors
+            .iter()
+            .zip(widths)
+            .zip(&lines)
+            .map(|((&(x, y), w), &line)| {
+                let top = y + LABEL_DY - LABEL_LINE * line;
+                (x + LABEL_DX, top, x + LABEL_DX + w, top + LABEL_LINE)
+            })
+            .collect();
+        for (i, a) in boxes.iter().enumerate() {
+            for b in &boxes[i + 1..] {
+                assert!(
+                    !(a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3),
+                    "{a:?} overlaps {b:?}"
+                );
+            }
+        }
+        // An empty label (no font) takes no room.
+        assert_eq!(label_lines(&[(0, 0), (0, 0)], &[0, 40]), [0, 0]);
     }
 }
