@@ -14,7 +14,7 @@ TOKENS=${EVAL_TOKENS:-320}
 base=models/smollm2-135m-instruct
 # shellcheck source=scripts/smollm2-checkpoints.sh
 . scripts/smollm2-checkpoints.sh
-order="start sft raft raft-repair grpo-mutant grpo-speed grpo-mutant-credit"
+order="start sft raft raft-repair grpo-mutant-uncredited grpo-speed grpo-mutant"
 
 if [ "${TABLE_ONLY:-0}" = 1 ]; then
     reports=$RESULTS
@@ -38,7 +38,7 @@ for name in $order; do [ -f "$reports/$name/eval_report.json" ] && dirs="$dirs $
 $UF eval pareto $dirs --out "$reports/report" > /dev/null
 cat "$reports/report/report.md"
 others=""
-for name in raft raft-repair grpo-mutant grpo-speed grpo-mutant-credit; do [ -f "$reports/$name/eval_report.json" ] && others="$others $reports/$name"; done
+for name in raft raft-repair grpo-mutant-uncredited grpo-speed grpo-mutant; do [ -f "$reports/$name/eval_report.json" ] && others="$others $reports/$name"; done
 if [ -f "$reports/sft/eval_report.json" ] && [ -n "$others" ]; then
     echo
     echo "Paired differences against SFT (95 % bootstrap intervals over rows):"

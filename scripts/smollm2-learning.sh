@@ -8,8 +8,9 @@
 # Hours on 2 cores, so every part is resumable: a finished part is skipped (its output exists),
 # and an interrupted training run continues from its last checkpoint (resume: true). Run it
 # again to go on; PARTS picks parts (default: all, in order):
-#   sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant
-#   eval-grpo-mutant grpo-speed eval-grpo-speed grpo-mutant-credit eval-grpo-mutant-credit table
+#   sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair
+#   grpo-mutant-uncredited eval-grpo-mutant-uncredited grpo-speed eval-grpo-speed grpo-mutant
+#   eval-grpo-mutant table
 # `raft` is a reward-filtered SFT round (RAFT): the SFT model writes K suites for each of the
 # first RAFT_ROWS training rows, `data raft` keeps each row's best one less its pruned tests
 # (proven to pass and kill as written), and a new LoRA on the merged SFT model trains on them;
@@ -26,13 +27,12 @@ UF=${UF:-./target/release/unitforge}
 RUNS=${RUNS:-runs/smollm2-learning}
 RESULTS=${RESULTS:-results/smollm2}
 SFT_STEPS=${SFT_STEPS:-240}
-GRPO_STEPS=${GRPO_STEPS:-60}
 K=${EVAL_SAMPLES:-4}
 LIMIT=${EVAL_LIMIT:-0}
 TOKENS=${EVAL_TOKENS:-320}
 RAFT_ROWS=${RAFT_ROWS:-160}
 RAFT_STEPS=${RAFT_STEPS:-70}
-PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant eval-grpo-mutant grpo-speed eval-grpo-speed grpo-mutant-credit eval-grpo-mutant-credit table}
+PARTS=${PARTS:-sft export-sft eval-start eval-sft raft eval-raft raft-repair eval-raft-repair grpo-mutant-uncredited eval-grpo-mutant-uncredited grpo-speed eval-grpo-speed grpo-mutant eval-grpo-mutant table}
 GRPO_FROM=${GRPO_FROM:-sft}
 GRPO_SET=${GRPO_SET:-}   # further --set overrides for both branches
 PORT=${PORT:-18191}
@@ -125,15 +125,21 @@ if wanted raft; then raft raft; fi
 if wanted eval-raft; then evaluate raft; fi
 if wanted raft-repair; then raft raft-repair --oracle-repair; fi
 if wanted eval-raft-repair; then evaluate raft-repair; fi
-if wanted grpo-mutant; then grpo grpo-mutant configs/smollm2/grpo_mutant_max.yaml; fi
-if wanted eval-grpo-mutant; then evaluate grpo-mutant; fi
-if wanted grpo-speed; then grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml; fi
-if wanted eval-grpo-speed; then evaluate grpo-speed; fi
-# The mutant-max branch with per-test credit (docs/grpo.md), sampled at the evaluation's
-# temperature; GRPO_CREDIT_STEPS steps (the published run was stopped by SIGTERM after 75).
-if wanted grpo-mutant-credit; then
-    GRPO_STEPS=${GRPO_CREDIT_STEPS:-100} grpo grpo-mutant-credit configs/smollm2/grpo_mutant_max.yaml \
-        --set grpo.test_credit=0.2 --set grpo.temperature=0.8 --set learning_rate=0.0002
+# The mutant-max branch as it was before per-test credit: 40 steps, sampled at temperature 1.
+if wanted grpo-mutant-uncredited; then
+    GRPO_STEPS=40 grpo grpo-mutant-uncredited configs/smollm2/grpo_mutant_max.yaml \
+        --set grpo.test_credit=0 --set grpo.temperature=1.0 --set learning_rate=0.0002
 fi
-if wanted eval-grpo-mutant-credit; then evaluate grpo-mutant-credit; fi
+if wanted eval-grpo-mutant-uncredited; then evaluate grpo-mutant-uncredited; fi
+if wanted grpo-speed; then
+    GRPO_STEPS=40 grpo grpo-speed configs/smollm2/grpo_speed_stable.yaml --set learning_rate=0.0002
+fi
+if wanted eval-grpo-speed; then evaluate grpo-speed; fi
+# The mutant-max branch as configured (per-test credit 0.2, temperature 0.8: docs/grpo.md),
+# planned for GRPO_MUTANT_STEPS steps; the published run was stopped by SIGTERM after 75 of 100
+# (the learning-rate schedule of 100 steps, the weights of step 75).
+if wanted grpo-mutant; then
+    GRPO_STEPS=${GRPO_MUTANT_STEPS:-100} grpo grpo-mutant configs/smollm2/grpo_mutant_max.yaml
+fi
+if wanted eval-grpo-mutant; then evaluate grpo-mutant; fi
 if wanted table; then TABLE_ONLY=1 RESULTS="$RESULTS" scripts/reproduce-eval.sh; fi
