@@ -57,7 +57,8 @@ images: model image
 	images/runner/build-offline.sh unitforge-runner:local \
 	  $$($(RELEASE_BIN) image status | cut -d' ' -f1) $(RELEASE_BIN)
 
-# The whole pipeline (PIPELINE=smollm2 for the real model); the report ends up on the `runs` volume.
+# The whole pipeline (default: SmolLM2 from its published SFT adapter, a quarter of an hour;
+# PIPELINE=tiny, PIPELINE=smollm2: docs/pipeline.md); the report ends up on the `runs` volume.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 # docker-compose 1.29 gives up on an engine call after 60 s, which a loaded 2-core machine
 # exceeds while it starts a stage; v2 ignores the variable.
