@@ -158,6 +158,22 @@ fn checked_report(project: &str, profile: &str, rows: u64) -> serde_json::Value 
     report
 }
 
+/// Every one of `stages` wrote at least `lines` lines of metrics.
+fn assert_metrics(project: &str, profile: &str, stages: &[&str], lines: usize) {
+    for stage in stages {
+        let metrics = read_from_volume(project, &format!("{profile}/{stage}/metrics.jsonl"))
+            .unwrap_or_else(|| panic!("{stage} wrote no metrics"));
+        assert!(metrics.lines().count() >= lines, "{stage}");
+    }
+}
+
+/// `down -v` succeeds and leaves no container or volume of the project behind.
+fn take_down(project: &str) {
+    let down = compose(project, &["down", "-v", "--remove-orphans"], &[]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_eq!(leftovers(project), Vec::<String>::new());
+}
+
 fn labels(report: &serde_json::Value) -> Vec<&str> {
     report["points"]
         .as_array()
@@ -172,16 +188,12 @@ const QUICK_EVAL_ROWS: &str = "8";
 
 /// The default profile shortened for CI: one GRPO step of one group per branch, 8 held-out rows.
 const QUICK_SHORTER: [(&str, &str); 3] = [
-    (
-        "SET_GRPO_MUTANT",
-        "max_steps=1 save_every=1 eval_every=1 grpo.prompts_per_step=1 grpo.num_generations=2 grpo.eval_prompts=1",
-    ),
-    (
-        "SET_GRPO_SPEED",
-        "max_steps=1 save_every=1 eval_every=1 grpo.prompts_per_step=1 grpo.num_generations=2 grpo.eval_prompts=1",
-    ),
+    ("SET_GRPO_MUTANT", ONE_SMALL_GRPO_STEP),
+    ("SET_GRPO_SPEED", ONE_SMALL_GRPO_STEP),
     ("EVAL_LIMIT", QUICK_EVAL_ROWS),
 ];
+const ONE_SMALL_GRPO_STEP: &str = "max_steps=1 save_every=1 eval_every=1 \
+    grpo.prompts_per_step=1 grpo.num_generations=2 grpo.eval_prompts=1";
 
 #[test]
 fn the_default_profile_starts_from_the_published_sft_and_shows_it_above_the_start() {
@@ -219,14 +231,16 @@ fn the_default_profile_starts_from_the_published_sft_and_shows_it_above_the_star
     let choice =
         read_from_volume(&project.0, "smollm2-quick/grpo-start.txt").expect("the start is named");
     assert!(choice.starts_with("sft "), "{choice}");
-    for stage in ["grpo-mutant", "grpo-speed"] {
-        let metrics = read_from_volume(&project.0, &format!("smollm2-quick/{stage}/metrics.jsonl"))
-            .unwrap_or_else(|| panic!("{stage} wrote no metrics"));
-        assert!(metrics.lines().count() >= 1, "{stage}");
-    }
-    let down = compose(&project.0, &["down", "-v", "--remove-orphans"], &[]);
-    assert!(down.status.success(), "{}", text(&down));
-    assert_eq!(leftovers(&project.0), Vec::<String>::new());
+    // The report compares every checkpoint with the start, row by row.
+    let markdown = read_from_volume(&project.0, "smollm2-quick/report/report.md").unwrap();
+    assert!(markdown.contains("sft − start"), "{markdown}");
+    assert_metrics(
+        &project.0,
+        "smollm2-quick",
+        &["grpo-mutant", "grpo-speed"],
+        1,
+    );
+    take_down(&project.0);
 }
 
 #[test]
@@ -252,14 +266,9 @@ fn the_tiny_profile_runs_every_stage_and_down_leaves_nothing() {
         .unwrap()
         .iter()
         .any(|p| p["on_front"] == true));
-    for stage in ["sft", "sft-teacher", "distill", "grpo-mutant", "grpo-speed"] {
-        let metrics = read_from_volume(&project.0, &format!("tiny/{stage}/metrics.jsonl"))
-            .unwrap_or_else(|| panic!("{stage} wrote no metrics"));
-        assert!(metrics.lines().count() >= 4, "{stage}");
-    }
-    let down = compose(&project.0, &["down", "-v", "--remove-orphans"], &[]);
-    assert!(down.status.success(), "{}", text(&down));
-    assert_eq!(leftovers(&project.0), Vec::<String>::new());
+    let stages = ["sft", "sft-teacher", "distill", "grpo-mutant", "grpo-speed"];
+    assert_metrics(&project.0, "tiny", &stages, 4);
+    take_down(&project.0);
 }
 
 #[test]
