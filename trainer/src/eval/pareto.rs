@@ -237,6 +237,9 @@ fn cell(value: Option<f64>, digits: usize) -> String {
 
 fn table_row(point: &ParetoPoint) -> String {
     let f = &point.figures;
+    // Speed, stability and flakiness describe the same suites: the pruned ones where the report
+    // has them (the picture's), else the suites as written.
+    let passing = point.pruned.as_ref().unwrap_or(f);
     let pruned =
         |get: &dyn Fn(&SuiteFigures) -> String| point.pruned.as_ref().map_or("–".to_string(), get);
     let label = if point.on_front {
@@ -254,8 +257,8 @@ fn table_row(point: &ParetoPoint) -> String {
         pruned(&|p| with_interval(p.mean_kill_rate, p.mean_kill_rate_ci, 1.0, 3)),
         pruned(&|p| with_interval(p.mean_composite, p.mean_composite_ci, 1.0, 3)),
         cell(point.mean_suite_cpu_ms, 2),
-        cell(f.mean_stability, 3),
-        cell(f.flaky_fraction, 3),
+        cell(passing.mean_stability, 3),
+        cell(passing.flaky_fraction, 3),
     )
 }
 
@@ -309,7 +312,7 @@ pub fn write_pareto(
     }
     md.push_str(&table_row(&report.reference));
     md.push_str(&table_row(&report.trivial));
-    md.push_str("\nAs written: a suite with one failing test passes nothing and kills nothing. Pruned: the failing, flaky and repeated tests removed and the rest scored, its composite discounted by the share kept (docs/rewards.md); \"pass\" is then the share of suites with something kept. Kill rates and composites are means over every scored suite; [low, high] is a 95 % bootstrap interval over rows. CPU time (of the pruned suites where there are some), stability and the flaky share are over the passing suites.\n");
+    md.push_str("\nAs written: a suite with one failing test passes nothing and kills nothing. Pruned: the failing, flaky and repeated tests removed and the rest scored, its composite discounted by the share kept (docs/rewards.md); \"pass\" is then the share of suites with something kept. Kill rates and composites are means over every scored suite; [low, high] is a 95 % bootstrap interval over rows. CPU time, stability and the flaky share are over the passing suites, pruned where the report has them.\n");
     let write = |name: &str, text: String| {
         std::fs::write(out.join(name), text)
             .map_err(|e| TrainerError::Io(out.join(name).display().to_string(), e))
@@ -355,6 +358,25 @@ mod tests {
             .collect();
         // sft is dominated by speed (same kill, faster); start by speed too; worse by both.
         assert_eq!(front, ["mutant", "speed"]);
+    }
+
+    #[test]
+    fn speed_stability_and_flakiness_in_the_table_read_the_same_suites() {
+        // Nothing passes as written; pruned, the suites pass, run in 2.5 ms, and a tenth flake.
+        let mut sft = point("sft", 0.3, Some(2.5));
+        sft.pruned = Some(SuiteFigures {
+            mean_suite_cpu_ms: Some(2.5),
+            mean_stability: Some(0.95),
+            flaky_fraction: Some(0.1),
+            ..SuiteFigures::default()
+        });
+        let row = table_row(&sft);
+        assert!(row.ends_with("| 2.50 | 0.950 | 0.100 |\n"), "{row}");
+        // A report from before pruning reads its suites as written.
+        let mut old = point("old", 0.3, Some(4.0));
+        old.figures.mean_stability = Some(1.0);
+        old.figures.flaky_fraction = Some(0.0);
+        assert!(table_row(&old).ends_with("| 4.00 | 1.000 | 0.000 |\n"));
     }
 
     #[test]
