@@ -45,6 +45,7 @@ tiny)
     grpo_steps="--set max_steps=8 --set eval_every=8 --set save_every=8 --set grpo.eval_prompts=8"
     eval_limit=${EVAL_LIMIT:-24}
     start_rows=${START_ROWS:-12}
+    distilled="distill=$out/distill"
     ;;
 smollm2)
     base=models/smollm2-135m-instruct out=runs/smollm2
@@ -52,6 +53,7 @@ smollm2)
     sft_steps="" distill_steps="" grpo_steps=""
     eval_limit=${EVAL_LIMIT:-0}
     start_rows=${START_ROWS:-24}
+    distilled="distill=$out/distill"
     ;;
 smollm2-quick)
     base=models/smollm2-135m-instruct out=runs/smollm2-quick
@@ -60,7 +62,7 @@ smollm2-quick)
     sft_steps="" distill_steps=""
     grpo_steps="--set max_steps=3 --set eval_every=3 --set save_every=3 --set grpo.eval_prompts=4"
     eval_limit=${EVAL_LIMIT:-24}
-    start_rows=0
+    distilled=""   # the distill stage is skipped: no GKD checkpoint to evaluate
     ;;
 *)
     echo "pipeline: unknown PIPELINE=$pipeline (smollm2-quick, tiny or smollm2)" >&2
@@ -156,9 +158,7 @@ grpo-mutant | grpo-speed)
     fi
     ;;
 eval)
-    checkpoints="start=$base sft=$out/sft distill=$out/distill grpo-mutant=$out/grpo-mutant grpo-speed=$out/grpo-speed"
-    [ "$pipeline" = smollm2-quick ] &&
-        checkpoints="start=$base sft=$out/sft grpo-mutant=$out/grpo-mutant grpo-speed=$out/grpo-speed"
+    checkpoints="start=$base sft=$out/sft $distilled grpo-mutant=$out/grpo-mutant grpo-speed=$out/grpo-speed"
     dirs=""
     for entry in $checkpoints; do
         name=${entry%%=*} model=${entry#*=}

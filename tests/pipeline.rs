@@ -106,6 +106,14 @@ impl Drop for Project {
     }
 }
 
+/// `up` for `project` with `env`, which must run to the end with exit status 0; its output.
+fn up_to_the_end(project: &str, env: &[(&str, &str)]) -> String {
+    let up = compose(project, &["up", "--no-build"], env);
+    let log = text(&up);
+    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+    log
+}
+
 /// Held-out rows the shortened eval stage scores.
 const EVAL_ROWS: &str = "12";
 
@@ -198,9 +206,7 @@ const ONE_SMALL_GRPO_STEP: &str = "max_steps=1 save_every=1 eval_every=1 \
 #[test]
 fn the_default_profile_starts_from_the_published_sft_and_shows_it_above_the_start() {
     let project = Project::new("quick");
-    let up = compose(&project.0, &["up", "--no-build"], &QUICK_SHORTER);
-    let log = text(&up);
-    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+    up_to_the_end(&project.0, &QUICK_SHORTER);
     let report = checked_report(
         &project.0,
         "smollm2-quick",
@@ -246,9 +252,7 @@ fn the_default_profile_starts_from_the_published_sft_and_shows_it_above_the_star
 #[test]
 fn the_tiny_profile_runs_every_stage_and_down_leaves_nothing() {
     let project = Project::new("ok");
-    let up = compose(&project.0, &["up", "--no-build"], &TINY_SHORTER);
-    let log = text(&up);
-    assert!(up.status.success(), "docker-compose up failed:\n{log}");
+    let log = up_to_the_end(&project.0, &TINY_SHORTER);
     let report = checked_report(&project.0, "tiny", EVAL_ROWS.parse().unwrap());
     assert_eq!(
         labels(&report),

@@ -90,27 +90,32 @@ fn label_width(text: &str) -> i32 {
     9 * text.chars().count() as i32
 }
 
+/// A label's box in pixels (left, top, right, bottom) for its marker at `anchor`, `line` lines
+/// above its usual place.
+fn label_box((x, y): (i32, i32), width: i32, line: i32) -> (i32, i32, i32, i32) {
+    let top = y + LABEL_DY - LABEL_LINE * line;
+    (x + LABEL_DX, top, x + LABEL_DX + width, top + LABEL_LINE)
+}
+
+/// Whether two boxes share pixels (touching edges do not).
+fn boxes_meet(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> bool {
+    a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+}
+
 /// For each label at `anchors` (its marker's pixel position), the line above its usual place it
 /// goes on: the lowest line on which its box meets no box of a label placed before it.
 fn label_lines(anchors: &[(i32, i32)], widths: &[i32]) -> Vec<i32> {
-    let place = |(x, y): (i32, i32), width: i32, line: i32| {
-        let top = y + LABEL_DY - LABEL_LINE * line;
-        (x + LABEL_DX, top, x + LABEL_DX + width, top + LABEL_LINE)
-    };
-    let meets = |a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)| {
-        a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
-    };
     let mut placed: Vec<(i32, i32, i32, i32)> = Vec::with_capacity(anchors.len());
     let mut lines = Vec::with_capacity(anchors.len());
     for (&anchor, &width) in anchors.iter().zip(widths) {
         let line = (0..)
             .find(|&line| {
-                let candidate = place(anchor, width, line);
-                width == 0 || !placed.iter().any(|&other| meets(candidate, other))
+                let candidate = label_box(anchor, width, line);
+                width == 0 || !placed.iter().any(|&other| boxes_meet(candidate, other))
             })
             .expect("some line above is free");
         if width > 0 {
-            placed.push(place(anchor, width, line));
+            placed.push(label_box(anchor, width, line));
         }
         lines.push(line);
     }
@@ -189,10 +194,10 @@ fn draw(points: &[ParetoPoint], fixed: &[&ParetoPoint], path: &Path) -> Result<(
     let anchors: Vec<(i32, i32)> = everything().map(|p| chart.backend_coord(&at(p))).collect();
     let widths: Vec<i32> = texts.iter().map(|t| label_width(t)).collect();
     let lines = label_lines(&anchors, &widths);
-    for (index, point) in everything().enumerate() {
+    for (index, ((point, text), line)) in everything().zip(texts).zip(lines).enumerate() {
         let text = Text::new(
-            texts[index].clone(),
-            (LABEL_DX, LABEL_DY - LABEL_LINE * lines[index]),
+            text,
+            (LABEL_DX, LABEL_DY - LABEL_LINE * line),
             ("sans-serif", LABEL_FONT).into_font(),
         );
         let marker = EmptyElement::at(at(point));
@@ -392,19 +397,18 @@ mod tests {
             .iter()
             .zip(widths)
             .zip(&lines)
-            .map(|((&(x, y), w), &line)| {
-                let top = y + LABEL_DY - LABEL_LINE * line;
-                (x + LABEL_DX, top, x + LABEL_DX + w, top + LABEL_LINE)
-            })
+            .map(|((&anchor, width), &line)| label_box(anchor, width, line))
             .collect();
         for (i, a) in boxes.iter().enumerate() {
             for b in &boxes[i + 1..] {
-                assert!(
-                    !(a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3),
-                    "{a:?} overlaps {b:?}"
-                );
+                assert!(!boxes_meet(*a, *b), "{a:?} overlaps {b:?}");
             }
         }
+        // The boxes themselves, by hand: the first label sits 9 px right of and 20 px above its
+        // marker, one line (18 px) high; touching boxes do not meet.
+        assert_eq!(label_box((400, 300), 30, 0), (409, 280, 439, 298));
+        assert!(!boxes_meet((0, 0, 10, 10), (10, 0, 20, 10)));
+        assert!(boxes_meet((0, 0, 10, 10), (9, 9, 20, 20)));
         // An empty label (no font) takes no room.
         assert_eq!(label_lines(&[(0, 0), (0, 0)], &[0, 40]), [0, 0]);
     }
