@@ -682,6 +682,11 @@ pub struct EvalDeliverArgs {
     pub out: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+    /// Keep each finished row in FILE (JSON lines) and, when FILE holds rows of a run with
+    /// the same settings, take them instead of delivering them again: a run over every
+    /// held-out row takes hours and resumes where it was stopped.
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
 }
 
 #[derive(Args)]

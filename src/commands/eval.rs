@@ -407,7 +407,9 @@ fn pareto(args: &ParetoArgs) -> Result<()> {
 
 fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
     use unitforge_trainer::deliver::{DeliverOptions, ModelWriter};
-    use unitforge_trainer::eval::delivered::evaluate_delivery;
+    use unitforge_trainer::eval::delivered::{
+        evaluate_delivery, DeliveryJournal, DeliverySettings,
+    };
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
     let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
@@ -437,8 +439,24 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
     } else {
         args.limit.min(examples.len())
     };
-    let bar = progress_bar(rows, "rows delivered");
     let label = model_label(&args.model, args.adapter.as_deref());
+    let (mut journal, done) = match &args.journal {
+        Some(path) => {
+            let settings = DeliverySettings {
+                model: label.clone(),
+                data: args.data.display().to_string(),
+                samples: options.n,
+                fix_rounds: options.fix_rounds,
+                max_new_tokens: args.max_new_tokens,
+                temperature: args.temperature,
+                seed: args.seed,
+            };
+            let (journal, done) = DeliveryJournal::open(path, &settings)?;
+            (Some(journal), done)
+        }
+        None => (None, Vec::new()),
+    };
+    let bar = progress_bar(rows, "rows delivered");
     let report = evaluate_delivery(
         &mut writer,
         &examples,
@@ -447,7 +465,24 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
         &config,
         &options,
         &label,
-        &|done, _| bar.set_position(done as u64),
+        &done,
+        &mut |row, finished, count| {
+            if let Some(journal) = journal.as_mut() {
+                journal.record(row)?;
+            }
+            bar.set_position(finished as u64);
+            if bar.is_hidden() {
+                // No terminal (a log file, a container): a line a row instead of the bar.
+                let kill = row
+                    .delivered
+                    .map_or("no suite".to_string(), |k| format!("kill {k:.3}"));
+                eprintln!(
+                    "row {finished}/{count} ({}): delivered {kill}; {:.0} s generating, {:.0} s in the sandbox",
+                    row.module, row.generation_s, row.sandbox_s
+                );
+            }
+            Ok(())
+        },
     )?;
     bar.finish_and_clear();
     if let Some(out) = &args.out {

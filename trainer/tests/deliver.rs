@@ -206,13 +206,14 @@ fn delivered_figures_follow_each_step_of_the_delivery() {
     let mut writer = Scripted::new(&[&fenced(suite)], &[]);
     let report = evaluate_delivery(
         &mut writer,
-        &[example],
+        std::slice::from_ref(&example),
         0,
         &common::local_backend(),
         &RewardConfig::default(),
         &options(true, 0),
         "scripted",
-        &|_, _| {},
+        &[],
+        &mut |_, _, _| Ok(()),
     )
     .unwrap();
     let row = &report.per_row[0];
@@ -225,4 +226,25 @@ fn delivered_figures_follow_each_step_of_the_delivery() {
     assert_eq!(row.trivial, Some(0.0));
     let valid: Vec<f64> = report.steps.iter().map(|s| s.valid_rows).collect();
     assert_eq!(valid, vec![0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]);
+
+    // Resumed from a journal holding the row: it is taken as it is, nothing is written.
+    let mut idle = Scripted::new(&[], &[]);
+    let mut finished = 0;
+    let resumed = evaluate_delivery(
+        &mut idle,
+        &[example],
+        0,
+        &common::local_backend(),
+        &RewardConfig::default(),
+        &options(true, 0),
+        "scripted",
+        &report.per_row,
+        &mut |_, _, _| {
+            finished += 1;
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(resumed, report);
+    assert!(idle.prompts.borrow().is_empty() && finished == 0);
 }

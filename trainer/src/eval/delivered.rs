@@ -6,6 +6,11 @@
 //! share of rows that get a valid suite and the mean kill rate over rows (0 for a row without
 //! one), with 95 % bootstrap intervals over rows; beside them the rows' human reference suites
 //! and the trivial suite, and the generation and sandbox seconds per row.
+//!
+//! A delivery costs minutes a row on a CPU, so a run over every held-out row takes hours: a
+//! `DeliveryJournal` keeps each finished row as a JSON line, and a run interrupted at any point
+//! resumes where it stopped with the same figures (each row's samples depend on the seed, not on
+//! the rows before it).
 
 use serde::{Deserialize, Serialize};
 use unitforge_sandbox::backend::BlockingBackend;
@@ -71,7 +76,9 @@ fn best(candidates: &[Candidate], allowed: impl Fn(&Candidate) -> bool) -> Optio
         .map(|c| c.mutant_kill)
 }
 
-/// Delivered figures of `writer` on `examples` (the first `limit`; 0 = all).
+/// Delivered figures of `writer` on `examples` (the first `limit`; 0 = all). Rows in `done` (a
+/// journal's, same settings) are taken as they are; each row delivered now is handed to
+/// `finished` with the count of rows done and to do, as soon as it is.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_delivery(
     writer: &mut dyn Writer,
@@ -81,7 +88,8 @@ pub fn evaluate_delivery(
     config: &RewardConfig,
     options: &DeliverOptions,
     model_label: &str,
-    progress: &dyn Fn(usize, usize),
+    done: &[DeliveredRow],
+    finished: &mut dyn FnMut(&DeliveredRow, usize, usize) -> Result<(), TrainerError>,
 ) -> Result<DeliveredReport, TrainerError> {
     let count = if limit == 0 {
         examples.len()
@@ -89,7 +97,27 @@ pub fn evaluate_delivery(
         limit.min(examples.len())
     };
     let mut per_row = Vec::with_capacity(count);
-    for (index, example) in examples[..count].iter().enumerate() {
+    for example in &examples[..count] {
+        if let Some(row) = done.iter().find(|r| r.row == example.row) {
+            per_row.push(row.clone());
+            continue;
+        }
+        let row = deliver_row(writer, example, backend, config, options)?;
+        per_row.push(row);
+        finished(per_row.last().expect("a row"), per_row.len(), count)?;
+    }
+    Ok(report(per_row, options, model_label))
+}
+
+/// One row's delivery read at each step, beside its greedy, human and trivial suites.
+fn deliver_row(
+    writer: &mut dyn Writer,
+    example: &Example,
+    backend: &BlockingBackend,
+    config: &RewardConfig,
+    options: &DeliverOptions,
+) -> Result<DeliveredRow, TrainerError> {
+    {
         let code = example
             .code
             .clone()
@@ -141,7 +169,7 @@ pub fn evaluate_delivery(
         if let Some(c) = candidates.iter().find(|c| c.excluded.is_some()) {
             excluded = c.excluded.clone();
         }
-        per_row.push(DeliveredRow {
+        Ok(DeliveredRow {
             row: example.row,
             module: module.to_string(),
             greedy: kills[0],
@@ -154,9 +182,16 @@ pub fn evaluate_delivery(
             generation_s: greedy_s + delivery.generation_s,
             sandbox_s: baseline_s + delivery.sandbox_s,
             excluded,
-        });
-        progress(index + 1, count);
+        })
     }
+}
+
+/// The figures of each step over `per_row`, the excluded rows left out.
+fn report(
+    per_row: Vec<DeliveredRow>,
+    options: &DeliverOptions,
+    model_label: &str,
+) -> DeliveredReport {
     let kept: Vec<&DeliveredRow> = per_row.iter().filter(|r| r.excluded.is_none()).collect();
     let step = |name: &str, of: &dyn Fn(&DeliveredRow) -> Option<f64>| {
         let valid: Vec<f64> = kept.iter().map(|r| of(r).map_or(0.0, |_| 1.0)).collect();
@@ -189,7 +224,7 @@ pub fn evaluate_delivery(
             kept.iter().map(|r| f(r)).sum::<f64>() / kept.len() as f64
         }
     };
-    Ok(DeliveredReport {
+    DeliveredReport {
         model: model_label.to_string(),
         rows: kept.len(),
         samples: options.n,
@@ -198,5 +233,195 @@ pub fn evaluate_delivery(
         mean_generation_s: mean(&|r| r.generation_s),
         mean_sandbox_s: mean(&|r| r.sandbox_s),
         per_row,
-    })
+    }
+}
+
+/// What a delivery run's figures depend on: a journal serves only a run with the same.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliverySettings {
+    pub model: String,
+    pub data: String,
+    pub samples: usize,
+    pub fix_rounds: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub seed: u64,
+}
+
+/// The journal's first line.
+#[derive(Serialize, Deserialize)]
+struct JournalHeader {
+    delivery_journal: DeliverySettings,
+}
+
+/// A file of finished rows: the settings on its first line, then one `DeliveredRow` a line,
+/// appended and flushed as each row finishes.
+pub struct DeliveryJournal {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl DeliveryJournal {
+    /// Open `path` for a run with `settings`: a new journal when there is none, else its rows
+    /// so far. A journal of other settings is an error (its rows would mix two runs); a last
+    /// line cut short (the run was killed while writing it) is dropped.
+    pub fn open(
+        path: &std::path::Path,
+        settings: &DeliverySettings,
+    ) -> Result<(Self, Vec<DeliveredRow>), TrainerError> {
+        use std::io::Write;
+        let journal_error = |what: String| {
+            TrainerError::Data(format!("delivery journal {}: {what}", path.display()))
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(err) => return Err(journal_error(err.to_string())),
+        };
+        let mut rows = Vec::new();
+        let mut keep = 0;
+        let mut lines = text.split_inclusive('\n');
+        match lines.next() {
+            None => {}
+            Some(first) => {
+                let header: JournalHeader = serde_json::from_str(first)
+                    .map_err(|err| journal_error(format!("not a delivery journal ({err})")))?;
+                if &header.delivery_journal != settings {
+                    return Err(journal_error(format!(
+                        "written by a run with other settings ({}); this run has {}: use another file",
+                        serde_json::to_string(&header.delivery_journal).unwrap_or_default(),
+                        serde_json::to_string(settings).unwrap_or_default()
+                    )));
+                }
+                keep += first.len();
+                for line in lines {
+                    match serde_json::from_str::<DeliveredRow>(line) {
+                        Ok(row) if line.ends_with('\n') => {
+                            rows.push(row);
+                            keep += line.len();
+                        }
+                        _ if !line.ends_with('\n') => break,
+                        Err(err) => return Err(journal_error(format!("a row: {err}"))),
+                        Ok(_) => unreachable!("a line with its newline"),
+                    }
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|err| journal_error(err.to_string()))?;
+        // Drop a line cut short, then append after the whole ones.
+        file.set_len(keep as u64)
+            .map_err(|err| journal_error(err.to_string()))?;
+        let mut journal = DeliveryJournal {
+            file,
+            path: path.to_path_buf(),
+        };
+        use std::io::Seek;
+        journal
+            .file
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(|err| journal_error(err.to_string()))?;
+        if keep == 0 {
+            let header = JournalHeader {
+                delivery_journal: settings.clone(),
+            };
+            let line = serde_json::to_string(&header).map_err(|e| journal_error(e.to_string()))?;
+            writeln!(journal.file, "{line}").map_err(|err| journal_error(err.to_string()))?;
+        }
+        Ok((journal, rows))
+    }
+
+    /// Append a finished row and flush it to the disk.
+    pub fn record(&mut self, row: &DeliveredRow) -> Result<(), TrainerError> {
+        use std::io::Write;
+        let line = serde_json::to_string(row)
+            .map_err(|err| TrainerError::Data(format!("a delivered row: {err}")))?;
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.sync_data())
+            .map_err(|err| TrainerError::Io(self.path.display().to_string(), err))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(seed: u64) -> DeliverySettings {
+        DeliverySettings {
+            model: "models/m".into(),
+            data: "eval.jsonl".into(),
+            samples: 4,
+            fix_rounds: 1,
+            max_new_tokens: 320,
+            temperature: 0.8,
+            seed,
+        }
+    }
+
+    fn row(index: usize) -> DeliveredRow {
+        DeliveredRow {
+            row: index,
+            module: format!("m{index}"),
+            greedy: None,
+            best_of_n: Some(0.5),
+            repaired: Some(0.5),
+            fixed: Some(0.75),
+            delivered: Some(0.75),
+            reference: Some(1.0),
+            trivial: Some(0.0),
+            generation_s: 90.0,
+            sandbox_s: 3.0,
+            excluded: None,
+        }
+    }
+
+    #[test]
+    fn a_journal_resumes_with_its_rows_and_refuses_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (mut journal, rows) = DeliveryJournal::open(&path, &settings(0)).unwrap();
+        assert!(rows.is_empty());
+        journal.record(&row(0)).unwrap();
+        journal.record(&row(3)).unwrap();
+        drop(journal);
+        // Killed while writing a row: its line is cut short.
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"row\": 5, \"modu");
+        std::fs::write(&path, text).unwrap();
+        let (mut journal, rows) = DeliveryJournal::open(&path, &settings(0)).unwrap();
+        assert_eq!(rows, vec![row(0), row(3)]);
+        journal.record(&row(5)).unwrap();
+        drop(journal);
+        let (_, rows) = DeliveryJournal::open(&path, &settings(0)).unwrap();
+        assert_eq!(rows, vec![row(0), row(3), row(5)]);
+        let err = DeliveryJournal::open(&path, &settings(1))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("other settings"), "{err}");
+        std::fs::write(&path, "not json\n").unwrap();
+        let err = DeliveryJournal::open(&path, &settings(0))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a delivery journal"), "{err}");
+    }
+
+    #[test]
+    fn the_report_counts_excluded_rows_out() {
+        let mut excluded = row(1);
+        excluded.excluded = Some("docker went away".into());
+        excluded.delivered = None;
+        let report = report(vec![row(0), excluded], &DeliverOptions::default(), "m");
+        assert_eq!(report.rows, 1);
+        let delivered = &report.steps[4];
+        assert_eq!(
+            (delivered.valid_rows, delivered.mean_kill_rate),
+            (1.0, 0.75)
+        );
+    }
 }

@@ -162,6 +162,59 @@ impl Attention {
         key_mask: Option<&Tensor>,
         pass: Pass,
     ) -> Result<Tensor> {
+        let (q, k, v) = self.project(x, rope, offset, pass)?;
+        let attended = match cache {
+            Some(slot) => {
+                // Generation: the keys and values so far, from the cache's buffers.
+                let (k, v) = LayerCache::append(slot, &k, &v)?;
+                self.attend_grouped(&q, &k, &v, offset, key_mask)?
+            }
+            None => {
+                // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
+                let repeats = self.heads / self.kv_heads;
+                let (k, v) = (repeat_kv(&k, repeats)?, repeat_kv(&v, repeats)?);
+                let scores = q.matmul(&k.t()?.contiguous()?)?;
+                attention_probs(&scores, self.scale(), offset, key_mask)?.matmul(&v)?
+            }
+        };
+        self.output(&attended, pass)
+    }
+
+    /// Attention for rows `x` [rows, time, hidden] at positions `offset..` that all continue
+    /// one shared prefix, whose keys and values `prefix` ([1, key/value heads, offset, head
+    /// dim] each) were computed once for them: the prefix's keys and values are the rows' first
+    /// `offset` keys and values, and the gradient reaches the prefix through them.
+    pub(crate) fn forward_after_prefix(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        prefix: &(Tensor, Tensor),
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (rows, _, _) = x.dims3()?;
+        let offset = prefix.0.dim(2)?;
+        let (q, k, v) = self.project(x, rope, offset, pass)?;
+        let widen = |shared: &Tensor, own: &Tensor| {
+            let (_, heads, time, dim) = shared.dims4()?;
+            let shared = shared
+                .broadcast_as((rows, heads, time, dim))?
+                .contiguous()?;
+            Tensor::cat(&[&shared, own], 2)
+        };
+        let (k, v) = (widen(&prefix.0, &k)?, widen(&prefix.1, &v)?);
+        let attended = self.attend_grouped(&q, &k, &v, offset, None)?;
+        self.output(&attended, pass)
+    }
+
+    /// The rotated queries [batch, heads, time, head dim], rotated keys and values [batch,
+    /// key/value heads, time, head dim] of `x` [batch, time, hidden] at positions `offset..`.
+    pub(crate) fn project(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        offset: usize,
+        pass: Pass,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (batch, time, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| {
             t.reshape((batch, time, heads, self.head_dim))?
@@ -174,36 +227,47 @@ impl Attention {
             offset,
         )?;
         let v = split(self.v.forward_pass(x, pass)?, self.kv_heads)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // Query head h uses key/value head h / repeats, as in Hugging Face's repeat_kv.
+        Ok((q, k, v))
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    /// The queries `q` [batch, heads, time, head dim] at positions `offset..` attending to
+    /// every key and value so far ([batch, key/value heads, offset + time, head dim]): the
+    /// queries of each key/value head's `repeats` heads as one product with it (no repeated
+    /// copy of the keys and values). [batch, heads, time, head dim].
+    fn attend_grouped(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        offset: usize,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (batch, _, time, _) = q.dims4()?;
         let repeats = self.heads / self.kv_heads;
-        let attended = match cache {
-            Some(slot) => {
-                // Generation: the keys and values so far, from the cache's buffers, and the
-                // queries of each key/value head's `repeats` heads as one product with it
-                // (no repeated copy of the keys and values).
-                let (k, v) = LayerCache::append(slot, &k, &v)?;
-                let keys = k.dim(2)?;
-                let grouped = q.reshape((batch, self.kv_heads, repeats * time, self.head_dim))?;
-                let scores = grouped
-                    .matmul(&k.t()?)?
-                    .reshape((batch, self.heads, time, keys))?;
-                let probs = attention_probs(&scores, scale, offset, key_mask)?.reshape((
-                    batch,
-                    self.kv_heads,
-                    repeats * time,
-                    keys,
-                ))?;
-                probs
-                    .matmul(&v)?
-                    .reshape((batch, self.heads, time, self.head_dim))?
-            }
-            None => {
-                let (k, v) = (repeat_kv(&k, repeats)?, repeat_kv(&v, repeats)?);
-                let scores = q.matmul(&k.t()?.contiguous()?)?;
-                attention_probs(&scores, scale, offset, key_mask)?.matmul(&v)?
-            }
-        };
+        let keys = k.dim(2)?;
+        let grouped = q.reshape((batch, self.kv_heads, repeats * time, self.head_dim))?;
+        let scores = grouped
+            .matmul(&k.t()?)?
+            .reshape((batch, self.heads, time, keys))?;
+        let probs = attention_probs(&scores, self.scale(), offset, key_mask)?.reshape((
+            batch,
+            self.kv_heads,
+            repeats * time,
+            keys,
+        ))?;
+        probs
+            .matmul(v)?
+            .reshape((batch, self.heads, time, self.head_dim))
+    }
+
+    /// The heads' outputs [batch, heads, time, head dim] merged and projected: [batch, time,
+    /// hidden].
+    fn output(&self, attended: &Tensor, pass: Pass) -> Result<Tensor> {
+        let (batch, _, time, _) = attended.dims4()?;
         let merged =
             attended
                 .transpose(1, 2)?
@@ -358,10 +422,53 @@ impl Layer {
             key_mask,
             pass,
         )?;
-        let h = (x + attended)?;
+        self.mlp_block(&(x + attended)?, eps, pass)
+    }
+
+    /// [`Self::forward`] for rows that continue a shared prefix (`Attention::forward_after_prefix`).
+    pub(crate) fn forward_after_prefix(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        eps: f64,
+        prefix: &(Tensor, Tensor),
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let attended = self.attention.forward_after_prefix(
+            &rms_norm(x, &self.input_norm, eps)?,
+            rope,
+            prefix,
+            pass,
+        )?;
+        self.mlp_block(&(x + attended)?, eps, pass)
+    }
+
+    /// A shared prefix `x` [1, time, hidden] at positions 0..time through the layer: its keys
+    /// and values (what the rows that continue it read) and, when `output` is asked for, the
+    /// layer's output (the next layer's input; the last layer's is not needed).
+    pub(crate) fn prefix_forward(
+        &self,
+        x: &Tensor,
+        rope: &Rope,
+        eps: f64,
+        output: bool,
+        pass: Pass,
+    ) -> Result<(Option<Tensor>, (Tensor, Tensor))> {
+        let attention = &self.attention;
+        let (q, k, v) = attention.project(&rms_norm(x, &self.input_norm, eps)?, rope, 0, pass)?;
+        if !output {
+            return Ok((None, (k, v)));
+        }
+        let attended = attention.output(&attention.attend_grouped(&q, &k, &v, 0, None)?, pass)?;
+        let out = self.mlp_block(&(x + attended)?, eps, pass)?;
+        Ok((Some(out), (k, v)))
+    }
+
+    /// h + mlp(norm(h)): the layer's second half.
+    fn mlp_block(&self, h: &Tensor, eps: f64, pass: Pass) -> Result<Tensor> {
         let mixed = self
             .mlp
-            .forward(&rms_norm(&h, &self.post_attention_norm, eps)?, pass)?;
+            .forward(&rms_norm(h, &self.post_attention_norm, eps)?, pass)?;
         h + mixed
     }
 

@@ -596,6 +596,54 @@ impl Model {
         logp.pad_with_zeros(1, from, 0)
     }
 
+    /// log p(targets) [rows, time] of rows that all continue one prefix: `prefix` [1, length]
+    /// at positions 0..length, then each row's `input_ids` [rows, time] at positions
+    /// `length..length + time`, `targets` the tokens those positions predict. The prefix goes
+    /// through the layers once and its keys and values serve every row (GRPO's group shares its
+    /// prompt: its samples' log-probs for a fraction of the rows' work), the gradient reaching it
+    /// through them; equal to [`Self::target_logprobs`] over the whole rows at their last `time`
+    /// positions. Where a training forward recomputes its layers in the backward, the rows are
+    /// run whole.
+    pub fn shared_prefix_target_logprobs(
+        &self,
+        prefix: &Tensor,
+        input_ids: &Tensor,
+        targets: &Tensor,
+        temperature: f64,
+        pass: Pass,
+    ) -> Result<Tensor> {
+        let (rows, time) = input_ids.dims2()?;
+        let length = prefix.dim(1)?;
+        if length == 0 || (self.gradient_checkpointing && pass == Pass::Train) {
+            let whole = Tensor::cat(&[&prefix.repeat((rows, 1))?, input_ids], 1)?;
+            let targets = Tensor::cat(&[&prefix.repeat((rows, 1))?, targets], 1)?;
+            return self
+                .target_logprobs_from(&whole, &targets, length, temperature, pass)?
+                .narrow(1, length, time);
+        }
+        let embed = |ids: &Tensor| {
+            let (batch, time) = ids.dims2()?;
+            self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+                batch,
+                time,
+                self.config.hidden_size,
+            ))
+        };
+        let (mut shared, mut x) = (embed(prefix)?, embed(input_ids)?);
+        let eps = self.config.rms_norm_eps;
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let (next, keys_values) =
+                layer.prefix_forward(&shared, &self.rope, eps, index < last, pass)?;
+            x = layer.forward_after_prefix(&x, &self.rope, eps, &keys_values, pass)?;
+            if let Some(next) = next {
+                shared = next;
+            }
+        }
+        let hidden = rms_norm(&x, &self.norm, eps)?;
+        self.head_target_logprobs(&hidden, targets, temperature, pass)
+    }
+
     /// log p(targets) from the final hidden states [batch, time, hidden].
     fn head_target_logprobs(
         &self,
@@ -731,5 +779,109 @@ mod tests {
             assert!(!k.track_op() && !v.track_op());
         }
         assert_eq!(cache.len(), 3);
+    }
+
+    /// Rows that continue one prefix: the prefix through the layers once gives every row the
+    /// log-probs and the gradients of the rows run whole, in each pass and with the layers
+    /// recomputed in the backward (which runs the rows whole).
+    #[test]
+    fn a_shared_prefix_gives_the_whole_rows_log_probs_and_gradients() {
+        use crate::kernels::fused::test_support::{max_abs, max_diff};
+        use crate::train::probe::{shape, RandomWeights};
+        let device = Device::Cpu;
+        let (prefix_len, rows, time) = (9, 3, 7);
+        let ids = |n: usize, seed: u32| -> Vec<u32> {
+            (0..n as u32)
+                .map(|i| (i * 13 + seed * 101) % 2000)
+                .collect()
+        };
+        let prefix = Tensor::from_vec(ids(prefix_len, 0), (1, prefix_len), &device).unwrap();
+        let own: Vec<u32> = (1..=rows as u32)
+            .flat_map(|seed| ids(time + 1, seed))
+            .collect();
+        let own = Tensor::from_vec(own, (rows, time + 1), &device).unwrap();
+        let (inputs, targets) = (
+            own.narrow(1, 0, time).unwrap(),
+            own.narrow(1, 1, time).unwrap(),
+        );
+        // The whole rows: the prefix, then each row's tokens; position prefix_len − 1 predicts
+        // the row's first token.
+        let whole = Tensor::cat(&[&prefix.repeat((rows, 1)).unwrap(), &own], 1).unwrap();
+        let whole_len = prefix_len + time;
+        let whole_inputs = whole.narrow(1, 0, whole_len).unwrap();
+        let whole_targets = whole.narrow(1, 1, whole_len).unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let (diff, scale) = (max_diff(a, b), max_abs(a));
+            assert!(
+                diff <= 1e-4 * (1.0 + scale),
+                "{what}: {diff} (scale {scale})"
+            );
+        };
+        for recomputed in [false, true] {
+            let options = LoadOptions {
+                lora: Some(LoraConfig {
+                    dropout: 0.0,
+                    ..LoraConfig::default()
+                }),
+                gradient_checkpointing: recomputed,
+                ..LoadOptions::default()
+            };
+            let weights =
+                VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
+            let model = Model::from_weights(
+                shape("tiny").unwrap(),
+                &weights,
+                &device,
+                &options,
+                &VarMap::new(),
+            )
+            .unwrap();
+            for (name, var) in model.trainable() {
+                if name.contains("lora_B") {
+                    var.set(&Tensor::randn(0f32, 0.05, var.shape(), &device).unwrap())
+                        .unwrap();
+                }
+            }
+            // Rows continue the prefix after its last token: the shared part is all but it.
+            let shared_prefix = prefix.narrow(1, 0, prefix_len - 1).unwrap();
+            let last = prefix
+                .narrow(1, prefix_len - 1, 1)
+                .unwrap()
+                .repeat((rows, 1))
+                .unwrap();
+            let row_inputs = Tensor::cat(&[&last, &inputs], 1).unwrap();
+            let row_targets = Tensor::cat(&[&own.narrow(1, 0, 1).unwrap(), &targets], 1).unwrap();
+            for pass in [Pass::Train, Pass::Eval, Pass::BaseOnly] {
+                let shared = model
+                    .shared_prefix_target_logprobs(
+                        &shared_prefix,
+                        &row_inputs,
+                        &row_targets,
+                        0.8,
+                        pass,
+                    )
+                    .unwrap();
+                let reference = model
+                    .target_logprobs(&whole_inputs, &whole_targets, 0.8, pass)
+                    .unwrap()
+                    .narrow(1, prefix_len - 1, time + 1)
+                    .unwrap();
+                let what = format!("{pass:?}, recomputed {recomputed}");
+                close(&reference, &shared, &what);
+                if pass != Pass::Train {
+                    continue;
+                }
+                let weights_of_positions =
+                    Tensor::randn(0f32, 1.0, (rows, time + 1), &device).unwrap();
+                let loss =
+                    |logp: &Tensor| (logp * &weights_of_positions).unwrap().sum_all().unwrap();
+                let a = crate::model::recompute::backward(&loss(&reference)).unwrap();
+                let b = crate::model::recompute::backward(&loss(&shared)).unwrap();
+                for (name, var) in model.trainable() {
+                    let (a, b) = (a.get(var.as_tensor()), b.get(var.as_tensor()));
+                    close(a.expect("a gradient"), b.expect("a gradient"), name);
+                }
+            }
+        }
     }
 }

@@ -49,7 +49,9 @@ use crate::train::train_loop::{
 use crate::TrainerError;
 use policy_loss::{policy_loss, PolicyInputs, PolicySettings};
 use reward_source::{Reward, RewardSource};
-use round::{mean, round_figures, BatchLayout, Generator, Group, Reference, TrainingBatch};
+use round::{
+    mean, round_figures, BatchLayout, Generator, Group, Reference, RowLayout, TrainingBatch,
+};
 
 /// Run stage 3 against the sandbox that `config.reward` describes.
 pub fn train(config: &StageConfig, device: &Device) -> Result<StageSummary, TrainerError> {
@@ -454,7 +456,11 @@ impl Grpo<'_> {
             keep_old_logp: settings.num_iterations > 1,
             reference,
             // The online JSD's whole logits come from one forward over the padded rows.
-            bucketed: self.teacher.is_none(),
+            rows: if self.teacher.is_none() {
+                RowLayout::SharedPrompt
+            } else {
+                RowLayout::Padded
+            },
         };
         let arranging = Instant::now();
         let training = groups

@@ -232,17 +232,22 @@ impl Generator<'_> {
 
 /// Rows of a micro-batch that share one forward pass, right-padded to their longest.
 pub(super) struct Bucket {
+    /// The rows' tokens from position `from` on when they share `prompt`, else whole.
     input_ids: Tensor,
     targets: Tensor,
     /// The first position any of its rows counts (its shortest prompt's length − 1): the
     /// positions before it are prompt, whose log-probs no loss reads.
     from: usize,
+    /// The prompt's first `from` tokens [1, from], when every row continues them and they go
+    /// through the model once for all of them (`Model::shared_prefix_target_logprobs`).
+    prompt: Option<Tensor>,
 }
 
 /// One micro-batch of sampled groups, ready to train on. Its rows are ordered longest first
-/// and split into buckets of similar length, each its own forward pass, so that a short
-/// completion is not padded to the longest of its micro-batch; the per-row tensors all follow
-/// that order (the loss does not depend on the order of its rows).
+/// (group by group when they share their prompt) and split into buckets of similar length,
+/// each its own forward pass, so that a short completion is not padded to the longest of its
+/// micro-batch; the per-row tensors all follow that order (the loss does not depend on the
+/// order of its rows).
 pub(super) struct TrainingBatch {
     /// [completions, time]: prompt + completion, right-padded to the longest row (the online
     /// JSD's path, which needs whole logits, uses these).
@@ -282,12 +287,25 @@ pub(super) struct BatchLayout<'a> {
     pub keep_old_logp: bool,
     /// The reference the KL term compares with, when there is one.
     pub reference: Option<Reference<'a>>,
-    /// Split the rows into buckets of similar length (otherwise one forward for all).
-    pub bucketed: bool,
+    /// How the rows go through the model.
+    pub rows: RowLayout,
+}
+
+/// How a micro-batch's rows go through the model for their log-probs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RowLayout {
+    /// One forward for all rows, each padded to the longest.
+    Padded,
+    /// Buckets of one group's rows of similar length; the group's prompt goes through the model
+    /// once per bucket and its keys and values serve every row (a group's samples share their
+    /// prompt, typically longer than their completions).
+    SharedPrompt,
 }
 
 /// One row of a micro-batch: a sample's prompt + completion and how its tokens count.
 struct Row<'a> {
+    /// Its group's index in the micro-batch.
+    group: usize,
     sequence: Vec<u32>,
     prompt_len: usize,
     /// Whether its completion tokens count in the loss.
@@ -309,7 +327,7 @@ impl TrainingBatch {
     ) -> Result<Self, TrainerError> {
         let end = layout.end_id;
         let mut rows: Vec<Row> = Vec::new();
-        for group in groups {
+        for (index, group) in groups.iter().enumerate() {
             for sample in &group.samples {
                 let counts = sample.advantage.is_some()
                     && !(layout.mask_truncated && sample.completion.truncated);
@@ -321,6 +339,7 @@ impl TrainingBatch {
                     .collect();
                 let advantage = sample.advantage.unwrap_or(0.0) as f32;
                 rows.push(Row {
+                    group: index,
                     sequence,
                     prompt_len: group.prompt.len(),
                     counts,
@@ -329,21 +348,30 @@ impl TrainingBatch {
                 });
             }
         }
-        // Longest first (stable, so equal lengths keep their order).
-        rows.sort_by_key(|row| std::cmp::Reverse(row.sequence.len()));
+        // Longest first (stable, so equal lengths keep their order), group by group when the
+        // rows share their prompt.
+        let sharing = layout.rows == RowLayout::SharedPrompt;
+        rows.sort_by_key(|row| {
+            (
+                if sharing { row.group } else { 0 },
+                std::cmp::Reverse(row.sequence.len()),
+            )
+        });
         let device = model.device();
         let lengths: Vec<usize> = rows.iter().map(|row| row.sequence.len() - 1).collect();
-        let time = lengths.first().copied().unwrap_or(1).max(1);
+        let time = lengths.iter().copied().max().unwrap_or(1).max(1);
+        // The rows of `range` from position `start` on, right-padded to `width` positions.
         let padded = |range: std::ops::Range<usize>,
+                      start: usize,
                       width: usize|
          -> Result<(Tensor, Tensor), TrainerError> {
             let (mut inputs, mut targets) = (Vec::new(), Vec::new());
             for Row { sequence, .. } in &rows[range.clone()] {
                 let len = sequence.len() - 1;
-                inputs.extend(sequence[..len].iter().copied());
-                inputs.extend(std::iter::repeat_n(end, width - len));
-                targets.extend(sequence[1..].iter().copied());
-                targets.extend(std::iter::repeat_n(end, width - len));
+                inputs.extend(sequence[start..len].iter().copied());
+                inputs.extend(std::iter::repeat_n(end, width + start - len));
+                targets.extend(sequence[start + 1..].iter().copied());
+                targets.extend(std::iter::repeat_n(end, width + start - len));
             }
             let shape = (range.len(), width);
             Ok((
@@ -351,30 +379,58 @@ impl TrainingBatch {
                 Tensor::from_vec(targets, shape, device)?,
             ))
         };
+        // The positions a row costs in its bucket's forward: from its shared prompt's end on
+        // when the group's prompt is shared.
+        let work: Vec<usize> = rows
+            .iter()
+            .zip(&lengths)
+            .map(|(row, len)| {
+                if sharing {
+                    len + 1 - row.prompt_len.max(1)
+                } else {
+                    *len
+                }
+            })
+            .collect();
         let mut buckets = Vec::new();
         let mut start = 0;
         while start < rows.len() {
             let longest = lengths[start];
             let mut end_row = start + 1;
             while end_row < rows.len()
-                && (!layout.bucketed || lengths[end_row] as f64 >= BUCKET_SHARE * longest as f64)
+                && (!sharing
+                    || (rows[end_row].group == rows[start].group
+                        && work[end_row] as f64 >= BUCKET_SHARE * work[start] as f64))
             {
                 end_row += 1;
             }
-            let (input_ids, targets) = padded(start..end_row, longest.max(1))?;
             let from = rows[start..end_row]
                 .iter()
                 .map(|row| row.prompt_len.saturating_sub(1))
                 .min()
                 .unwrap_or(0);
-            buckets.push(Bucket {
-                input_ids,
-                targets,
-                from,
-            });
+            let bucket = if sharing && from > 0 {
+                let (input_ids, targets) = padded(start..end_row, from, (longest - from).max(1))?;
+                let prompt = rows[start].sequence[..from].to_vec();
+                Bucket {
+                    input_ids,
+                    targets,
+                    from,
+                    prompt: Some(Tensor::from_vec(prompt, (1, from), device)?),
+                }
+            } else {
+                let (input_ids, targets) = padded(start..end_row, 0, longest.max(1))?;
+                Bucket {
+                    input_ids,
+                    targets,
+                    from,
+                    prompt: None,
+                }
+            };
+            buckets.push(bucket);
             start = end_row;
         }
-        let (input_ids, targets) = padded(0..rows.len(), time)?;
+        let (input_ids, targets) = padded(0..rows.len(), 0, time)?;
         let mut mask = Vec::with_capacity(rows.len() * time);
         for Row {
             sequence,
@@ -453,18 +509,30 @@ impl TrainingBatch {
             .buckets
             .iter()
             .map(|bucket| {
-                let logp = model.target_logprobs_from(
-                    &bucket.input_ids,
-                    &bucket.targets,
-                    bucket.from,
-                    temperature,
-                    pass,
-                )?;
+                let logp = match &bucket.prompt {
+                    Some(prompt) => model
+                        .shared_prefix_target_logprobs(
+                            prompt,
+                            &bucket.input_ids,
+                            &bucket.targets,
+                            temperature,
+                            pass,
+                        )?
+                        .pad_with_zeros(1, bucket.from, 0)?,
+                    None => model.target_logprobs_from(
+                        &bucket.input_ids,
+                        &bucket.targets,
+                        bucket.from,
+                        temperature,
+                        pass,
+                    )?,
+                };
+                // A bucket of completions with no token is one position wider than its rows.
                 let width = logp.dim(1)?;
-                Ok(if width < time {
-                    logp.pad_with_zeros(1, 0, time - width)?
-                } else {
-                    logp
+                Ok(match width.cmp(&time) {
+                    std::cmp::Ordering::Less => logp.pad_with_zeros(1, 0, time - width)?,
+                    std::cmp::Ordering::Equal => logp,
+                    std::cmp::Ordering::Greater => logp.narrow(1, 0, time)?,
                 })
             })
             .collect::<Result<Vec<_>, TrainerError>>()?;
@@ -656,7 +724,7 @@ mod tests {
             temperature: 1.0,
             keep_old_logp: false,
             reference: None,
-            bucketed: true,
+            rows: RowLayout::SharedPrompt,
         };
         let batch = TrainingBatch::new(&model, std::slice::from_ref(&one), &layout).unwrap();
         let grid: Vec<Vec<f32>> = batch.token_credit.as_ref().unwrap().to_vec2().unwrap();
@@ -679,8 +747,21 @@ mod tests {
         assert!(plain.token_credit.is_none());
     }
 
+    /// Each row's counted log-probs summed, sorted: what two layouts that order their rows
+    /// differently must agree on.
+    fn row_sums(batch: &TrainingBatch, logp: &Tensor) -> Vec<f32> {
+        let mut sums = (logp * &batch.mask)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        sums.sort_by(f32::total_cmp);
+        sums
+    }
+
     #[test]
-    fn bucketed_rows_give_the_padded_batch_its_loss_and_gradients() {
+    fn prompt_sharing_buckets_give_the_padded_batch_its_loss_and_gradients() {
         let device = Device::Cpu;
         let options = LoadOptions {
             dtype: DType::F32,
@@ -722,7 +803,7 @@ mod tests {
                 vec![sample(ids(9, 6), -1.0), sample(ids(38, 7), 0.75)],
             ),
         ];
-        let layout = |bucketed| BatchLayout {
+        let layout = |rows| BatchLayout {
             end_id: 0,
             mask_truncated: false,
             temperature: 1.0,
@@ -731,16 +812,19 @@ mod tests {
                 model: &model,
                 pass: Pass::BaseOnly,
             }),
-            bucketed,
+            rows,
         };
-        let padded = TrainingBatch::new(&model, &groups, &layout(false)).unwrap();
-        let bucketed = TrainingBatch::new(&model, &groups, &layout(true)).unwrap();
+        let padded = TrainingBatch::new(&model, &groups, &layout(RowLayout::Padded)).unwrap();
+        let shared = TrainingBatch::new(&model, &groups, &layout(RowLayout::SharedPrompt)).unwrap();
         assert_eq!(padded.buckets.len(), 1);
-        assert!(
-            bucketed.buckets.len() >= 3,
-            "{} buckets",
-            bucketed.buckets.len()
-        );
+        // Each group's rows bucketed by completion length (40 | 22 | 3 tokens; 38 | 9), each bucket's
+        // prompt through the model once, the rows from their last prompt position on.
+        assert_eq!(shared.buckets.len(), 5);
+        for bucket in &shared.buckets {
+            let prompt = bucket.prompt.as_ref().expect("a shared prompt");
+            assert_eq!(prompt.dim(1).unwrap(), bucket.from);
+            assert!(bucket.from == 11 || bucket.from == 4, "{}", bucket.from);
+        }
         let close = |a: &Tensor, b: &Tensor, what: &str| {
             let (diff, scale) = (max_diff(a, b), max_abs(a));
             assert!(
@@ -748,47 +832,40 @@ mod tests {
                 "{what}: {diff} (scale {scale})"
             );
         };
-        assert_eq!(padded.tokens, bucketed.tokens);
-        close(&padded.mask, &bucketed.mask, "mask");
-        close(&padded.advantages, &bucketed.advantages, "advantages");
-        // Equal where the loss reads them (past a row's end, padding's log-probs or zeros).
-        let counted = |t: &Option<Tensor>| (t.as_ref().unwrap() * &padded.mask).unwrap();
+        assert_eq!(padded.tokens, shared.tokens);
+        // The layouts order their rows differently: each row's counted log-probs, summed.
+        let sums = |batch: &TrainingBatch, logp: &Option<Tensor>| {
+            Tensor::new(row_sums(batch, logp.as_ref().unwrap()), &device).unwrap()
+        };
         close(
-            &counted(&padded.old_logp),
-            &counted(&bucketed.old_logp),
+            &sums(&padded, &padded.old_logp),
+            &sums(&shared, &shared.old_logp),
             "old log-probs",
         );
         close(
-            &counted(&padded.ref_logp),
-            &counted(&bucketed.ref_logp),
+            &sums(&padded, &padded.ref_logp),
+            &sums(&shared, &shared.ref_logp),
             "reference log-probs",
         );
         let loss_padded = surrogate(&padded, &padded.logprobs(&model, 1.0, Pass::Train).unwrap());
-        let loss_bucketed = surrogate(
-            &bucketed,
-            &bucketed.logprobs(&model, 1.0, Pass::Train).unwrap(),
-        );
-        close(&loss_padded, &loss_bucketed, "loss");
+        let loss_shared = surrogate(&shared, &shared.logprobs(&model, 1.0, Pass::Train).unwrap());
+        close(&loss_padded, &loss_shared, "loss");
         // The reference: every position's log-probs from the whole head, one forward, masked.
         let whole = model
             .target_logprobs(&padded.input_ids, &padded.targets, 1.0, Pass::Train)
             .unwrap();
         let loss_whole = surrogate(&padded, &whole);
-        close(&loss_whole, &loss_bucketed, "loss against the whole head");
-        assert!(
-            bucketed.buckets.iter().all(|b| b.from >= 4),
-            "the prompts' positions are left out"
-        );
+        close(&loss_whole, &loss_shared, "loss against the whole head");
         let grads_whole = recompute::backward(&loss_whole).unwrap();
         let grads_padded = recompute::backward(&loss_padded).unwrap();
-        let grads_bucketed = recompute::backward(&loss_bucketed).unwrap();
+        let grads_shared = recompute::backward(&loss_shared).unwrap();
         let mut compared = 0;
         for (name, var) in model.trainable() {
             let a = grads_padded.get(var.as_tensor()).expect("a gradient");
-            let b = grads_bucketed.get(var.as_tensor()).expect("a gradient");
             let c = grads_whole.get(var.as_tensor()).expect("a gradient");
-            close(a, b, name);
-            close(c, b, name);
+            let d = grads_shared.get(var.as_tensor()).expect("a gradient");
+            close(a, d, name);
+            close(c, d, name);
             compared += 1;
         }
         assert!(compared > 10);
