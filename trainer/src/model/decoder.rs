@@ -787,7 +787,7 @@ mod tests {
     #[test]
     fn a_shared_prefix_gives_the_whole_rows_log_probs_and_gradients() {
         use crate::kernels::fused::test_support::{max_abs, max_diff};
-        use crate::train::probe::{shape, RandomWeights};
+        use crate::train::probe::tiny_lora_model;
         let device = Device::Cpu;
         let (prefix_len, rows, time) = (9, 3, 7);
         let ids = |n: usize, seed: u32| -> Vec<u32> {
@@ -818,30 +818,7 @@ mod tests {
             );
         };
         for recomputed in [false, true] {
-            let options = LoadOptions {
-                lora: Some(LoraConfig {
-                    dropout: 0.0,
-                    ..LoraConfig::default()
-                }),
-                gradient_checkpointing: recomputed,
-                ..LoadOptions::default()
-            };
-            let weights =
-                VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
-            let model = Model::from_weights(
-                shape("tiny").unwrap(),
-                &weights,
-                &device,
-                &options,
-                &VarMap::new(),
-            )
-            .unwrap();
-            for (name, var) in model.trainable() {
-                if name.contains("lora_B") {
-                    var.set(&Tensor::randn(0f32, 0.05, var.shape(), &device).unwrap())
-                        .unwrap();
-                }
-            }
+            let model = tiny_lora_model(recomputed);
             // Rows continue the prefix after its last token: the shared part is all but it.
             let shared_prefix = prefix.narrow(1, 0, prefix_len - 1).unwrap();
             let last = prefix

@@ -145,6 +145,42 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
+/// The tiny shape on random weights with LoRA (no dropout) whose B matrices are drawn too (LoRA
+/// starts them at zero, and then A's gradient is zero as well): a model whose every adapter has a
+/// gradient, for tests that compare two ways of computing one. `gradient_checkpointing` as in
+/// `LoadOptions`.
+#[cfg(test)]
+pub(crate) fn tiny_lora_model(gradient_checkpointing: bool) -> crate::model::decoder::Model {
+    use crate::model::decoder::{LoadOptions, Model};
+    use crate::model::lora::LoraConfig;
+    let device = Device::Cpu;
+    let options = LoadOptions {
+        lora: Some(LoraConfig {
+            dropout: 0.0,
+            ..LoraConfig::default()
+        }),
+        gradient_checkpointing,
+        ..LoadOptions::default()
+    };
+    let weights =
+        candle_nn::VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
+    let model = Model::from_weights(
+        shape("tiny").expect("the tiny shape"),
+        &weights,
+        &device,
+        &options,
+        &candle_nn::VarMap::new(),
+    )
+    .expect("a tiny model");
+    for (name, var) in model.trainable() {
+        if name.contains("lora_B") {
+            var.set(&Tensor::randn(0f32, 0.05, var.shape(), &device).expect("B"))
+                .expect("B set");
+        }
+    }
+    model
+}
+
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

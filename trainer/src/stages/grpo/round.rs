@@ -609,7 +609,6 @@ mod tests {
     use super::*;
     use crate::kernels::fused::test_support::{max_abs, max_diff};
     use crate::model::decoder::LoadOptions;
-    use crate::model::lora::LoraConfig;
     use crate::model::recompute;
     use crate::train::probe::{shape, RandomWeights};
 
@@ -763,30 +762,7 @@ mod tests {
     #[test]
     fn prompt_sharing_buckets_give_the_padded_batch_its_loss_and_gradients() {
         let device = Device::Cpu;
-        let options = LoadOptions {
-            dtype: DType::F32,
-            lora: Some(LoraConfig {
-                dropout: 0.0,
-                ..LoraConfig::default()
-            }),
-            ..LoadOptions::default()
-        };
-        let weights = VarBuilder::from_backend(Box::new(RandomWeights), DType::F32, device.clone());
-        let model = Model::from_weights(
-            shape("tiny").unwrap(),
-            &weights,
-            &device,
-            &options,
-            &VarMap::new(),
-        )
-        .unwrap();
-        // LoRA's B starts at zero; give it values so that A's gradient is not zero too.
-        for (name, var) in model.trainable() {
-            if name.contains("lora_B") {
-                var.set(&Tensor::randn(0f32, 0.05, var.shape(), &device).unwrap())
-                    .unwrap();
-            }
-        }
+        let model = crate::train::probe::tiny_lora_model(false);
         // Completions of 3 to 40 tokens, in two groups with prompts of different lengths.
         let ids = |n: usize, seed: u32| (0..n as u32).map(|i| (i * 7 + seed) % 2000).collect();
         let groups = vec![
