@@ -117,73 +117,71 @@ fn deliver_row(
     config: &RewardConfig,
     options: &DeliverOptions,
 ) -> Result<DeliveredRow, TrainerError> {
-    {
-        let code = example
-            .code
-            .clone()
-            .ok_or_else(|| TrainerError::Data(format!("row {} has no `code`", example.row + 1)))?;
-        let module = example.module.as_str();
-        // (a) greedy, as written; and the two baselines, as written.
-        let started = std::time::Instant::now();
-        let greedy = writer.write_greedy(&render(
-            &Task::Generate {
-                module,
-                code: &code,
-            },
-            writer.format(),
-        ))?;
-        let greedy_s = started.elapsed().as_secs_f64();
-        let mut suites = vec![extract_tests(&greedy), TRIVIAL_SUITE.to_string()];
-        if let Some(reference) = &example.target {
-            suites.push(reference.clone());
-        }
-        let inputs: Vec<ScoreInput> = suites
-            .iter()
-            .map(|tests| ScoreInput {
-                module: module.to_string(),
-                code: code.clone(),
-                tests: tests.clone(),
-            })
-            .collect();
-        let started = std::time::Instant::now();
-        let scored = backend.score_all(&inputs, config, &|_| {});
-        let baseline_s = started.elapsed().as_secs_f64();
-        let mut excluded = None;
-        let kills: Vec<Option<f64>> = scored
-            .into_iter()
-            .map(|s| match s.result {
-                Ok(report) => report.valid.then_some(report.mutant_kill),
-                Err(err) => {
-                    excluded = Some(err.to_string());
-                    None
-                }
-            })
-            .collect();
-        let delivery = deliver(writer, module, &code, backend, config, options, &|_| {})?;
-        let candidates = &delivery.candidates;
-        let sampled_lineage = |c: &Candidate| match c.origin {
-            Origin::Sampled { .. } => true,
-            Origin::Repaired { of } => matches!(candidates[of].origin, Origin::Sampled { .. }),
-            Origin::Fixed { .. } => false,
-        };
-        if let Some(c) = candidates.iter().find(|c| c.excluded.is_some()) {
-            excluded = c.excluded.clone();
-        }
-        Ok(DeliveredRow {
-            row: example.row,
-            module: module.to_string(),
-            greedy: kills[0],
-            best_of_n: best(candidates, |c| matches!(c.origin, Origin::Sampled { .. })),
-            repaired: best(candidates, sampled_lineage),
-            fixed: best(candidates, |_| true),
-            delivered: delivery.score.as_ref().map(|s| s.mutant_kill),
-            trivial: kills[1],
-            reference: kills.get(2).copied().flatten(),
-            generation_s: greedy_s + delivery.generation_s,
-            sandbox_s: baseline_s + delivery.sandbox_s,
-            excluded,
-        })
+    let code = example
+        .code
+        .clone()
+        .ok_or_else(|| TrainerError::Data(format!("row {} has no `code`", example.row + 1)))?;
+    let module = example.module.as_str();
+    // (a) greedy, as written; and the two baselines, as written.
+    let started = std::time::Instant::now();
+    let greedy = writer.write_greedy(&render(
+        &Task::Generate {
+            module,
+            code: &code,
+        },
+        writer.format(),
+    ))?;
+    let greedy_s = started.elapsed().as_secs_f64();
+    let mut suites = vec![extract_tests(&greedy), TRIVIAL_SUITE.to_string()];
+    if let Some(reference) = &example.target {
+        suites.push(reference.clone());
     }
+    let inputs: Vec<ScoreInput> = suites
+        .iter()
+        .map(|tests| ScoreInput {
+            module: module.to_string(),
+            code: code.clone(),
+            tests: tests.clone(),
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let scored = backend.score_all(&inputs, config, &|_| {});
+    let baseline_s = started.elapsed().as_secs_f64();
+    let mut excluded = None;
+    let kills: Vec<Option<f64>> = scored
+        .into_iter()
+        .map(|s| match s.result {
+            Ok(report) => report.valid.then_some(report.mutant_kill),
+            Err(err) => {
+                excluded = Some(err.to_string());
+                None
+            }
+        })
+        .collect();
+    let delivery = deliver(writer, module, &code, backend, config, options, &|_| {})?;
+    let candidates = &delivery.candidates;
+    let sampled_lineage = |c: &Candidate| match c.origin {
+        Origin::Sampled { .. } => true,
+        Origin::Repaired { of } => matches!(candidates[of].origin, Origin::Sampled { .. }),
+        Origin::Fixed { .. } => false,
+    };
+    if let Some(c) = candidates.iter().find(|c| c.excluded.is_some()) {
+        excluded = c.excluded.clone();
+    }
+    Ok(DeliveredRow {
+        row: example.row,
+        module: module.to_string(),
+        greedy: kills[0],
+        best_of_n: best(candidates, |c| matches!(c.origin, Origin::Sampled { .. })),
+        repaired: best(candidates, sampled_lineage),
+        fixed: best(candidates, |_| true),
+        delivered: delivery.score.as_ref().map(|s| s.mutant_kill),
+        trivial: kills[1],
+        reference: kills.get(2).copied().flatten(),
+        generation_s: greedy_s + delivery.generation_s,
+        sandbox_s: baseline_s + delivery.sandbox_s,
+        excluded,
+    })
 }
 
 /// The figures of each step over `per_row`, the excluded rows left out.
@@ -281,57 +279,44 @@ impl DeliveryJournal {
         let mut rows = Vec::new();
         let mut keep = 0;
         let mut lines = text.split_inclusive('\n');
-        match lines.next() {
-            None => {}
-            Some(first) => {
-                let header: JournalHeader = serde_json::from_str(first)
-                    .map_err(|err| journal_error(format!("not a delivery journal ({err})")))?;
-                if &header.delivery_journal != settings {
-                    return Err(journal_error(format!(
-                        "written by a run with other settings ({}); this run has {}: use another file",
-                        serde_json::to_string(&header.delivery_journal).unwrap_or_default(),
-                        serde_json::to_string(settings).unwrap_or_default()
-                    )));
-                }
-                keep += first.len();
-                for line in lines {
-                    match serde_json::from_str::<DeliveredRow>(line) {
-                        Ok(row) if line.ends_with('\n') => {
-                            rows.push(row);
-                            keep += line.len();
-                        }
-                        _ if !line.ends_with('\n') => break,
-                        Err(err) => return Err(journal_error(format!("a row: {err}"))),
-                        Ok(_) => unreachable!("a line with its newline"),
-                    }
-                }
+        if let Some(first) = lines.next() {
+            let header: JournalHeader = serde_json::from_str(first)
+                .map_err(|err| journal_error(format!("not a delivery journal ({err})")))?;
+            if &header.delivery_journal != settings {
+                return Err(journal_error(format!(
+                    "written by a run with other settings ({}); this run has {}: use another file",
+                    serde_json::to_string(&header.delivery_journal).unwrap_or_default(),
+                    serde_json::to_string(settings).unwrap_or_default()
+                )));
+            }
+            keep += first.len();
+            // A last line without its newline was cut short by a kill: dropped below.
+            for line in lines.take_while(|line| line.ends_with('\n')) {
+                let row = serde_json::from_str::<DeliveredRow>(line)
+                    .map_err(|err| journal_error(format!("a row: {err}")))?;
+                rows.push(row);
+                keep += line.len();
             }
         }
-        let file = std::fs::OpenOptions::new()
+        // Appending, after the whole lines only.
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
-            .truncate(false)
-            .write(true)
+            .append(true)
             .open(path)
             .map_err(|err| journal_error(err.to_string()))?;
-        // Drop a line cut short, then append after the whole ones.
         file.set_len(keep as u64)
-            .map_err(|err| journal_error(err.to_string()))?;
-        let mut journal = DeliveryJournal {
-            file,
-            path: path.to_path_buf(),
-        };
-        use std::io::Seek;
-        journal
-            .file
-            .seek(std::io::SeekFrom::End(0))
             .map_err(|err| journal_error(err.to_string()))?;
         if keep == 0 {
             let header = JournalHeader {
                 delivery_journal: settings.clone(),
             };
             let line = serde_json::to_string(&header).map_err(|e| journal_error(e.to_string()))?;
-            writeln!(journal.file, "{line}").map_err(|err| journal_error(err.to_string()))?;
+            writeln!(file, "{line}").map_err(|err| journal_error(err.to_string()))?;
         }
+        let journal = DeliveryJournal {
+            file,
+            path: path.to_path_buf(),
+        };
         Ok((journal, rows))
     }
 

@@ -615,21 +615,15 @@ impl Model {
         let (rows, time) = input_ids.dims2()?;
         let length = prefix.dim(1)?;
         if length == 0 || (self.gradient_checkpointing && pass == Pass::Train) {
-            let whole = Tensor::cat(&[&prefix.repeat((rows, 1))?, input_ids], 1)?;
-            let targets = Tensor::cat(&[&prefix.repeat((rows, 1))?, targets], 1)?;
+            // The prefix's own targets are never read (`from` = length): any tokens serve.
+            let prefixes = prefix.repeat((rows, 1))?;
+            let whole = Tensor::cat(&[&prefixes, input_ids], 1)?;
+            let targets = Tensor::cat(&[&prefixes, targets], 1)?;
             return self
                 .target_logprobs_from(&whole, &targets, length, temperature, pass)?
                 .narrow(1, length, time);
         }
-        let embed = |ids: &Tensor| {
-            let (batch, time) = ids.dims2()?;
-            self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-                batch,
-                time,
-                self.config.hidden_size,
-            ))
-        };
-        let (mut shared, mut x) = (embed(prefix)?, embed(input_ids)?);
+        let (mut shared, mut x) = (self.embedded(prefix)?, self.embedded(input_ids)?);
         let eps = self.config.rms_norm_eps;
         let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter().enumerate() {
@@ -673,6 +667,14 @@ impl Model {
         }
     }
 
+    /// The token embeddings [batch, time, hidden] of `input_ids` [batch, time].
+    fn embedded(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (batch, time) = input_ids.dims2()?;
+        self.embed
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((batch, time, self.config.hidden_size))
+    }
+
     /// The final layer norm's output [batch, time, hidden]: what the output head multiplies.
     fn hidden_states(
         &self,
@@ -682,11 +684,7 @@ impl Model {
         key_mask: Option<&Tensor>,
         pass: Pass,
     ) -> Result<Tensor> {
-        let (batch, time) = input_ids.dims2()?;
-        let mut x = self
-            .embed
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((batch, time, self.config.hidden_size))?;
+        let mut x = self.embedded(input_ids)?;
         let eps = self.config.rms_norm_eps;
         for (index, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[index]);

@@ -379,19 +379,9 @@ impl TrainingBatch {
                 Tensor::from_vec(targets, shape, device)?,
             ))
         };
-        // The positions a row costs in its bucket's forward: from its shared prompt's end on
-        // when the group's prompt is shared.
-        let work: Vec<usize> = rows
-            .iter()
-            .zip(&lengths)
-            .map(|(row, len)| {
-                if sharing {
-                    len + 1 - row.prompt_len.max(1)
-                } else {
-                    *len
-                }
-            })
-            .collect();
+        // What a row costs in its bucket's forward when its group's prompt is shared: the
+        // positions from the prompt's last token on.
+        let own_positions = |row: &Row| row.sequence.len().saturating_sub(row.prompt_len.max(1));
         let mut buckets = Vec::new();
         let mut start = 0;
         while start < rows.len() {
@@ -400,7 +390,8 @@ impl TrainingBatch {
             while end_row < rows.len()
                 && (!sharing
                     || (rows[end_row].group == rows[start].group
-                        && work[end_row] as f64 >= BUCKET_SHARE * work[start] as f64))
+                        && own_positions(&rows[end_row]) as f64
+                            >= BUCKET_SHARE * own_positions(&rows[start]) as f64))
             {
                 end_row += 1;
             }
@@ -409,25 +400,21 @@ impl TrainingBatch {
                 .map(|row| row.prompt_len.saturating_sub(1))
                 .min()
                 .unwrap_or(0);
-            let bucket = if sharing && from > 0 {
-                let (input_ids, targets) = padded(start..end_row, from, (longest - from).max(1))?;
+            // Sharing, the rows go through the model from position `from` on.
+            let (prompt, own_start) = if sharing && from > 0 {
                 let prompt = rows[start].sequence[..from].to_vec();
-                Bucket {
-                    input_ids,
-                    targets,
-                    from,
-                    prompt: Some(Tensor::from_vec(prompt, (1, from), device)?),
-                }
+                (Some(Tensor::from_vec(prompt, (1, from), device)?), from)
             } else {
-                let (input_ids, targets) = padded(start..end_row, 0, longest.max(1))?;
-                Bucket {
-                    input_ids,
-                    targets,
-                    from,
-                    prompt: None,
-                }
+                (None, 0)
             };
-            buckets.push(bucket);
+            let (input_ids, targets) =
+                padded(start..end_row, own_start, (longest - own_start).max(1))?;
+            buckets.push(Bucket {
+                input_ids,
+                targets,
+                from,
+                prompt,
+            });
             start = end_row;
         }
         let (input_ids, targets) = padded(0..rows.len(), 0, time)?;
