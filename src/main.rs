@@ -35,7 +35,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    if matches!(
+        command,
+        Command::Eval(_) | Command::Generate(_) | Command::Data(_) | Command::Bench(_)
+    ) {
+        commands::remove_sandboxes_when_stopped();
+    }
+    let result = match command {
         Command::Score(args) => runtime().and_then(|rt| rt.block_on(sandbox::score(args))),
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(sandbox::serve(args))),
         Command::Runner(args) => runtime().and_then(|rt| rt.block_on(sandbox::runner(args))),

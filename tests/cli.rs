@@ -1033,26 +1033,88 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
             .is_file(),
         "a checkpoint of the {steps} steps done"
     );
-    // The run's sandbox containers (named unitforge-<pid>-…) are gone with it: removed by its
-    // shutdown (a loaded engine may take a moment to finish a removal), not left running until
-    // another command reaps them.
-    let prefix = format!("unitforge-{pid}-");
-    let left = || {
-        let listed = Command::new("docker")
-            .args(["ps", "-a", "--format", "{{.Names}}"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&listed.stdout)
-            .lines()
-            .filter(|n| n.starts_with(&prefix))
-            .map(String::from)
-            .collect::<Vec<_>>()
-    };
+    // The run's sandbox containers are gone with it: removed by its shutdown (a loaded engine
+    // may take a moment to finish a removal), not left running until another command reaps them.
     let exited = std::time::Instant::now();
-    while !left().is_empty() && exited.elapsed().as_secs() < 30 {
+    while !sandbox_containers_of(pid).is_empty() && exited.elapsed().as_secs() < 30 {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    assert_eq!(left(), Vec::<String>::new(), "containers left");
+    assert_eq!(
+        sandbox_containers_of(pid),
+        Vec::<String>::new(),
+        "containers left"
+    );
+}
+
+/// The sandbox containers process `pid` started (named unitforge-<pid>-…), running or not.
+fn sandbox_containers_of(pid: u32) -> Vec<String> {
+    let prefix = format!("unitforge-{pid}-");
+    let listed = Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|n| n.starts_with(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// A delivery evaluation stopped by SIGTERM (as `docker stop` and Kubernetes stop a run) has no
+/// step to finish: it removes its warm sandbox containers before it ends (status 130), instead
+/// of leaving them up until another start reaps them as stale.
+#[test]
+fn sigterm_stops_a_delivery_evaluation_and_removes_its_containers() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+        .args([
+            "eval",
+            "deliver",
+            "--model",
+            model.to_str().unwrap(),
+            "--n",
+            "2",
+            "--max-new-tokens",
+            "24",
+            "--workers",
+            "2",
+            "--out",
+            dir.path().join("delivered.json").to_str().unwrap(),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let started = std::time::Instant::now();
+    while sandbox_containers_of(pid).is_empty() {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no container in 5 minutes"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("removing this run's sandbox containers"),
+        "{stderr}"
+    );
+    // Removed before the process ended: nothing to wait for.
+    assert_eq!(
+        sandbox_containers_of(pid),
+        Vec::<String>::new(),
+        "containers left"
+    );
 }
 
 /// A LoRA run's adapter exported in bf16 and merged into its base: the merged model computes

@@ -10,7 +10,7 @@
 //! protocol, is OOM-killed) is dropped by the pool, which removes it and starts a fresh one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bollard::models::{ContainerCreateBody, HostConfig, ResourcesUlimits};
@@ -181,6 +181,14 @@ impl DockerLauncher {
     }
 
     async fn start_container(&self, slot: usize) -> Result<WorkerIo, InfraError> {
+        // Counted before the check, so that a stop either sees this launch or stops it.
+        LAUNCHING.fetch_add(1, Ordering::SeqCst);
+        let _launch = LaunchUnderWay;
+        if STOPPING.load(Ordering::SeqCst) {
+            return Err(InfraError::Launch(
+                "this process is stopping: no new sandbox container".into(),
+            ));
+        }
         let serial = self.started.fetch_add(1, Ordering::Relaxed);
         let name = format!("unitforge-{}-{slot}-{serial}", self.instance);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -365,17 +373,47 @@ impl Launcher for DockerLauncher {
     }
 }
 
-/// Remove sandbox containers left behind by processes that no longer exist (a crash, a kill -9):
-/// an owner on this host whose pid is gone, or an owner inside a container that no longer runs.
-/// Owners this process cannot see (another host's, another live container's) are left alone, so
-/// a containerised service and the host's own scorers never remove each other's containers.
-pub async fn remove_stale_containers(docker: &Docker) -> Result<usize, bollard::errors::Error> {
+/// A sandbox container and its owner, from its labels: the pid of the process whose pool
+/// started it and that process's host name (absent on containers of older builds).
+struct OwnedContainer {
+    id: String,
+    owner_pid: Option<u32>,
+    owner_host: Option<String>,
+}
+
+/// Every sandbox container, running or not, with its owner.
+async fn sandbox_containers(
+    docker: &Docker,
+) -> Result<Vec<OwnedContainer>, bollard::errors::Error> {
     let filters = HashMap::from([("label".to_string(), vec![POOL_LABEL.to_string()])]);
     let options = ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
         .build();
-    let sandboxes = docker.list_containers(Some(options)).await?;
+    Ok(docker
+        .list_containers(Some(options))
+        .await?
+        .into_iter()
+        .filter_map(|container| {
+            let labels = container.labels.unwrap_or_default();
+            Some(OwnedContainer {
+                id: container.id?,
+                owner_pid: labels
+                    .get(POOL_LABEL)
+                    .and_then(|instance| instance.split('-').next())
+                    .and_then(|pid| pid.parse::<u32>().ok()),
+                owner_host: labels.get(OWNER_HOST_LABEL).cloned(),
+            })
+        })
+        .collect())
+}
+
+/// Remove sandbox containers left behind by processes that no longer exist (a crash, a kill -9):
+/// an owner on this host whose pid is gone, or an owner inside a container that no longer runs.
+/// Owners this process cannot see (another host's, another live container's) are left alone, so
+/// a containerised service and the host's own scorers never remove each other's containers.
+pub async fn remove_stale_containers(docker: &Docker) -> Result<usize, bollard::errors::Error> {
+    let sandboxes = sandbox_containers(docker).await?;
     // Owners in another host namespace are judged by whether their container still runs.
     let running: Vec<String> = docker
         .list_containers(Some(ListContainersOptionsBuilder::default().build()))
@@ -386,28 +424,62 @@ pub async fn remove_stale_containers(docker: &Docker) -> Result<usize, bollard::
     let here = host_name();
     let mut removed = 0;
     for container in sandboxes {
-        let labels = container.labels.clone().unwrap_or_default();
-        let owner_pid = labels
-            .get(POOL_LABEL)
-            .and_then(|instance| instance.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let owner_alive = match labels.get(OWNER_HOST_LABEL).filter(|h| **h != here) {
+        let owner_alive = match container.owner_host.as_ref().filter(|h| **h != here) {
             // Another namespace: a container whose id starts with the host name, still
             // running; a host name that is no container id we cannot judge, so it stays.
             Some(host) => {
                 let container_id = host.len() >= 12 && host.chars().all(|c| c.is_ascii_hexdigit());
                 !container_id || running.iter().any(|id| id.starts_with(host.as_str()))
             }
-            None => {
-                owner_pid.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
-            }
+            None => container
+                .owner_pid
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()),
         };
         if !owner_alive {
-            if let Some(id) = container.id {
-                remove_container(docker, &id).await;
-                removed += 1;
-            }
+            remove_container(docker, &container.id).await;
+            removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Set once this process is stopping: no sandbox container is started after it.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Container launches under way in this process.
+static LAUNCHING: AtomicUsize = AtomicUsize::new(0);
+
+/// Marks one launch under way for as long as it lives.
+struct LaunchUnderWay;
+
+impl Drop for LaunchUnderWay {
+    fn drop(&mut self) {
+        LAUNCHING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Stop this process's sandbox containers for good, for a stop signal's handler just before
+/// the process ends: no new container is started (a pool would replace the removed ones), the
+/// launches under way are waited for (up to 10 s), and every sandbox container this process
+/// started (its pid and host name on the labels) is removed, whichever pool started it; how
+/// many. The pools' own shutdown (the backend's `Drop`, a worker's guard) never runs when a
+/// signal ends the process, and the containers would otherwise stay up until another start
+/// reaps them as stale.
+pub async fn stop_process_containers(docker: &Docker) -> Result<usize, bollard::errors::Error> {
+    STOPPING.store(true, Ordering::SeqCst);
+    for _ in 0..REMOVAL_POLLS {
+        if LAUNCHING.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (pid, here) = (std::process::id(), host_name());
+    let mine: Vec<OwnedContainer> = sandbox_containers(docker)
+        .await?
+        .into_iter()
+        .filter(|c| c.owner_pid == Some(pid) && c.owner_host.as_ref().is_none_or(|h| *h == here))
+        .collect();
+    for container in &mine {
+        remove_container(docker, &container.id).await;
+    }
+    Ok(mine.len())
 }

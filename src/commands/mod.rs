@@ -74,6 +74,35 @@ pub fn connect_docker() -> Result<unitforge_sandbox::bollard::Docker> {
         .context("cannot reach the Docker engine")
 }
 
+/// For the commands that hold sandbox containers without a stop path of their own (eval,
+/// generate, data, bench): on Ctrl-C, SIGTERM or SIGHUP, remove this process's sandbox
+/// containers, then end with status 130. Otherwise a stopped run's warm containers stay up until
+/// the next start reaps them as stale. Training has its own handler (finish the step, write a
+/// checkpoint, shut the pool down); the service and the scorer drain on their own signals.
+pub fn remove_sandboxes_when_stopped() {
+    let installed = ctrlc::set_handler(|| {
+        eprintln!("\nstopped: removing this run's sandbox containers");
+        let removed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()
+            .and_then(|runtime| {
+                let docker = connect_docker().ok()?;
+                runtime
+                    .block_on(unitforge_sandbox::docker::stop_process_containers(&docker))
+                    .ok()
+            });
+        match removed {
+            Some(count) => eprintln!("removed {count} sandbox containers"),
+            None => eprintln!("could not reach the Docker engine; the next start removes them"),
+        }
+        std::process::exit(130);
+    });
+    if let Err(err) = installed {
+        tracing::debug!(%err, "no stop-signal handler");
+    }
+}
+
 /// Build the sandbox image `image` (default: this build's tag) if the engine lacks it.
 pub async fn ensure_sandbox_image(image: Option<&str>) -> Result<()> {
     let docker = connect_docker()?;

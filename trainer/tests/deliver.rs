@@ -248,3 +248,50 @@ fn delivered_figures_follow_each_step_of_the_delivery() {
     assert_eq!(resumed, report);
     assert!(idle.prompts.borrow().is_empty() && finished == 0);
 }
+
+#[test]
+fn a_model_writes_several_prompts_together_as_it_writes_each_alone() {
+    use unitforge_trainer::data::tokenizer::ModelTokenizer;
+    use unitforge_trainer::deliver::ModelWriter;
+    use unitforge_trainer::model::decoder::Model;
+    use unitforge_trainer::model::generate::SamplingConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let (student, ..) = common::small_student(dir.path(), 6, 1);
+    let model = Model::load_for_inference(&student, None, &candle_core::Device::Cpu).unwrap();
+    let text = ModelTokenizer::load(&student).unwrap();
+    let mut writer = ModelWriter {
+        model: &model,
+        text: &text,
+        sampling: SamplingConfig {
+            max_new_tokens: 24,
+            temperature: 1.2,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+    };
+    // Prompts of different lengths (the shorter ones left-padded when decoded together).
+    let prompts: Vec<(String, u64)> = [
+        "def add(a, b):\n    return a + b\n",
+        "x = 1",
+        "def test_add():\n    assert add(1, 2) == 3\n    assert add(0, 0) == 0\n",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(k, p)| (p.to_string(), 40 + k as u64))
+    .collect();
+    let together = writer.write_each(&prompts).unwrap();
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|(prompt, seed)| writer.write(prompt, 1, *seed).unwrap().remove(0))
+        .collect();
+    assert_eq!(together, alone);
+    assert!(
+        together
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1,
+        "different prompts and seeds give different completions: {together:?}"
+    );
+}

@@ -45,51 +45,90 @@ pub trait Writer {
             .next()
             .unwrap_or_default())
     }
+    /// One completion of each `(prompt, seed)`, in order: what `write(prompt, 1, seed)` gives
+    /// for each in turn. A model decodes them together, as one batch.
+    fn write_each(&mut self, prompts: &[(String, u64)]) -> Result<Vec<String>, TrainerError> {
+        prompts
+            .iter()
+            .map(|(prompt, seed)| {
+                Ok(self
+                    .write(prompt, 1, *seed)?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default())
+            })
+            .collect()
+    }
     /// How prompts are rendered for it.
     fn format(&self) -> &PromptFormat;
 }
 
-/// A model with its tokenizer, sampling with the KV cache (one prompt prefilled once, its `n`
-/// samples decoded as one batch).
+/// A model with its tokenizer, sampling with the KV cache (each prompt prefilled once, its
+/// samples — and the completions of several prompts — decoded as one batch).
 pub struct ModelWriter<'m> {
     pub model: &'m Model,
     pub text: &'m ModelTokenizer,
     pub sampling: SamplingConfig,
 }
 
-impl Writer for ModelWriter<'_> {
-    fn write(&mut self, prompt: &str, n: usize, seed: u64) -> Result<Vec<String>, TrainerError> {
-        let ids = self
-            .text
-            .tokenizer
-            .encode(prompt, false)
-            .map_err(|e| TrainerError::Data(e.to_string()))?
-            .get_ids()
-            .to_vec();
-        let request = GroupRequest {
-            prompt: ids,
-            samples: n,
-            seed,
-        };
-        let mut out = Vec::new();
+impl ModelWriter<'_> {
+    /// The completions of each `(prompt, samples, seed)`, decoded together (`generate_groups`:
+    /// a group's completions are those of generating it alone).
+    fn complete(&self, requests: &[(&str, usize, u64)]) -> Result<Vec<Vec<String>>, TrainerError> {
+        let groups = requests
+            .iter()
+            .map(|&(prompt, samples, seed)| {
+                Ok(GroupRequest {
+                    prompt: self
+                        .text
+                        .tokenizer
+                        .encode(prompt, false)
+                        .map_err(|e| TrainerError::Data(e.to_string()))?
+                        .get_ids()
+                        .to_vec(),
+                    samples,
+                    seed,
+                })
+            })
+            .collect::<Result<Vec<_>, TrainerError>>()?;
+        let mut out = vec![Vec::new(); groups.len()];
         generate_groups(
             self.model,
-            &[request],
+            &groups,
             self.text.end_id,
             &self.sampling,
-            &mut |_, completions, _| {
-                for ids in completions {
-                    out.push(
+            &mut |g, completions, _| {
+                out[g] = completions
+                    .iter()
+                    .map(|ids| {
                         self.text
                             .tokenizer
-                            .decode(&ids, false)
-                            .map_err(|e| TrainerError::Data(e.to_string()))?,
-                    );
-                }
+                            .decode(ids, false)
+                            .map_err(|e| TrainerError::Data(e.to_string()))
+                    })
+                    .collect::<Result<_, _>>()?;
                 Ok(())
             },
         )?;
         Ok(out)
+    }
+}
+
+impl Writer for ModelWriter<'_> {
+    fn write(&mut self, prompt: &str, n: usize, seed: u64) -> Result<Vec<String>, TrainerError> {
+        Ok(self.complete(&[(prompt, n, seed)])?.remove(0))
+    }
+
+    fn write_each(&mut self, prompts: &[(String, u64)]) -> Result<Vec<String>, TrainerError> {
+        let requests: Vec<(&str, usize, u64)> = prompts
+            .iter()
+            .map(|(prompt, seed)| (prompt.as_str(), 1, *seed))
+            .collect();
+        Ok(self
+            .complete(&requests)?
+            .into_iter()
+            .map(|mut one| one.pop().unwrap_or_default())
+            .collect())
     }
 
     fn write_greedy(&mut self, prompt: &str) -> Result<String, TrainerError> {
@@ -218,13 +257,6 @@ pub fn deliver(
     };
     let mut generation_s = 0.0;
     let mut sandbox_s = 0.0;
-    let mut write = |writer: &mut dyn Writer, task: &Task<'_>, n: usize, seed: u64| {
-        let started = Instant::now();
-        let prompt = render(task, writer.format());
-        let out = writer.write(&prompt, n, seed);
-        generation_s += started.elapsed().as_secs_f64();
-        out
-    };
     let mut score = |suites: &[String]| -> Vec<Scored> {
         let started = Instant::now();
         let inputs: Vec<ScoreInput> = suites
@@ -241,12 +273,10 @@ pub fn deliver(
     };
 
     progress(&format!("sampling {} suites", options.n.max(1)));
-    let completions = write(
-        writer,
-        &Task::Generate { module, code },
-        options.n.max(1),
-        options.seed,
-    )?;
+    let prompt = render(&Task::Generate { module, code }, writer.format());
+    let completions = timed(&mut generation_s, || {
+        writer.write(&prompt, options.n.max(1), options.seed)
+    })?;
     let mut candidates: Vec<Candidate> = Vec::new();
     let fresh: Vec<(Origin, String, Vec<Repair>)> = completions
         .iter()
@@ -296,29 +326,38 @@ pub fn deliver(
             round + 1,
             failing.len()
         ));
-        let mut fixed = Vec::new();
-        for (k, &i) in failing.iter().enumerate() {
-            let candidate = &candidates[i];
-            let failure = failure_text(&candidate.failures);
-            let task = Task::Fix {
-                module,
-                code,
-                tests: &candidate.tests,
-                failure: &failure,
-            };
-            let seed = options.seed ^ ((round as u64 + 1) << 32) ^ k as u64;
-            let answer = write(writer, &task, 1, seed)?;
-            if let Some(answer) = answer.first() {
-                fixed.push((
+        // The round's fix prompts, decoded together.
+        let prompts: Vec<(String, u64)> = failing
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                let candidate = &candidates[i];
+                let failure = failure_text(&candidate.failures);
+                let task = Task::Fix {
+                    module,
+                    code,
+                    tests: &candidate.tests,
+                    failure: &failure,
+                };
+                let seed = options.seed ^ ((round as u64 + 1) << 32) ^ k as u64;
+                (render(&task, writer.format()), seed)
+            })
+            .collect();
+        let answers = timed(&mut generation_s, || writer.write_each(&prompts))?;
+        let fixed = failing
+            .iter()
+            .zip(answers)
+            .map(|(&i, answer)| {
+                (
                     Origin::Fixed {
                         of: i,
                         round: round + 1,
                     },
-                    extract_tests(answer),
-                    candidate.repairs.clone(),
-                ));
-            }
-        }
+                    extract_tests(&answer),
+                    candidates[i].repairs.clone(),
+                )
+            })
+            .collect();
         latest = add_scored(&mut candidates, fixed, &mut score);
     }
 
@@ -408,25 +447,44 @@ pub fn deliver(
     if options.diagnose && !delivery.disagreements.is_empty() {
         progress("asking the model about each disagreement");
         let tests = delivery.tests.clone().unwrap_or_default();
-        for (k, disagreement) in delivery.disagreements.iter_mut().enumerate() {
-            let failure = format!(
-                "{}\n(the test expected {}; the code returns {})",
-                disagreement.failure, disagreement.repair.old, disagreement.repair.new
-            );
-            let task = Task::Diagnose {
-                module,
-                code,
-                tests: &tests,
-                failure: &failure,
-            };
-            let answer = write(writer, &task, 1, options.seed ^ (0xD1A6 + k as u64))?;
-            disagreement.diagnosis = answer.into_iter().next().map(|a| a.trim().to_string());
+        let prompts: Vec<(String, u64)> = delivery
+            .disagreements
+            .iter()
+            .enumerate()
+            .map(|(k, disagreement)| {
+                let failure = format!(
+                    "{}\n(the test expected {}; the code returns {})",
+                    disagreement.failure, disagreement.repair.old, disagreement.repair.new
+                );
+                let task = Task::Diagnose {
+                    module,
+                    code,
+                    tests: &tests,
+                    failure: &failure,
+                };
+                (
+                    render(&task, writer.format()),
+                    options.seed ^ (0xD1A6 + k as u64),
+                )
+            })
+            .collect();
+        let answers = timed(&mut generation_s, || writer.write_each(&prompts))?;
+        for (disagreement, answer) in delivery.disagreements.iter_mut().zip(answers) {
+            disagreement.diagnosis = Some(answer.trim().to_string());
         }
     }
     delivery.generation_s = generation_s;
     delivery.sandbox_s = sandbox_s;
     delivery.candidates = candidates;
     Ok(delivery)
+}
+
+/// `work`, its seconds added to `clock`.
+fn timed<T>(clock: &mut f64, work: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let out = work();
+    *clock += started.elapsed().as_secs_f64();
+    out
 }
 
 /// Score `fresh` suites under prune and append them; the indices of the new candidates.

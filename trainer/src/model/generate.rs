@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use unitforge_sandbox::rng::SplitMix64;
 
+use crate::device::on_compute_pool;
 use crate::model::decoder::{padding_mask, Model};
 use crate::TrainerError;
 
@@ -208,13 +209,10 @@ pub fn generate_batch(
         }
         let input = Tensor::new(next.as_slice(), device)?.unsqueeze(D::Minus1)?;
         let offset = longest + step;
-        logits = model.forward_masked(
-            &input,
-            offset,
-            Some(&mut cache),
-            mask_for(offset + 1)?.as_ref(),
-            false,
-        )?;
+        let mask = mask_for(offset + 1)?;
+        logits = on_compute_pool(|| {
+            model.forward_masked(&input, offset, Some(&mut cache), mask.as_ref(), false)
+        })?;
     }
     Ok(outputs)
 }
@@ -357,8 +355,9 @@ pub fn generate_groups(
             None
         };
         let input = Tensor::new(next.as_slice(), device)?.unsqueeze(D::Minus1)?;
-        let logits =
-            model.forward_masked(&input, offset, Some(&mut cache), mask.as_ref(), false)?;
+        let logits = on_compute_pool(|| {
+            model.forward_masked(&input, offset, Some(&mut cache), mask.as_ref(), false)
+        })?;
         last = logits.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     }
     // With no room for a new token, every group ends empty.
