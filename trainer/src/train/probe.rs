@@ -1,9 +1,9 @@
 //! A training-step probe on random weights, for `unitforge bench train`: a model of a named
 //! shape (the real models' dimensions) drawn tensor by tensor straight into the model (never a
 //! whole f32 copy), then a few timed SFT steps (masked NLL, backward, AdamW) split into forward,
-//! backward and optimiser, or greedy generation at batch 1 and 8; FLOPs per step from the shape,
-//! peak resident memory from the kernel. The bench runs each probe in a process of its own so
-//! that the peak is the probe's.
+//! backward and optimiser, or greedy generation at batch 1 and 8 (the median of three runs
+//! each); FLOPs per step from the shape, peak resident memory from the kernel. The bench runs
+//! each probe in a process of its own so that the peak is the probe's.
 
 use std::time::Instant;
 
@@ -19,6 +19,9 @@ use crate::model::lora::{LoraConfig, Pass};
 use crate::train::loss::masked_nll;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::TrainerError;
+
+/// Timed generation runs per batch size; the figure is their median.
+const GENERATION_RUNS: usize = 3;
 
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,10 +289,17 @@ pub fn run_probe(probe: &Probe) -> Result<ProbeFigures, TrainerError> {
                 },
             )?;
             device.synchronize()?;
-            let started = Instant::now();
-            let out = generate_ids(&model, &prompt, n, never, &greedy)?;
-            let produced: usize = out.iter().map(Vec::len).sum();
-            *slot = Some(produced as f64 / started.elapsed().as_secs_f64());
+            // The median of a few runs: on a shared 2-core machine one run's figure moved by
+            // a third within an hour, and `bench grpo` divides by it.
+            let mut rates = Vec::with_capacity(GENERATION_RUNS);
+            for _ in 0..GENERATION_RUNS {
+                let started = Instant::now();
+                let out = generate_ids(&model, &prompt, n, never, &greedy)?;
+                let produced: usize = out.iter().map(Vec::len).sum();
+                rates.push(produced as f64 / started.elapsed().as_secs_f64());
+            }
+            rates.sort_by(f64::total_cmp);
+            *slot = Some(rates[GENERATION_RUNS / 2]);
         }
     } else {
         let params = model.trainable().to_vec();
