@@ -104,7 +104,11 @@ pub(crate) fn few_rows_product(
 /// four input rows at a time share each load of the weight and keep four independent sums in
 /// flight (one chain of dependent additions waits on the adder's latency; the compiler, left
 /// to itself, vectorised this across rows with spills); a lone row keeps four sums over a
-/// stride of 32. Elsewhere, a portable loop in eight lanes.
+/// stride of 32. Fewer than four rows, with AVX-512F, go one at a time in sixteen lanes:
+/// SmolLM2-shape generation at batch 1 went 25.3–25.5 → 30.0–31.5 tokens/s, batch 8 unchanged
+/// (2026-12-07, Intel Xeon, 2 cores, the binaries alternated); the four-row groups in sixteen
+/// lanes made batch 8 2 % slower (109.3–110.2 → 107.1–107.5), so they stay on AVX2. Elsewhere,
+/// a portable loop in eight lanes.
 fn dots(x: &[f32], w: &[f32], sums: &mut [f32]) {
     assert_eq!(
         x.len(),
@@ -113,6 +117,11 @@ fn dots(x: &[f32], w: &[f32], sums: &mut [f32]) {
         sums.len(),
         w.len()
     );
+    #[cfg(target_arch = "x86_64")]
+    if sums.len() < 4 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above); the lengths were checked.
+        return unsafe { dots_avx512_rows(x, w, sums) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); the lengths were checked.
@@ -182,6 +191,42 @@ unsafe fn dots_avx2_fma(x: &[f32], w: &[f32], sums: &mut [f32]) {
 }
 
 const LANES: usize = 8;
+
+/// `dots` one row at a time in sixteen lanes (AVX-512F), each row keeping four sums in flight
+/// over a stride of 64: for fewer than four rows, where no weight load is shared.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512_rows(x: &[f32], w: &[f32], sums: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const WIDE: usize = 16;
+    // SAFETY (every load below): offsets stay below `cols` within a row of `x` (n · cols long)
+    // and within `w` (cols long).
+    let cols = w.len();
+    let body = cols - cols % WIDE;
+    let wp = w.as_ptr();
+    let zero = _mm512_setzero_ps();
+    for (sum, row) in sums.iter_mut().zip(x.chunks_exact(cols.max(1))) {
+        let p = row.as_ptr();
+        let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+        let mut k = 0;
+        while k + 4 * WIDE <= body {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(k)), _mm512_loadu_ps(wp.add(k)), a0);
+            let k1 = k + WIDE;
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(k1)), _mm512_loadu_ps(wp.add(k1)), a1);
+            let k2 = k + 2 * WIDE;
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(k2)), _mm512_loadu_ps(wp.add(k2)), a2);
+            let k3 = k + 3 * WIDE;
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(k3)), _mm512_loadu_ps(wp.add(k3)), a3);
+            k += 4 * WIDE;
+        }
+        while k < body {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(k)), _mm512_loadu_ps(wp.add(k)), a0);
+            k += WIDE;
+        }
+        let acc = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+        *sum = _mm512_reduce_add_ps(acc) + (body..cols).map(|k| row[k] * w[k]).sum::<f32>();
+    }
+}
 
 /// One dot product in eight lanes of sums (the portable path).
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
@@ -346,6 +391,51 @@ mod tests {
             // One bf16 rounding of the result: 2⁻⁸ relative.
             let tolerance = 4e-3 * (1.0 + crate::kernels::fused::test_support::max_abs(&reference));
             assert!(max_diff(&y, &reference) < tolerance, "bf16, {rows} rows");
+        }
+    }
+
+    #[test]
+    fn each_vector_path_of_dots_equals_the_float64_dots() {
+        // `dots` takes the widest path the CPU has; each path this CPU can run is checked here,
+        // over row counts that fill the four-row groups or leave a remainder, and widths with
+        // and without a tail beyond the vector body.
+        let device = Device::Cpu;
+        let to_vec = |t: Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for cols in [1, 15, 16, 70, 576] {
+            for rows in [1, 3, 4, 9] {
+                let x = to_vec(Tensor::randn(0f32, 1.0, rows * cols, &device).unwrap());
+                let w = to_vec(Tensor::randn(0f32, 1.0, cols, &device).unwrap());
+                let want: Vec<f64> = x
+                    .chunks_exact(cols)
+                    .map(|row| row.iter().zip(&w).map(|(a, b)| *a as f64 * *b as f64).sum())
+                    .collect();
+                let check = |path: &str, sums: &[f32]| {
+                    for (got, want) in sums.iter().zip(&want) {
+                        assert!(
+                            (*got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{path}: {rows} rows of {cols}: {got} against {want}"
+                        );
+                    }
+                };
+                let mut sums = vec![0f32; rows];
+                dots(&x, &w, &mut sums);
+                check("dispatched", &sums);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
+                        // SAFETY: the CPU has AVX-512F; the lengths match.
+                        unsafe { dots_avx512_rows(&x, &w, &mut sums) };
+                        check("avx512", &sums);
+                    }
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        // SAFETY: the CPU has AVX2 and FMA; the lengths match.
+                        unsafe { dots_avx2_fma(&x, &w, &mut sums) };
+                        check("avx2", &sums);
+                    }
+                }
+            }
         }
     }
 
