@@ -152,7 +152,7 @@ fn completions_that_cannot_be_scored_are_excluded_not_zeroed() {
     let mut cfg = config(&model, &train, &eval, &out, "");
     cfg.max_steps = 2;
     let picky = RewardSource::Function(Box::new(|_, tests: &str| {
-        (tests.len() % 3 != 0).then(|| Reward::plain(tests.len() as f64 / 100.0))
+        (!tests.len().is_multiple_of(3)).then(|| Reward::plain(tests.len() as f64 / 100.0))
     }));
     train_with(&cfg, &device, &picky).unwrap();
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("completions.jsonl"))
@@ -377,7 +377,7 @@ fn half_the_rows_without_signal() -> RewardSource {
         Some(Reward::plain(if example.row % 2 == 0 {
             0.5
         } else {
-            f64::from(u8::from(tests.len() % 2 == 0))
+            f64::from(u8::from(tests.len().is_multiple_of(2)))
         }))
     }))
 }

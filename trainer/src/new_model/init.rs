@@ -212,8 +212,12 @@ pub fn init_model(config: &InitConfig, out: &Path) -> Result<InitSummary, Traine
         attention_bias: None,
         extra,
     };
-    if config.hidden_size % config.num_attention_heads != 0
-        || config.num_attention_heads % config.num_key_value_heads != 0
+    if !config
+        .hidden_size
+        .is_multiple_of(config.num_attention_heads)
+        || !config
+            .num_attention_heads
+            .is_multiple_of(config.num_key_value_heads)
     {
         return Err(TrainerError::Config(
             "hidden_size must divide into heads, and heads into key/value heads".into(),

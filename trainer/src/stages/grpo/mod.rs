@@ -188,7 +188,7 @@ fn checked_loop_config(config: &StageConfig) -> Result<StageConfig, TrainerError
         )));
     }
     let per_micro = config.batch_size.max(1);
-    if settings.prompts_per_step % per_micro != 0 {
+    if !settings.prompts_per_step.is_multiple_of(per_micro) {
         return Err(TrainerError::Config(format!(
             "grpo.prompts_per_step = {} is not a multiple of batch_size = {per_micro} (the groups in one forward)",
             settings.prompts_per_step
@@ -555,7 +555,7 @@ impl StageLogic for Grpo<'_> {
         step: usize,
         batches: &mut [MicroBatch],
     ) -> Result<StepFigures, TrainerError> {
-        if step % self.settings.num_iterations == 0 || self.round.is_none() {
+        if step.is_multiple_of(self.settings.num_iterations) || self.round.is_none() {
             let round = self.new_round(step, batches)?;
             let figures = round.figures.clone();
             self.round = Some(round);
@@ -700,7 +700,7 @@ impl StageLogic for Grpo<'_> {
     }
 
     fn can_stop_after(&self, done: usize) -> bool {
-        done % self.settings.num_iterations == 0
+        done.is_multiple_of(self.settings.num_iterations)
     }
 
     fn state(&self) -> Option<serde_json::Value> {
