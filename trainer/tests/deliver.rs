@@ -295,3 +295,45 @@ fn a_model_writes_several_prompts_together_as_it_writes_each_alone() {
         "different prompts and seeds give different completions: {together:?}"
     );
 }
+
+#[test]
+fn prompts_without_room_go_alone_and_one_the_model_cannot_take_gets_nothing() {
+    use unitforge_trainer::data::tokenizer::ModelTokenizer;
+    use unitforge_trainer::deliver::ModelWriter;
+    use unitforge_trainer::model::decoder::Model;
+    use unitforge_trainer::model::generate::SamplingConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let (student, ..) = common::small_student(dir.path(), 6, 1);
+    let model = Model::load_for_inference(&student, None, &candle_core::Device::Cpu).unwrap();
+    let text = ModelTokenizer::load(&student).unwrap();
+    let limit = model.config().max_position_embeddings;
+    let tokens = |prompt: &str| text.tokenizer.encode(prompt, false).unwrap().len();
+    let short = "x = 1".to_string();
+    let medium = "def add(a, b):\n    return a + b\n".repeat(3);
+    let long = "def add(a, b):\n    return a + b\n".repeat(limit);
+    assert!(tokens(&long) >= limit && tokens(&medium) > tokens(&short));
+    let mut writer = ModelWriter {
+        model: &model,
+        text: &text,
+        sampling: SamplingConfig {
+            // Room for every new token after the short prompt only: the medium one has less.
+            max_new_tokens: limit - tokens(&short),
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        },
+    };
+    let prompts: Vec<(String, u64)> = [short, long, medium]
+        .into_iter()
+        .enumerate()
+        .map(|(k, p)| (p, 7 + k as u64))
+        .collect();
+    let together = writer.write_each(&prompts).unwrap();
+    assert_eq!(together[1], "", "no completion for a prompt the model cannot take");
+    for k in [0, 2] {
+        let (prompt, seed) = &prompts[k];
+        assert_eq!(together[k], writer.write(prompt, 1, *seed).unwrap().remove(0));
+    }
+    assert!(writer.write(&prompts[1].0, 2, 0).unwrap().is_empty());
+}

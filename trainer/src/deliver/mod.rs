@@ -73,7 +73,8 @@ pub struct ModelWriter<'m> {
 
 impl ModelWriter<'_> {
     /// The completions of each `(prompt, samples, seed)`, decoded together (`generate_groups`:
-    /// a group's completions are those of generating it alone).
+    /// a group's completions are those of generating it alone); none for a prompt longer than
+    /// the model takes.
     fn complete(&self, requests: &[(&str, usize, u64)]) -> Result<Vec<Vec<String>>, TrainerError> {
         let groups = requests
             .iter()
@@ -91,25 +92,45 @@ impl ModelWriter<'_> {
                 })
             })
             .collect::<Result<Vec<_>, TrainerError>>()?;
+        // A batch stops where its longest prompt runs out of positions, so the prompts with
+        // room for every new token decode together and the others one at a time (each gets the
+        // completion it gets alone); a prompt longer than the model takes gets none.
+        let limit = self.model.config().max_position_embeddings;
+        let (fitting, too_long): (Vec<usize>, Vec<usize>) =
+            (0..groups.len()).partition(|&g| (1..limit).contains(&groups[g].prompt.len()));
+        for &g in &too_long {
+            tracing::warn!(
+                tokens = groups[g].prompt.len(),
+                limit,
+                "a prompt longer than the model takes: no completion"
+            );
+        }
+        let (roomy, tight): (Vec<usize>, Vec<usize>) = fitting
+            .into_iter()
+            .partition(|&g| groups[g].prompt.len() + self.sampling.max_new_tokens <= limit);
         let mut out = vec![Vec::new(); groups.len()];
-        generate_groups(
-            self.model,
-            &groups,
-            self.text.end_id,
-            &self.sampling,
-            &mut |g, completions, _| {
-                out[g] = completions
-                    .iter()
-                    .map(|ids| {
-                        self.text
-                            .tokenizer
-                            .decode(ids, false)
-                            .map_err(|e| TrainerError::Data(e.to_string()))
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(())
-            },
-        )?;
+        let batches = std::iter::once(roomy).chain(tight.into_iter().map(|g| vec![g]));
+        for batch in batches.filter(|b| !b.is_empty()) {
+            let requests: Vec<GroupRequest> = batch.iter().map(|&g| groups[g].clone()).collect();
+            generate_groups(
+                self.model,
+                &requests,
+                self.text.end_id,
+                &self.sampling,
+                &mut |k, completions, _| {
+                    out[batch[k]] = completions
+                        .iter()
+                        .map(|ids| {
+                            self.text
+                                .tokenizer
+                                .decode(ids, false)
+                                .map_err(|e| TrainerError::Data(e.to_string()))
+                        })
+                        .collect::<Result<_, _>>()?;
+                    Ok(())
+                },
+            )?;
+        }
         Ok(out)
     }
 }
