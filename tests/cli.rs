@@ -975,7 +975,7 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("grpo");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+    let child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
         .args([
             "train",
             "grpo",
@@ -1011,18 +1011,9 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
         .unwrap();
     let pid = child.id();
     let metrics = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) == 0 {
-        assert!(started.elapsed().as_secs() < 600, "no step in 10 minutes");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = child.wait_with_output().unwrap();
+    let output = terminate_once(child, 600, || {
+        std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) > 0
+    });
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{:?}: {stderr}", output.status);
     assert!(stderr.contains("interrupted"), "{stderr}");
@@ -1046,6 +1037,31 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
     );
 }
 
+/// SIGTERM to `child` once `ready()` holds (checked every 200 ms, up to `limit_s` seconds, the
+/// child still running), and what it printed when it ended.
+fn terminate_once(
+    child: std::process::Child,
+    limit_s: u64,
+    ready: impl Fn() -> bool,
+) -> std::process::Output {
+    let mut child = child;
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed().as_secs() < limit_s,
+            "not ready in {limit_s} s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    child.wait_with_output().unwrap()
+}
+
 /// The sandbox containers process `pid` started (named unitforge-<pid>-…), running or not.
 fn sandbox_containers_of(pid: u32) -> Vec<String> {
     let prefix = format!("unitforge-{pid}-");
@@ -1067,7 +1083,7 @@ fn sandbox_containers_of(pid: u32) -> Vec<String> {
 fn sigterm_stops_a_delivery_evaluation_and_removes_its_containers() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
+    let child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
         .args([
             "eval",
             "deliver",
@@ -1088,21 +1104,7 @@ fn sigterm_stops_a_delivery_evaluation_and_removes_its_containers() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let started = std::time::Instant::now();
-    while sandbox_containers_of(pid).is_empty() {
-        assert!(
-            started.elapsed().as_secs() < 300,
-            "no container in 5 minutes"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let sent = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let output = child.wait_with_output().unwrap();
+    let output = terminate_once(child, 300, || !sandbox_containers_of(pid).is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(
