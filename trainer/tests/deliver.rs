@@ -330,10 +330,16 @@ fn prompts_without_room_go_alone_and_one_the_model_cannot_take_gets_nothing() {
         .map(|(k, p)| (p, 7 + k as u64))
         .collect();
     let together = writer.write_each(&prompts).unwrap();
-    assert_eq!(together[1], "", "no completion for a prompt the model cannot take");
+    assert_eq!(
+        together[1], "",
+        "no completion for a prompt the model cannot take"
+    );
     for k in [0, 2] {
         let (prompt, seed) = &prompts[k];
-        assert_eq!(together[k], writer.write(prompt, 1, *seed).unwrap().remove(0));
+        assert_eq!(
+            together[k],
+            writer.write(prompt, 1, *seed).unwrap().remove(0)
+        );
     }
     assert!(writer.write(&prompts[1].0, 2, 0).unwrap().is_empty());
 }
