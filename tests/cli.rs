@@ -319,24 +319,13 @@ fn local_service() -> std::process::Child {
 /// it as an unhandled signal would.
 #[test]
 fn sigterm_while_the_service_starts_stops_it_cleanly() {
-    use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
-    let mut server = local_service();
     // Long enough for the process to reach `serve`, well before its Python workers are up.
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    let sent = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let status = server.wait().unwrap();
-    let mut stderr = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let output = terminate_once(local_service(), 1, || {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        true
+    });
+    let (status, stderr) = (output.status, String::from_utf8_lossy(&output.stderr));
     assert_eq!(status.signal(), None, "killed by a signal: {stderr}");
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("unitforge serve: stopped"), "{stderr}");
