@@ -297,18 +297,25 @@ fn gcd_lcm_score_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 
 /// `unitforge serve` on a free port with the local executor, its stderr piped.
 fn local_service() -> std::process::Child {
+    spawn_unitforge(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-cache",
+        "--executor",
+        "local",
+        "--workers",
+        "2",
+    ])
+}
+
+/// The binary started in the background with `args`, its standard error piped (what the tests
+/// read) and its standard output dropped.
+fn spawn_unitforge(args: &[&str]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_unitforge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-cache",
-            "--executor",
-            "local",
-            "--workers",
-            "2",
-        ])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("the unitforge binary runs")
@@ -964,40 +971,34 @@ fn sigterm_stops_a_grpo_run_with_a_checkpoint_and_no_containers_left() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let out = dir.path().join("grpo");
-    let child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
-        .args([
-            "train",
-            "grpo",
-            "--config",
-            "configs/grpo_mutant_max.yaml",
-            "--set",
-            &format!("base_model={}", model.display()),
-            "--set",
-            &format!("output_dir={}", out.display()),
-            "--set",
-            "max_steps=50",
-            "--set",
-            "save_every=50",
-            "--set",
-            "eval_every=50",
-            "--set",
-            "progress=false",
-            "--set",
-            "grpo.prompts_per_step=2",
-            "--set",
-            "grpo.num_generations=2",
-            "--set",
-            "grpo.max_completion_length=24",
-            "--set",
-            "grpo.eval_prompts=1",
-            "--set",
-            "reward.workers=2",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_unitforge(&[
+        "train",
+        "grpo",
+        "--config",
+        "configs/grpo_mutant_max.yaml",
+        "--set",
+        &format!("base_model={}", model.display()),
+        "--set",
+        &format!("output_dir={}", out.display()),
+        "--set",
+        "max_steps=50",
+        "--set",
+        "save_every=50",
+        "--set",
+        "eval_every=50",
+        "--set",
+        "progress=false",
+        "--set",
+        "grpo.prompts_per_step=2",
+        "--set",
+        "grpo.num_generations=2",
+        "--set",
+        "grpo.max_completion_length=24",
+        "--set",
+        "grpo.eval_prompts=1",
+        "--set",
+        "reward.workers=2",
+    ]);
     let pid = child.id();
     let metrics = out.join("metrics.jsonl");
     let output = terminate_once(child, 600, || {
@@ -1072,26 +1073,20 @@ fn sandbox_containers_of(pid: u32) -> Vec<String> {
 fn sigterm_stops_a_delivery_evaluation_and_removes_its_containers() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
-    let child = Command::new(env!("CARGO_BIN_EXE_unitforge"))
-        .args([
-            "eval",
-            "deliver",
-            "--model",
-            model.to_str().unwrap(),
-            "--n",
-            "2",
-            "--max-new-tokens",
-            "24",
-            "--workers",
-            "2",
-            "--out",
-            dir.path().join("delivered.json").to_str().unwrap(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_unitforge(&[
+        "eval",
+        "deliver",
+        "--model",
+        model.to_str().unwrap(),
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--workers",
+        "2",
+        "--out",
+        dir.path().join("delivered.json").to_str().unwrap(),
+    ]);
     let pid = child.id();
     let output = terminate_once(child, 300, || !sandbox_containers_of(pid).is_empty());
     let stderr = String::from_utf8_lossy(&output.stderr);
