@@ -10,7 +10,10 @@ use std::cell::RefCell;
 use unitforge_sandbox::repair::RepairKind;
 use unitforge_sandbox::rewards::RewardConfig;
 use unitforge_trainer::data::prompts::PromptFormat;
-use unitforge_trainer::deliver::{deliver, DeliverOptions, Delivery, Origin, Writer};
+use unitforge_trainer::data::tokenizer::ModelTokenizer;
+use unitforge_trainer::deliver::{deliver, DeliverOptions, Delivery, ModelWriter, Origin, Writer};
+use unitforge_trainer::model::decoder::Model;
+use unitforge_trainer::model::generate::SamplingConfig;
 use unitforge_trainer::TrainerError;
 
 /// Answers generate prompts with `samples`, fix prompts with `fixes` in turn, and diagnose
@@ -249,16 +252,18 @@ fn delivered_figures_follow_each_step_of_the_delivery() {
     assert!(idle.prompts.borrow().is_empty() && finished == 0);
 }
 
-#[test]
-fn a_model_writes_several_prompts_together_as_it_writes_each_alone() {
-    use unitforge_trainer::data::tokenizer::ModelTokenizer;
-    use unitforge_trainer::deliver::ModelWriter;
-    use unitforge_trainer::model::decoder::Model;
-    use unitforge_trainer::model::generate::SamplingConfig;
+/// A 2-layer model of random weights with its tokenizer, for `ModelWriter` (the folder holds it).
+fn small_model() -> (tempfile::TempDir, Model, ModelTokenizer) {
     let dir = tempfile::tempdir().unwrap();
     let (student, ..) = common::small_student(dir.path(), 6, 1);
     let model = Model::load_for_inference(&student, None, &candle_core::Device::Cpu).unwrap();
     let text = ModelTokenizer::load(&student).unwrap();
+    (dir, model, text)
+}
+
+#[test]
+fn a_model_writes_several_prompts_together_as_it_writes_each_alone() {
+    let (_dir, model, text) = small_model();
     let mut writer = ModelWriter {
         model: &model,
         text: &text,
@@ -298,14 +303,7 @@ fn a_model_writes_several_prompts_together_as_it_writes_each_alone() {
 
 #[test]
 fn prompts_without_room_go_alone_and_one_the_model_cannot_take_gets_nothing() {
-    use unitforge_trainer::data::tokenizer::ModelTokenizer;
-    use unitforge_trainer::deliver::ModelWriter;
-    use unitforge_trainer::model::decoder::Model;
-    use unitforge_trainer::model::generate::SamplingConfig;
-    let dir = tempfile::tempdir().unwrap();
-    let (student, ..) = common::small_student(dir.path(), 6, 1);
-    let model = Model::load_for_inference(&student, None, &candle_core::Device::Cpu).unwrap();
-    let text = ModelTokenizer::load(&student).unwrap();
+    let (_dir, model, text) = small_model();
     let limit = model.config().max_position_embeddings;
     let tokens = |prompt: &str| text.tokenizer.encode(prompt, false).unwrap().len();
     let short = "x = 1".to_string();
