@@ -487,6 +487,19 @@ impl Layer {
         parameters
     }
 
+    /// The layer's linear modules, to replace (in [`Self::linears`]' order).
+    pub(crate) fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [
+            &mut self.attention.q,
+            &mut self.attention.k,
+            &mut self.attention.v,
+            &mut self.attention.o,
+            &mut self.mlp.gate,
+            &mut self.mlp.up,
+            &mut self.mlp.down,
+        ]
+    }
+
     /// The layer's linear modules with their paths inside the layer.
     pub(crate) fn linears(&self) -> [(&'static str, &Linear); 7] {
         [

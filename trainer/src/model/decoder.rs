@@ -526,6 +526,47 @@ impl Model {
         self.forward_pass(input_ids, 0, None, key_mask, Pass::BaseOnly)
     }
 
+    /// The model as generation sees it when it carries LoRA adapters: each dense base with its
+    /// adapter merged in (`Linear::merged_for_generation`), nothing trainable, so that a
+    /// decoding step makes one product per layer where the adapters would add two small ones
+    /// and their sum (each a graph op of its own). `None` without adapters: the model itself
+    /// serves. The same function up to float rounding (the merged product sums in another
+    /// order).
+    pub fn merged_for_generation(&self) -> Result<Option<Model>> {
+        let dense_bases = self
+            .layers
+            .iter()
+            .flat_map(|layer| layer.linears())
+            .all(|(_, linear)| matches!(linear.base(), BaseWeight::Frozen(_)));
+        if !self.has_adapters() || !dense_bases {
+            // Without adapters there is nothing to merge; a 4-bit (QLoRA) base stays 4-bit.
+            return Ok(None);
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let mut merged = layer.clone();
+                for linear in merged.linears_mut() {
+                    *linear = linear.merged_for_generation()?;
+                }
+                Ok(merged)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(Model {
+            config: self.config.clone(),
+            embed: self.embed.detach(),
+            layers,
+            norm: self.norm.detach(),
+            lm_head: self.lm_head.merged_for_generation()?,
+            rope: self.rope.clone(),
+            trainable: Vec::new(),
+            device: self.device.clone(),
+            dtype: self.dtype,
+            gradient_checkpointing: false,
+        }))
+    }
+
     /// Whether any linear layer carries a LoRA pair.
     pub fn has_adapters(&self) -> bool {
         self.trainable
@@ -777,6 +818,77 @@ mod tests {
             assert!(!k.track_op() && !v.track_op());
         }
         assert_eq!(cache.len(), 3);
+    }
+
+    /// The merged copy generation decodes with is the adapted model: the same logits as the
+    /// base-plus-adapter products, for a whole sequence and a token at a time from the cache,
+    /// and greedy generation (which decodes through it) picks the tokens that re-running the
+    /// adapted model on the whole sequence picks.
+    #[test]
+    fn the_merged_generation_copy_computes_what_the_adapters_compute() {
+        use crate::kernels::fused::test_support::{max_abs, max_diff};
+        use crate::model::generate::{generate_ids, SamplingConfig};
+        use crate::train::probe::tiny_lora_model;
+        let device = Device::Cpu;
+        let model = tiny_lora_model(false);
+        let merged = model
+            .merged_for_generation()
+            .unwrap()
+            .expect("a model with adapters is merged");
+        assert!(!merged.has_adapters() && merged.trainable().is_empty());
+        let ids: Vec<u32> = (0..12u32).map(|i| (i * 37 + 5) % 2000).collect();
+        let input = Tensor::new(ids.as_slice(), &device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let adapted = model.forward(&input, 0, None, false).unwrap();
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let (diff, scale) = (max_diff(a, b), max_abs(a));
+            assert!(
+                diff <= 1e-4 * (1.0 + scale),
+                "{what}: {diff} (scale {scale})"
+            );
+        };
+        close(
+            &adapted,
+            &merged.forward(&input, 0, None, false).unwrap(),
+            "whole",
+        );
+        // A token at a time, as decoding runs (the few-rows products).
+        let mut cache = merged.new_cache();
+        for (position, &id) in ids.iter().enumerate() {
+            let one = Tensor::new(&[[id]], &device).unwrap();
+            let step = merged
+                .forward(&one, position, Some(&mut cache), false)
+                .unwrap();
+            close(
+                &adapted.narrow(1, position, 1).unwrap(),
+                &step,
+                &format!("position {position}"),
+            );
+        }
+        // Greedy generation against the adapted model re-run on the whole sequence.
+        let greedy = SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        };
+        let generated = generate_ids(&model, &ids, 1, u32::MAX, &greedy).unwrap();
+        let mut sequence = ids.clone();
+        for _ in 0..greedy.max_new_tokens {
+            let input = Tensor::new(sequence.as_slice(), &device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = model.forward(&input, 0, None, false).unwrap();
+            let last: Vec<f32> =
+                logits.squeeze(0).unwrap().to_vec2::<f32>().unwrap()[sequence.len() - 1].clone();
+            let best = (0..last.len())
+                .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+                .unwrap();
+            sequence.push(best as u32);
+        }
+        assert_eq!(generated[0], sequence[ids.len()..]);
     }
 
     /// Rows that continue one prefix: the prefix through the layers once gives every row the

@@ -188,6 +188,21 @@ impl Linear {
         }
     }
 
+    /// The layer as generation sees it: a dense frozen base with its LoRA pair merged in
+    /// (W + (alpha / r)·B·A, outside autograd, no adapter left), so that a decoding step is one
+    /// product instead of the base's and the adapter's two small ones. A 4-bit base is kept as
+    /// it is (merging would store it dense, undoing QLoRA's memory saving), and so is a layer
+    /// without adapters.
+    pub fn merged_for_generation(&self) -> Result<Self> {
+        let (BaseWeight::Frozen(w), Some(_)) = (&self.base, &self.lora) else {
+            return Ok(self.clone());
+        };
+        Ok(Linear::new(
+            BaseWeight::Frozen(self.merged_weight(w)?.detach().contiguous()?),
+            self.bias.as_ref().map(Tensor::detach),
+        ))
+    }
+
     /// Forward; dropout on the LoRA branch only when `train`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_pass(x, if train { Pass::Train } else { Pass::Eval })
