@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 RUNNER_REQUIREMENTS := sandbox/runner/requirements.txt
 
-.PHONY: k8s-check test release venv client-venv image images model lint bench demo demo-grpo pipeline trl-demo check-cuda bench-oneshot reproduce-eval reproduce-eval-table smollm2-learning
+.PHONY: k8s-check test release venv client-venv image images model lint bench llama-cpp demo demo-grpo pipeline trl-demo check-cuda bench-oneshot reproduce-eval reproduce-eval-table smollm2-learning
 
 # Every set-up step, the images and the tests use one build, the release profile: the pipeline
 # test trains in the runtime image, about 4 minutes with the release binary, 30 with a debug one.
@@ -128,6 +128,11 @@ bench-oneshot: image
 	  $(MUTMUT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check mutmut==3.8.1 pytest==8.4.2; }
 	cargo build --release --locked
 	target/release/unitforge bench oneshot --mutmut-python $(MUTMUT_VENV)/bin/python
+
+# llama.cpp's batched decoding for `bench grpo --llama-cpp .llama-cpp` (scripts/build-llama-cpp.sh:
+# from the llama-cpp-python sdist on PyPI, compiled for this CPU; about 10 minutes on 2 cores).
+llama-cpp:
+	scripts/build-llama-cpp.sh .llama-cpp
 
 # The training demo: tiny student and teacher, SFT, samples, JSD- and RKL-heavy distillation.
 demo:

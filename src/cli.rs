@@ -973,6 +973,20 @@ pub struct BenchGrpoArgs {
     /// Keep the run's output directory here (default: a temporary directory, removed).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// A llama.cpp build (its folder, with `bin/llama-batched-bench`, or that program itself;
+    /// `make llama-cpp` builds one in `.llama-cpp`): after the steps, llama.cpp decodes the
+    /// steps' shape — as many sequences as a step has completions, sharing one prompt of the
+    /// steps' mean prompt length, each decoding their mean completion length — and its time
+    /// for a step's generation is printed beside the step's own.
+    #[arg(long, value_name = "PATH")]
+    pub llama_cpp: Option<PathBuf>,
+    /// The GGUF weights llama.cpp decodes with (`make model` writes SmolLM2's Q4_1).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
+    pub llama_cpp_model: PathBuf,
     #[arg(long)]
     pub json: bool,
 }

@@ -3,7 +3,8 @@
 //! backward, optimiser — read from the run's own `metrics.jsonl`. Beside it, in the same run, the
 //! generator's greedy batch-8 throughput on the model's shape (`bench train`'s probe, random
 //! weights, a process of its own): the step's generation tokens/s set against what the
-//! generator does when nothing else is in the way.
+//! generator does when nothing else is in the way. With `--llama-cpp`, llama.cpp's batched
+//! decoding of the steps' shape after them (`llama_cpp.rs`).
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -12,6 +13,7 @@ use unitforge_trainer::train::probe::{Probe, ProbeFigures};
 use unitforge_trainer::train::stage_config::StageConfig;
 use unitforge_trainer::train::train_loop::{read_metrics, StepMetrics};
 
+use super::llama_cpp::{self, LlamaCppFigures, StepShape};
 use super::train::spawn_probe;
 use crate::cli::BenchGrpoArgs;
 
@@ -27,6 +29,8 @@ struct StepSplit {
     backward_s: f64,
     optimizer_s: f64,
     completions: usize,
+    /// The groups' mean prompt tokens.
+    prompt_tokens: f64,
     completion_tokens: f64,
     gen_tokens_per_s: f64,
 }
@@ -41,6 +45,8 @@ struct GrpoBench {
     reference_gen_tokens_per_s_b8: Option<f64>,
     /// Mean generation tokens/s of the steps ÷ the reference's batch-8 figure.
     gen_ratio: Option<f64>,
+    /// llama.cpp on the steps' mean shape (`--llama-cpp`).
+    llama_cpp: Option<LlamaCppFigures>,
 }
 
 fn split(metrics: &StepMetrics, completions: usize) -> StepSplit {
@@ -56,6 +62,7 @@ fn split(metrics: &StepMetrics, completions: usize) -> StepSplit {
         backward_s: part("backward_s"),
         optimizer_s: part("optimizer_s"),
         completions,
+        prompt_tokens: part("prompt_len"),
         completion_tokens: tokens,
         gen_tokens_per_s: tokens / part("gen_s").max(1e-9),
     }
@@ -76,12 +83,19 @@ fn mean(steps: &[StepSplit]) -> StepSplit {
         backward_s: avg(|s| s.backward_s),
         optimizer_s: avg(|s| s.optimizer_s),
         completions: steps.first().map_or(0, |s| s.completions),
+        prompt_tokens: avg(|s| s.prompt_tokens),
         completion_tokens: tokens,
         gen_tokens_per_s: tokens / gen_s.max(1e-9),
     }
 }
 
 pub(super) fn bench_grpo(args: BenchGrpoArgs) -> Result<()> {
+    // A llama.cpp that is not there fails before the steps, not after them.
+    let llama_program = args
+        .llama_cpp
+        .as_deref()
+        .map(llama_cpp::program)
+        .transpose()?;
     eprintln!(
         "  measuring the generator on the {} shape (batch 1 and 8, {} tokens) …",
         args.shape, args.gen_tokens
@@ -135,6 +149,29 @@ pub(super) fn bench_grpo(args: BenchGrpoArgs) -> Result<()> {
     let steps: Vec<StepSplit> = metrics.iter().map(|m| split(m, completions)).collect();
     let mean = mean(&steps);
     let reference_b8 = reference.gen_tokens_per_s_b8;
+    let llama_cpp = match &llama_program {
+        Some(program) => {
+            let shape = StepShape {
+                prompts: config.grpo.prompts_per_step,
+                sequences: completions,
+                prompt_tokens: mean.prompt_tokens.round() as usize,
+                completion_tokens: (mean.completion_tokens / completions.max(1) as f64).round()
+                    as usize,
+            };
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            eprintln!(
+                "  llama.cpp: {} rows sharing a {}-token prompt, {} new tokens each …",
+                shape.sequences, shape.prompt_tokens, shape.completion_tokens
+            );
+            Some(llama_cpp::measure(
+                program,
+                &args.llama_cpp_model,
+                shape,
+                threads,
+            )?)
+        }
+        None => None,
+    };
     let report = GrpoBench {
         config: args.config.display().to_string(),
         model: args.model.display().to_string(),
@@ -143,6 +180,7 @@ pub(super) fn bench_grpo(args: BenchGrpoArgs) -> Result<()> {
         mean,
         reference_shape: args.shape.clone(),
         reference_gen_tokens_per_s_b8: reference_b8,
+        llama_cpp,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -193,6 +231,21 @@ pub(super) fn bench_grpo(args: BenchGrpoArgs) -> Result<()> {
             ratio
         ),
         _ => println!("generator alone: no figure (see the error above)"),
+    }
+    if let Some(llama) = &report.llama_cpp {
+        println!(
+            "llama.cpp ({}, {} threads): {} rows sharing a {}-token prompt, {} new tokens each: prefill {:.2} s a prompt, decoding {:.1} tokens/s; a step's generation at its speed {:.1} s ({:.1} tokens/s), the steps' own {:.1} s",
+            llama.gguf,
+            llama.threads,
+            llama.shape.sequences,
+            llama.shape.prompt_tokens,
+            llama.shape.completion_tokens,
+            llama.prefill_s,
+            llama.decode_tokens_per_s,
+            llama.step_generation_s,
+            llama.step_tokens_per_s,
+            report.mean.gen_s
+        );
     }
     Ok(())
 }

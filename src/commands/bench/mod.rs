@@ -3,6 +3,7 @@
 //! print beside unitforge (`reference`: mutmut, a cold pytest), and the shipped pairs they load.
 
 mod grpo;
+mod llama_cpp;
 mod oneshot;
 mod pairs;
 mod reference;

@@ -579,6 +579,10 @@ pub(super) fn round_figures(groups: &[Group]) -> StepFigures {
             mean(samples().map(|s| s.completion.ids.len() as f64)),
         ),
         (
+            "prompt_len",
+            mean(groups.iter().map(|g| g.prompt.len() as f64)),
+        ),
+        (
             "truncated_frac",
             mean(samples().map(|s| f64::from(u8::from(s.completion.truncated)))),
         ),
