@@ -1065,6 +1065,7 @@ pub struct BenchTrainArgs {
     pub shapes: Vec<String>,
     /// Only these modes (`full`, `lora`, `lora-bf16`, `qlora`, `generate`, and `full-ckpt`,
     /// `lora-ckpt`, `qlora-ckpt`: with activation checkpointing, LoRA without dropout;
+    /// `generate-lora`: generation with LoRA adapters, as GRPO's policy generates;
     /// `generate-bf16`, `generate-nf4`: generation from a bf16 or a 4-bit NF4 base); default:
     /// tiny full/lora/qlora/generate, the others lora/lora-bf16/qlora/lora-ckpt/qlora-ckpt/generate.
     #[arg(long, value_delimiter = ',')]

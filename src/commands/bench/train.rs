@@ -51,7 +51,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&run_probe(&probe)?)?);
         return Ok(());
     }
-    const MODES: [&str; 10] = [
+    const MODES: [&str; 11] = [
         "full",
         "lora",
         "lora-bf16",
@@ -60,6 +60,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         "lora-ckpt",
         "qlora-ckpt",
         "generate",
+        "generate-lora",
         "generate-bf16",
         "generate-nf4",
     ];

@@ -28,7 +28,8 @@ const GENERATION_RUNS: usize = 3;
 pub struct Probe {
     pub shape: String,
     /// `full` (f32), `lora` (f32 base), `lora-bf16` (bf16 base), `qlora` (NF4 base), `generate`
-    /// (f32; `generate-bf16`, `generate-nf4`: from a bf16 or NF4 base);
+    /// (f32; `generate-lora`: with LoRA adapters, as GRPO's policy generates; `generate-bf16`,
+    /// `generate-nf4`: from a bf16 or NF4 base);
     /// `-ckpt` after a training mode: with activation checkpointing (no LoRA dropout).
     pub mode: String,
     pub batch: usize,
@@ -237,6 +238,7 @@ pub fn run_probe(probe: &Probe) -> Result<ProbeFigures, TrainerError> {
         "lora-bf16" => (DType::BF16, false, Some(adapters), false),
         "qlora" => (DType::F32, true, Some(adapters), false),
         "generate" => (DType::F32, false, None, false),
+        "generate-lora" => (DType::F32, false, Some(adapters), false),
         "generate-bf16" => (DType::BF16, false, None, false),
         "generate-nf4" => (DType::F32, true, None, false),
         other => return Err(TrainerError::Config(format!("unknown mode {other}"))),
