@@ -24,6 +24,9 @@ struct StepSplit {
     step_s: f64,
     gen_s: f64,
     reward_wait_s: f64,
+    /// The sandbox's time scoring the step's completions (summed over them; it runs beside
+    /// generation on the same cores, so it is not a part of the step's sum).
+    reward_s: f64,
     logprob_s: f64,
     forward_s: f64,
     backward_s: f64,
@@ -57,6 +60,7 @@ fn split(metrics: &StepMetrics, completions: usize) -> StepSplit {
         step_s: part("step_s"),
         gen_s: part("gen_s"),
         reward_wait_s: part("reward_wait_s"),
+        reward_s: part("reward_s"),
         logprob_s: part("logprob_s"),
         forward_s: part("forward_s"),
         backward_s: part("backward_s"),
@@ -78,6 +82,7 @@ fn mean(steps: &[StepSplit]) -> StepSplit {
         step_s: avg(|s| s.step_s),
         gen_s,
         reward_wait_s: avg(|s| s.reward_wait_s),
+        reward_s: avg(|s| s.reward_s),
         logprob_s: avg(|s| s.logprob_s),
         forward_s: avg(|s| s.forward_s),
         backward_s: avg(|s| s.backward_s),
