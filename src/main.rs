@@ -21,7 +21,7 @@ mod render;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{BenchCommand, Cli, Command};
 use commands::{bench, daemon, data, eval, runtime, sandbox, train};
 
 fn main() -> std::process::ExitCode {
@@ -36,10 +36,14 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let command = Cli::parse().command;
+    // `bench grpo` trains: it keeps the training loop's stop (finish the step, checkpoint), as
+    // `train grpo` does; a process has one signal handler.
+    let trains = matches!(command, Command::Bench(BenchCommand::Grpo(_)));
     if matches!(
         command,
         Command::Eval(_) | Command::Generate(_) | Command::Data(_) | Command::Bench(_)
-    ) {
+    ) && !trains
+    {
         commands::remove_sandboxes_when_stopped();
     }
     let result = match command {
