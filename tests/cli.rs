@@ -889,6 +889,29 @@ fn bench_train_measures_every_mode_of_the_tiny_shape() {
 }
 
 #[test]
+fn bench_grpo_names_a_missing_llama_cpp_build_before_any_step() {
+    let out = unitforge(&[
+        "bench",
+        "grpo",
+        "--llama-cpp",
+        "/nonexistent/llama.cpp",
+        "--steps",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("llama-batched-bench") && stderr.contains("make llama-cpp"),
+        "{stderr}"
+    );
+    // Neither the reference probe nor a step ran.
+    assert!(
+        !stderr.contains("measuring the generator") && !stderr.contains("GRPO steps"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bench_grpo_splits_a_tiny_step_and_measures_the_generator_beside_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
