@@ -26,13 +26,25 @@ use crate::cli::{
 };
 use crate::render;
 
+/// The model the commands here generate with — every one of them only generates: loaded with
+/// its adapter, if any, merged in once (`Model::merged_for_generation`), so that no generation
+/// call (a delivery makes several a row) merges it again.
+fn load_for_generation(
+    dir: &std::path::Path,
+    adapter: Option<&std::path::Path>,
+    device: &candle_core::Device,
+) -> Result<Model> {
+    let model = Model::load_for_inference(dir, adapter, device)?;
+    Ok(model.merged_for_generation()?.unwrap_or(model))
+}
+
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     if args.deliver {
         return deliver(args);
     }
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
-    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
     // Every file's prompt n times, all generated as one batch.
     let mut prompt_texts = Vec::new();
     for path in &args.code {
@@ -100,7 +112,7 @@ fn deliver(args: &GenerateArgs) -> Result<()> {
     let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
-    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
     let mut writer = ModelWriter {
         model: &model,
         text: &text,
@@ -162,7 +174,7 @@ struct SampleScores {
 pub fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
-    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
     let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let total = if args.limit == 0 {
         examples.len()
@@ -286,7 +298,7 @@ pub const EVAL_REPORT: &str = "eval_report.json";
 fn eval_run(args: &EvalRunArgs, focus: EvalFocus) -> Result<()> {
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
-    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
     let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let config = load_reward_config(args.config.as_deref())?;
     let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
@@ -412,7 +424,7 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
     };
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
-    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
     let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let config = load_reward_config(args.config.as_deref())?;
     let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
@@ -502,7 +514,7 @@ fn eval_fix(args: &EvalFixArgs) -> Result<()> {
     use unitforge_trainer::eval::interval::with_interval;
     let device = unitforge_trainer::device::select()?;
     let text = ModelTokenizer::load(&args.model)?;
-    let model = Model::load_for_inference(&args.model, args.adapter.as_deref(), &device)?;
+    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
     // Only the fix rows: their `task` field says so.
     let raw = std::fs::read_to_string(&args.data)?;
     let fix_lines: Vec<&str> = raw
