@@ -1380,4 +1380,26 @@ fn fix_rows_come_from_suites_that_really_fail() {
         assert!(!prompt.contains("unitforge_runner"), "{prompt}");
         assert_ne!(pair[0]["tests"], pair[0]["chosen"]);
     }
+    // `eval fix` answers each fix row (not the diagnose rows) and reports what it answered.
+    let model = tiny_model(dir.path());
+    let fixed = unitforge(&[
+        "eval",
+        "fix",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        out.to_str().unwrap(),
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "12",
+        "--executor",
+        "local",
+        "--json",
+    ]);
+    let report = json_of(&fixed);
+    assert_eq!(report["rows"], 3);
+    assert_eq!(report["per_row"].as_array().unwrap().len(), 3);
+    assert_eq!(report["answers"].as_array().unwrap().len(), 3);
+    assert!(report["answers"][0].is_string());
 }

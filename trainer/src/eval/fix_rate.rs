@@ -26,6 +26,10 @@ pub struct FixRateReport {
     pub mean_kill_rate_ci: Option<Interval>,
     /// Per row: the answer's kill rate, `None` when it does not pass.
     pub per_row: Vec<Option<f64>>,
+    /// Per row: the test file taken from the model's answer, as scored — what to read when the
+    /// rate is low (a fresh suite instead of an edit, a truncated copy, the broken line kept).
+    #[serde(default)]
+    pub answers: Vec<String>,
 }
 
 /// Fix success rate of `writer` on `rows` (fix rows: `prompt` the fix request, `code` the module).
@@ -52,6 +56,7 @@ pub fn fix_success_rate(
         progress(i + 1, rows.len());
     }
     let scored = backend.score_all(&inputs, config, &|_| {});
+    let answers = inputs.into_iter().map(|input| input.tests).collect();
     let mut excluded = 0;
     let per_row: Vec<Option<Option<f64>>> = scored
         .into_iter()
@@ -78,5 +83,6 @@ pub fn fix_success_rate(
         mean_kill_rate,
         mean_kill_rate_ci,
         per_row: per_row.into_iter().map(|r| r.flatten()).collect(),
+        answers,
     })
 }
