@@ -26,25 +26,26 @@ use crate::cli::{
 };
 use crate::render;
 
-/// The model the commands here generate with — every one of them only generates: loaded with
-/// its adapter, if any, merged in once (`Model::merged_for_generation`), so that no generation
-/// call (a delivery makes several a row) merges it again.
+/// The tokenizer and model the commands here generate with — every one of them only generates:
+/// the model on the selected device, its adapter, if any, merged in once
+/// (`Model::merged_for_generation`), so that no generation call (a delivery makes several a row)
+/// merges it again.
 fn load_for_generation(
     dir: &std::path::Path,
     adapter: Option<&std::path::Path>,
-    device: &candle_core::Device,
-) -> Result<Model> {
-    let model = Model::load_for_inference(dir, adapter, device)?;
-    Ok(model.merged_for_generation()?.unwrap_or(model))
+) -> Result<(ModelTokenizer, Model)> {
+    let device = unitforge_trainer::device::select()?;
+    let text = ModelTokenizer::load(dir)?;
+    let model = Model::load_for_inference(dir, adapter, &device)?;
+    let model = model.merged_for_generation()?.unwrap_or(model);
+    Ok((text, model))
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     if args.deliver {
         return deliver(args);
     }
-    let device = unitforge_trainer::device::select()?;
-    let text = ModelTokenizer::load(&args.model)?;
-    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
+    let (text, model) = load_for_generation(&args.model, args.adapter.as_deref())?;
     // Every file's prompt n times, all generated as one batch.
     let mut prompt_texts = Vec::new();
     for path in &args.code {
@@ -110,9 +111,7 @@ fn deliver(args: &GenerateArgs) -> Result<()> {
     let module = module_name(path, args.module.as_deref())?;
     let config = load_reward_config(args.config.as_deref())?;
     let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
-    let device = unitforge_trainer::device::select()?;
-    let text = ModelTokenizer::load(&args.model)?;
-    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
+    let (text, model) = load_for_generation(&args.model, args.adapter.as_deref())?;
     let mut writer = ModelWriter {
         model: &model,
         text: &text,
@@ -172,9 +171,7 @@ struct SampleScores {
 }
 
 pub fn eval_samples(args: &EvalSamplesArgs) -> Result<()> {
-    let device = unitforge_trainer::device::select()?;
-    let text = ModelTokenizer::load(&args.model)?;
-    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
+    let (text, model) = load_for_generation(&args.model, args.adapter.as_deref())?;
     let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let total = if args.limit == 0 {
         examples.len()
@@ -296,9 +293,7 @@ pub fn run(command: &EvalCommand) -> Result<()> {
 pub const EVAL_REPORT: &str = "eval_report.json";
 
 fn eval_run(args: &EvalRunArgs, focus: EvalFocus) -> Result<()> {
-    let device = unitforge_trainer::device::select()?;
-    let text = ModelTokenizer::load(&args.model)?;
-    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
+    let (text, model) = load_for_generation(&args.model, args.adapter.as_deref())?;
     let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let config = load_reward_config(args.config.as_deref())?;
     let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
@@ -422,9 +417,7 @@ fn eval_deliver(args: &EvalDeliverArgs) -> Result<()> {
     use unitforge_trainer::eval::delivered::{
         evaluate_delivery, DeliveryJournal, DeliverySettings,
     };
-    let device = unitforge_trainer::device::select()?;
-    let text = ModelTokenizer::load(&args.model)?;
-    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
+    let (text, model) = load_for_generation(&args.model, args.adapter.as_deref())?;
     let examples = load_jsonl(&args.data, &text.format, Targets::Optional)?;
     let config = load_reward_config(args.config.as_deref())?;
     let backend = BlockingBackend::start(&args.executor.backend(&args.server, args.jobs), &notice)?;
@@ -512,9 +505,7 @@ fn eval_fix(args: &EvalFixArgs) -> Result<()> {
     use unitforge_trainer::deliver::ModelWriter;
     use unitforge_trainer::eval::fix_rate::fix_success_rate;
     use unitforge_trainer::eval::interval::with_interval;
-    let device = unitforge_trainer::device::select()?;
-    let text = ModelTokenizer::load(&args.model)?;
-    let model = load_for_generation(&args.model, args.adapter.as_deref(), &device)?;
+    let (text, model) = load_for_generation(&args.model, args.adapter.as_deref())?;
     // Only the fix rows: their `task` field says so.
     let raw = std::fs::read_to_string(&args.data)?;
     let fix_lines: Vec<&str> = raw
